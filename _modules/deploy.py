@@ -1,0 +1,1018 @@
+"""
+Versioned releases of a project on one node: the node side of ``salt-run deploy.release``.
+
+A project's tree on a node (``root`` comes from pillar ``deploy:projects:<project>:root``)::
+
+    <root>/releases/<release>/   one directory per release, never modified once in place
+    <root>/shared/               paths kept across releases (logs, uploads), linked into each release
+    <root>/meta/                 release metadata and the switch record, beside the served tree
+    <root>/current -> <root>/releases/<release>   switched atomically
+
+The module implements the article's node steps: unpack a distributed artifact into a
+new release directory, copy the per-node config and files into it, re-point the
+``current`` symlink, restart the web service and test it, and roll back to the last
+good release.  Everything it needs about the project comes from the node's pillar
+(see README.md, "The pillar contract").
+
+:depends: jinja2 (ships with Salt)
+"""
+
+import datetime
+import grp
+import hashlib
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import jinja2
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "deploy"
+
+PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+STATUSES = ("prepared", "good", "bad")
+RESTART_ACTIONS = ("start", "stop", "restart", "reload")
+STALE_TMP_SECONDS = 600
+OUTPUT_TAIL = 400
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_project(project):
+    if not isinstance(project, str) or not PROJECT_RE.match(project):
+        raise CommandExecutionError(
+            f"invalid project name {project!r}: use [a-z0-9][a-z0-9_-]* (no '/', '..', spaces)"
+        )
+
+
+def _check_release(release):
+    if not isinstance(release, str) or not RELEASE_RE.match(release) or ".." in release:
+        raise CommandExecutionError(
+            f"invalid release name {release!r}: use [A-Za-z0-9._-] only, no '/', '..' or spaces"
+        )
+
+
+def _check_relpath(path, what):
+    """A path inside a release: relative, no '..', no empty parts."""
+    if not isinstance(path, str) or not path or path.startswith("/"):
+        raise CommandExecutionError(f"{what} {path!r} must be a relative path inside the release")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise CommandExecutionError(f"{what} {path!r} must not contain '..', '.' or empty parts")
+    return path
+
+
+def _project(project, pillar=None):
+    """Return the validated project definition from pillar (the node's own unless given)."""
+    _check_project(project)
+    if pillar is None:
+        pillar = __pillar__
+    conf = ((pillar.get("deploy") or {}).get("projects") or {}).get(project)
+    if not isinstance(conf, dict) or not conf:
+        raise CommandExecutionError(
+            f"project {project!r} is not defined in this node's pillar (deploy:projects:{project})"
+        )
+    root = conf.get("root")
+    if not isinstance(root, str) or not root:
+        raise CommandExecutionError(f"project {project!r}: pillar has no 'root'")
+    if not os.path.isabs(root) or os.path.normpath(root) == "/":
+        raise CommandExecutionError(
+            f"project {project!r}: root {root!r} must be an absolute path other than '/'"
+        )
+    conf = dict(conf)
+    conf["root"] = os.path.normpath(root)
+    return conf
+
+
+def _fresh_pillar():
+    """This node's pillar compiled afresh by the master (secrets unmasked: Salt >= 3008 masks them)."""
+    try:
+        return __salt__["pillar.items"](unmask=True)
+    except TypeError:  # Salt < 3008 has no masking
+        return __salt__["pillar.items"]()
+
+
+def _paths(conf):
+    root = conf["root"]
+    return {
+        "root": root,
+        "releases": os.path.join(root, "releases"),
+        "shared": os.path.join(root, "shared"),
+        "meta": os.path.join(root, "meta"),
+        "current": os.path.join(root, "current"),
+    }
+
+
+def _ids(conf):
+    user = conf.get("user") or "root"
+    group = conf.get("group") or user
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise CommandExecutionError(f"project user {user!r} does not exist on this node") from None
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise CommandExecutionError(f"project group {group!r} does not exist on this node") from None
+    return uid, gid
+
+
+def _write_json(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _read_json(path, default=None):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return default
+    except ValueError:
+        log.warning("deploy: ignoring unreadable metadata file %s", path)
+        return default
+
+
+def _meta_path(paths, release):
+    return os.path.join(paths["meta"], f"{release}.json")
+
+
+def _read_meta(paths, release):
+    return _read_json(_meta_path(paths, release))
+
+
+def _update_meta(paths, release, event, status=None):
+    meta = _read_meta(paths, release)
+    if meta is None:
+        raise CommandExecutionError(f"release {release!r} is not prepared on this node")
+    meta.setdefault("history", []).append({"event": event, "at": _now()})
+    if status:
+        meta["status"] = status
+    if event == "activated":
+        meta["activated_at"] = time.time()
+    _write_json(_meta_path(paths, release), meta)
+    return meta
+
+
+def _current_target(paths):
+    """Name of the release ``current`` points to, None if absent; refuse anything unexpected."""
+    current = paths["current"]
+    if not os.path.lexists(current):
+        return None
+    if not os.path.islink(current):
+        raise CommandExecutionError(
+            f"{current} is not a symlink: refusing to touch it (move it away by hand first)"
+        )
+    target = os.readlink(current)
+    if not os.path.isabs(target):
+        target = os.path.join(paths["root"], target)
+    target = os.path.normpath(target)
+    if os.path.dirname(target) != paths["releases"]:
+        raise CommandExecutionError(
+            f"{current} points to {target}, outside {paths['releases']}: refusing to touch it"
+        )
+    return os.path.basename(target)
+
+
+def _switch_link(paths, release):
+    """Point ``current`` at a release: new link under a temporary name, renamed over ``current``."""
+    tmp = os.path.join(paths["root"], f".current-{os.getpid()}-{time.monotonic_ns()}")
+    os.symlink(os.path.join(paths["releases"], release), tmp)
+    try:
+        os.replace(tmp, paths["current"])
+    except OSError:
+        os.unlink(tmp)
+        raise
+
+
+def _safe_members(tar):
+    """Refuse the whole archive if any member could land outside the release."""
+    members = tar.getmembers()
+    for member in members:
+        name = member.name
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if name.startswith("/") or ".." in parts:
+            raise CommandExecutionError(
+                f"archive member {name!r} is unsafe (absolute path or '..'): release refused"
+            )
+        if member.isdev() or member.isfifo():
+            raise CommandExecutionError(f"archive member {name!r} is a device or fifo: release refused")
+        if member.issym() or member.islnk():
+            link = member.linkname
+            base = os.path.dirname("/".join(parts)) if member.issym() else ""
+            resolved = os.path.normpath(os.path.join(base, link))
+            if os.path.isabs(link) or resolved == ".." or resolved.startswith("../"):
+                raise CommandExecutionError(
+                    f"archive member {name!r} links to {link!r}, outside the release: release refused"
+                )
+    return members
+
+
+def _unpack(archive, dest):
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            _safe_members(tar)
+            tar.extractall(dest, filter="data")
+    except tarfile.TarError as exc:
+        raise CommandExecutionError(f"cannot unpack {archive}: {exc}") from exc
+
+
+def _chown_tree(path, uid, gid):
+    os.lchown(path, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, gid)
+
+
+def _inside(base, relpath, what):
+    """Absolute path of relpath inside base, refusing anything that resolves outside it."""
+    _check_relpath(relpath, what)
+    full = os.path.realpath(os.path.join(base, relpath))
+    if full != os.path.realpath(base) and not full.startswith(os.path.realpath(base) + os.sep):
+        raise CommandExecutionError(f"{what} {relpath!r} resolves outside the release")
+    return full
+
+
+def _link_shared(conf, paths, tmp, uid, gid):
+    for rel in conf.get("shared") or []:
+        _check_relpath(rel, "shared path")
+        target = os.path.join(paths["shared"], rel)
+        if not os.path.isdir(target):
+            os.makedirs(target, exist_ok=True)
+            _chown_tree(target, uid, gid)
+        link = os.path.join(tmp, rel)
+        if os.path.lexists(link):
+            if os.path.isdir(link) and not os.path.islink(link):
+                shutil.rmtree(link)
+            else:
+                os.unlink(link)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(target, link)
+        os.lchown(link, uid, gid)
+
+
+def _write_file(path, text, mode, uid, gid):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.islink(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+def _mode(value, default, what):
+    if value is None:
+        return default
+    try:
+        mode = int(str(value), 8)
+    except ValueError:
+        raise CommandExecutionError(f"{what}: mode {value!r} is not an octal mode") from None
+    if not 0 <= mode <= 0o777:
+        raise CommandExecutionError(f"{what}: mode {value!r} is out of range")
+    return mode
+
+
+def _template_source(spec, dest, tmp):
+    source = spec.get("source") if isinstance(spec, dict) else None
+    if not source:
+        raise CommandExecutionError(f"config {dest}: no 'source' given")
+    if source.startswith("salt://"):
+        text = __salt__["cp.get_file_str"](source)
+        if text is False or text is None:
+            raise CommandExecutionError(f"config {dest}: source {source} does not exist on the master")
+        return text
+    path = _inside(tmp, source, f"config {dest}: source")
+    if not os.path.isfile(path):
+        raise CommandExecutionError(f"config {dest}: source {source!r} is not a file in the release")
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def _render_config(conf, pillar, tmp, release, uid, gid):
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    context = {
+        "pillar": pillar,
+        "grains": __grains__.value() if hasattr(__grains__, "value") else dict(__grains__),
+        "project": conf.get("name"),
+        "release": release,
+        "root": conf["root"],
+    }
+    for dest, spec in (conf.get("config") or {}).items():
+        path = _inside(tmp, dest, "config file")
+        source = _template_source(spec, dest, tmp)
+        try:
+            text = env.from_string(source).render(context)
+        except jinja2.UndefinedError as exc:
+            raise CommandExecutionError(
+                f"config {dest}: undefined template variable: {exc.message}"
+            ) from None
+        except jinja2.TemplateError as exc:
+            raise CommandExecutionError(f"config {dest}: template error: {exc.message}") from None
+        _write_file(path, text, _mode(spec.get("mode"), 0o640, f"config {dest}"), uid, gid)
+
+
+def _write_files(conf, tmp, uid, gid):
+    for dest, spec in (conf.get("files") or {}).items():
+        path = _inside(tmp, dest, "file")
+        if not isinstance(spec, dict) or "contents" not in spec:
+            raise CommandExecutionError(f"file {dest}: give 'contents' (and optionally 'mode')")
+        _write_file(path, str(spec["contents"]), _mode(spec.get("mode"), 0o644, f"file {dest}"), uid, gid)
+
+
+def _sha256(path):
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _fetch(source, saltenv):
+    if source.startswith("salt://"):
+        cached = __salt__["cp.cache_file"](source, saltenv=saltenv)
+        if not cached:
+            raise CommandExecutionError(f"cannot fetch {source}: not found on the master's fileserver")
+        return cached
+    if os.path.isabs(source) and os.path.isfile(source):
+        return source
+    raise CommandExecutionError(f"artifact source {source!r} is neither salt:// nor an existing local file")
+
+
+def _remove_stale_tmp(paths):
+    for base in (paths["releases"], paths["root"]):
+        try:
+            names = os.listdir(base)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if not (name.startswith(".tmp-") or name.startswith(".current-")):
+                continue
+            full = os.path.join(base, name)
+            try:
+                if time.time() - os.lstat(full).st_mtime < STALE_TMP_SECONDS:
+                    continue
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full)
+                else:
+                    os.unlink(full)
+            except OSError as exc:
+                log.warning("deploy: cannot remove stale %s: %s", full, exc)
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def prepare(project, release, source, checksum, meta=None, saltenv="base"):
+    """
+    Prepare a release on this node, ready to be switched to.
+
+    Fetches the artifact (``salt://`` from the master's fileserver), verifies its
+    sha256, unpacks it into a temporary directory beside the releases, links the
+    ``shared`` paths, renders the ``config`` templates with this node's pillar and
+    grains, writes the per-node ``files``, hands everything to the project's
+    ``user``/``group`` and renames the directory into ``<root>/releases/<release>``.
+    Nothing is left behind on failure.  If the release is already prepared with the
+    same checksum nothing is done.
+
+    project
+        Project name (pillar ``deploy:projects:<project>``).
+    release
+        Release name, ``[A-Za-z0-9._-]``.
+    source
+        ``salt://`` URL of the artifact (a tar archive, compressed or not).
+    checksum
+        Expected sha256 of the artifact.
+    meta
+        Optional dict stored with the release: version, branch, commit, committer, time.
+    saltenv
+        Fileserver environment of ``source``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.prepare rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei \\
+            salt://deploy_artifacts/rainbow/rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei.tar.gz \\
+            <sha256>
+    """
+    _check_release(release)
+    if not isinstance(checksum, str) or not re.match(r"^[0-9a-f]{64}$", checksum):
+        raise CommandExecutionError(f"checksum {checksum!r} is not a sha256 hex digest")
+    pillar = _fresh_pillar()
+    conf = _project(project, pillar)
+    conf["name"] = project
+    paths = _paths(conf)
+    uid, gid = _ids(conf)
+    final = os.path.join(paths["releases"], release)
+
+    existing = _read_meta(paths, release)
+    if os.path.isdir(final):
+        if existing and existing.get("checksum") == checksum:
+            return {"release": release, "changed": False, "path": final, "comment": "already prepared"}
+        raise CommandExecutionError(
+            f"release {release!r} already exists on this node with a different checksum: refusing to replace it"
+        )
+
+    _current_target(paths)  # refuse a broken tree before doing any work
+    for key in ("releases", "shared", "meta"):
+        os.makedirs(paths[key], exist_ok=True)
+    os.chmod(paths["root"], 0o755)
+    os.chmod(paths["releases"], 0o755)
+    os.chmod(paths["meta"], 0o750)
+
+    artifact = _fetch(source, saltenv)
+    actual = _sha256(artifact)
+    if actual != checksum:
+        if source.startswith("salt://"):
+            os.unlink(artifact)
+        raise CommandExecutionError(
+            f"checksum mismatch for {source}: expected {checksum}, got {actual}"
+        )
+
+    started = time.monotonic()
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{release}-", dir=paths["releases"])
+    try:
+        _unpack(artifact, tmp)
+        _link_shared(conf, paths, tmp, uid, gid)
+        _chown_tree(tmp, uid, gid)
+        _render_config(conf, pillar, tmp, release, uid, gid)
+        _write_files(conf, tmp, uid, gid)
+        os.chmod(tmp, 0o755)
+        record = dict(meta or {})
+        record.update(
+            {
+                "name": release,
+                "project": project,
+                "checksum": checksum,
+                "source": source,
+                "prepared_at": time.time(),
+                "status": "prepared",
+                "history": [{"event": "prepared", "at": _now()}],
+            }
+        )
+        _write_json(_meta_path(paths, release), record)
+        os.rename(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isfile(_meta_path(paths, release)) and not os.path.isdir(final):
+            os.unlink(_meta_path(paths, release))
+        raise CommandExecutionError(
+            f"preparing release {release!r} failed: {exc.strerror or exc} ({exc.filename or paths['root']}); nothing was kept"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isfile(_meta_path(paths, release)) and not os.path.isdir(final):
+            os.unlink(_meta_path(paths, release))
+        raise
+    # Later jobs (switch, checks) read the in-memory pillar: let the minion pick up what we just compiled.
+    __salt__["saltutil.refresh_pillar"](wait=False)
+    return {
+        "release": release,
+        "changed": True,
+        "path": final,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+# --------------------------------------------------------------------------- switch, restart, checks
+
+
+def activate(project, release):
+    """
+    Point ``current`` at a prepared release, atomically.
+
+    The new link is created under a temporary name and renamed over ``current``;
+    the previous target is remembered in ``<root>/meta/switch.json``.  Refuses a
+    ``current`` that is not a symlink or points outside ``releases/``.
+
+    project
+        Project name.
+    release
+        A release prepared on this node.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.activate rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei
+    """
+    _check_release(release)
+    conf = _project(project)
+    paths = _paths(conf)
+    previous = _current_target(paths)
+    if not os.path.isdir(os.path.join(paths["releases"], release)) or _read_meta(paths, release) is None:
+        raise CommandExecutionError(f"release {release!r} is not prepared on this node")
+    if previous == release:
+        return {"previous": previous, "current": release, "changed": False}
+    _switch_link(paths, release)
+    _write_json(
+        os.path.join(paths["meta"], "switch.json"),
+        {"previous": previous, "current": release, "at": _now()},
+    )
+    _update_meta(paths, release, "activated")
+    return {"previous": previous, "current": release, "changed": True}
+
+
+def _run_cmd(command, conf, paths, timeout):
+    uid, gid = _ids(conf)
+    user = pwd.getpwuid(uid)
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+        "HOME": user.pw_dir,
+        "USER": user.pw_name,
+        "LANG": "C.UTF-8",
+        "DEPLOY_ROOT": paths["root"],
+        "DEPLOY_CURRENT": paths["current"],
+    }
+    cwd = paths["current"] if os.path.isdir(paths["current"]) else paths["root"]
+    kwargs = {}
+    if os.geteuid() == 0:
+        kwargs = {"user": uid, "group": gid, "extra_groups": []}
+    proc = subprocess.run(
+        ["/bin/sh", "-c", command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+    return proc.returncode, (proc.stderr or proc.stdout or "")[-OUTPUT_TAIL:]
+
+
+def _clear_dir(path):
+    if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) == "/":
+        raise CommandExecutionError(f"clear: {path!r} must be an absolute directory other than '/'")
+    if not os.path.isdir(path):
+        return 0
+    count = 0
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
+        count += 1
+    return count
+
+
+def _restart_steps(conf, paths):
+    results = []
+    for step in conf.get("restart") or []:
+        started = time.monotonic()
+        entry = {}
+        try:
+            if "service" in step:
+                action = step.get("action", "restart")
+                if action not in RESTART_ACTIONS:
+                    raise CommandExecutionError(
+                        f"restart: action {action!r} for service {step['service']!r} is not one of {RESTART_ACTIONS}"
+                    )
+                entry = {"step": f"service {action} {step['service']}"}
+                ok = __salt__[f"service.{action}"](step["service"])
+                entry["result"] = bool(ok)
+            elif "cmd" in step:
+                entry = {"step": f"cmd {step.get('name') or step['cmd']}"}
+                code, tail = _run_cmd(step["cmd"], conf, paths, step.get("timeout", 120))
+                entry["result"] = code == 0
+                entry["retcode"] = code
+                if code:
+                    entry["output"] = tail
+            elif "clear" in step:
+                dirs = step["clear"] if isinstance(step["clear"], list) else [step["clear"]]
+                entry = {"step": f"clear {' '.join(dirs)}"}
+                entry["removed"] = sum(_clear_dir(d) for d in dirs)
+                entry["result"] = True
+            else:
+                raise CommandExecutionError(f"restart: unknown step {sorted(step)}: use service, cmd or clear")
+        except subprocess.TimeoutExpired:
+            entry["result"] = False
+            entry["output"] = "timed out"
+        except (CommandExecutionError, OSError) as exc:
+            entry.setdefault("step", str(step))
+            entry["result"] = False
+            entry["output"] = str(exc)
+        entry["seconds"] = round(time.monotonic() - started, 3)
+        results.append(entry)
+        if not entry["result"]:
+            break
+    return results
+
+
+def restart(project):
+    """
+    Run the project's ``restart`` steps in order; stop at the first failing one.
+
+    Steps (pillar ``deploy:projects:<project>:restart``):
+
+    - ``{service: NAME, action: reload}``: Salt's service module (start/stop/restart/reload)
+    - ``{cmd: 'COMMAND'}``: a shell command run as the project's ``user``, in ``current``,
+      with ``DEPLOY_ROOT``/``DEPLOY_CURRENT`` in its environment
+    - ``{clear: [DIR, ...]}``: directories emptied but kept (Tomcat ``work``/``temp``)
+
+    project
+        Project name.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.restart rainbow
+    """
+    conf = _project(project)
+    steps = _restart_steps(conf, _paths(conf))
+    result = all(s["result"] for s in steps)
+    if not result:
+        __context__["retcode"] = 1
+    return {"result": result, "steps": steps}
+
+
+def _one_check(check):
+    url = check.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return {"url": url, "ok": False, "error": "check needs an http(s) url"}
+    expected = int(check.get("status", 200))
+    contains = check.get("contains")
+    retries = max(int(check.get("retries", 3)), 1)
+    delay = float(check.get("delay", 1))
+    timeout = float(check.get("timeout", 5))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    result = {"url": url, "expected": expected, "ok": False}
+    for attempt in range(1, retries + 1):
+        request = urllib.request.Request(url, headers=check.get("headers") or {})
+        try:
+            with opener.open(request, timeout=timeout) as resp:
+                status, body = resp.status, resp.read(1 << 20)
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read(1 << 20)
+        except (urllib.error.URLError, OSError) as exc:
+            status, body = None, b""
+            result["error"] = str(getattr(exc, "reason", exc))
+        result.update({"status": status, "attempts": attempt})
+        if status == expected and (not contains or contains.encode() in body):
+            result["ok"] = True
+            result.pop("error", None)
+            break
+        if status is not None:
+            result["error"] = (
+                f"status {status}, expected {expected}"
+                if status != expected
+                else f"response does not contain {contains!r}"
+            )
+        if attempt < retries:
+            time.sleep(delay)
+    return result
+
+
+def check(project):
+    """
+    Run the project's smoke checks from this node (key pages, API, admin).
+
+    Each check (pillar ``deploy:projects:<project>:checks``) is
+    ``{url: ..., status: 200, contains: TEXT, retries: 3, delay: 1, timeout: 5, headers: {}}``;
+    a check passes when the status matches and the body contains ``contains``.
+
+    project
+        Project name.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.check rainbow
+    """
+    conf = _project(project)
+    started = time.monotonic()
+    results = [_one_check(c) for c in conf.get("checks") or []]
+    ok = all(r["ok"] for r in results)
+    if not ok:
+        __context__["retcode"] = 1
+    return {"result": ok, "checks": results, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _step(name, started, **data):
+    data.update({"step": name, "seconds": round(time.monotonic() - started, 3)})
+    return data
+
+
+def switch(project, release, checks="gate", mark_left=None):
+    """
+    Switch this node to a release: activate, restart, check — and switch back on failure.
+
+    This is what ``salt-run deploy.release`` and ``deploy.rollback`` run on each node of
+    a batch, in one call.  With ``checks=gate`` a failing restart or check switches
+    ``current`` back to the previous release, restarts again and marks the new release
+    bad; passing checks mark it good.  With ``checks=report`` (emergency rollback) the
+    checks run and are reported but never switch back; ``checks=skip`` runs none.
+
+    project
+        Project name.
+    release
+        A release prepared on this node.
+    checks
+        ``gate`` (default), ``report`` or ``skip``.
+    mark_left
+        ``bad`` to mark the release switched away from as bad (rollbacks).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web-*' deploy.switch rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei
+        salt '*' deploy.switch rainbow <release> checks=report mark_left=bad
+    """
+    if checks not in ("gate", "report", "skip"):
+        raise CommandExecutionError(f"checks={checks!r}: use gate, report or skip")
+    if mark_left not in (None, "bad"):
+        raise CommandExecutionError(f"mark_left={mark_left!r}: only 'bad' is supported")
+    conf = _project(project)
+    paths = _paths(conf)
+    started = time.monotonic()
+    steps = []
+
+    t = time.monotonic()
+    act = activate(project, release)
+    previous = act["previous"]
+    steps.append(_step("switch", t, result=True, changed=act["changed"]))
+
+    t = time.monotonic()
+    restarted = _restart_steps(conf, paths)
+    ok = all(s["result"] for s in restarted)
+    steps.append(_step("restart", t, result=ok, details=restarted))
+
+    check_ok = None
+    if ok and checks != "skip":
+        t = time.monotonic()
+        results = [_one_check(c) for c in conf.get("checks") or []]
+        check_ok = all(r["ok"] for r in results)
+        steps.append(_step("checks", t, result=check_ok, details=results))
+        if checks == "gate":
+            ok = check_ok
+
+    reverted = False
+    if checks == "gate" and not ok:
+        _update_meta(paths, release, "failed", status="bad")
+        if previous and previous != release:
+            t = time.monotonic()
+            activate(project, previous)
+            again = _restart_steps(conf, paths)
+            steps.append(
+                _step("revert", t, result=all(s["result"] for s in again), to=previous, details=again)
+            )
+            reverted = True
+    elif checks == "gate":
+        _update_meta(paths, release, "passed checks", status="good")
+    if ok and mark_left and previous and previous != release:
+        _update_meta(paths, previous, "rolled back from", status="bad")
+    if not ok:
+        __context__["retcode"] = 1
+    return {
+        "result": ok,
+        "release": release,
+        "previous": previous,
+        "current": previous if reverted else release,
+        "reverted": reverted,
+        "checks": check_ok,
+        "steps": steps,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+def _inventory(paths):
+    current = _current_target(paths)
+    switch_rec = _read_json(os.path.join(paths["meta"], "switch.json"), {}) or {}
+    try:
+        names = sorted(
+            n for n in os.listdir(paths["releases"])
+            if not n.startswith(".") and os.path.isdir(os.path.join(paths["releases"], n))
+        )
+    except FileNotFoundError:
+        names = []
+    releases = []
+    for name in names:
+        meta = _read_meta(paths, name) or {"name": name, "status": "prepared"}
+        releases.append(
+            {
+                "name": name,
+                "version": meta.get("version"),
+                "branch": meta.get("branch"),
+                "commit": meta.get("commit"),
+                "committer": meta.get("committer"),
+                "time": meta.get("time"),
+                "checksum": meta.get("checksum"),
+                "status": meta.get("status", "prepared"),
+                "current": name == current,
+                "prepared_at": meta.get("prepared_at", 0),
+                "activated_at": meta.get("activated_at"),
+            }
+        )
+    # newest first: by last activation, never-activated ones by when they were prepared
+    releases.sort(key=lambda r: (r["activated_at"] or r["prepared_at"] or 0), reverse=True)
+    return {"current": current, "previous": switch_rec.get("previous"), "releases": releases}
+
+
+def releases(project):
+    """
+    List the releases on this node, newest first, with their status.
+
+    Status is ``prepared`` (never passed checks), ``good`` (passed checks after
+    activation) or ``bad`` (failed, or rolled back from); ``current`` flags the
+    one served.
+
+    project
+        Project name.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.releases rainbow
+    """
+    conf = _project(project)
+    return _inventory(_paths(conf))
+
+
+def current(project):
+    """
+    Name of the release ``current`` points to (None if there is none yet).
+
+    project
+        Project name.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.current rainbow
+    """
+    return _current_target(_paths(_project(project)))
+
+
+def info(project, release):
+    """
+    The metadata of one release on this node (None if it is not prepared).
+
+    project
+        Project name.
+    release
+        Release name.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.info rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei
+    """
+    _check_release(release)
+    paths = _paths(_project(project))
+    if not os.path.isdir(os.path.join(paths["releases"], release)):
+        return None
+    return _read_meta(paths, release)
+
+
+def mark(project, release, status):
+    """
+    Mark a release ``good``, ``bad`` or ``prepared``.
+
+    project
+        Project name.
+    release
+        Release name.
+    status
+        good, bad or prepared.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.mark rainbow rainbow_pro_v1.2.0_master_2016-08-12_09-00-00_xuliangwei bad
+    """
+    _check_release(release)
+    if status not in STATUSES:
+        raise CommandExecutionError(f"status {status!r}: use one of {', '.join(STATUSES)}")
+    paths = _paths(_project(project))
+    meta = _update_meta(paths, release, f"marked {status}", status=status)
+    return {"release": release, "status": meta["status"]}
+
+
+def rollback_target(project):
+    """
+    The release this node would roll back to: the newest good release other than ``current``.
+
+    project
+        Project name.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.rollback_target rainbow
+    """
+    inv = _inventory(_paths(_project(project)))
+    for rel in inv["releases"]:
+        if rel["status"] == "good" and not rel["current"]:
+            return rel["name"]
+    return None
+
+
+def rollback(project, to=None, checks="gate"):
+    """
+    Roll this node back: switch to ``to`` (default: the newest good release other than
+    ``current``), restart, check, and mark the release left as bad.
+
+    The cluster-wide commands are ``salt-run deploy.rollback``; this is for one node.
+
+    project
+        Project name.
+    to
+        Release to roll back to.
+    checks
+        ``gate`` (switch back again if the checks fail), ``report`` or ``skip``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'web-3' deploy.rollback rainbow
+        salt 'web-3' deploy.rollback rainbow to=rainbow_pro_v1.0.0_master_2016-08-10_10-00-00_xuliangwei
+    """
+    target = to or rollback_target(project)
+    if not target:
+        raise CommandExecutionError(
+            f"project {project!r}: no good release to roll back to on this node; give to=<release>"
+        )
+    return switch(project, target, checks=checks, mark_left="bad")
+
+
+def cleanup(project, keep=None):
+    """
+    Remove old releases, keeping ``keep_releases`` (pillar, default 5).
+
+    Never removes ``current``, the previous release or the newest good one.  Bad and
+    never-activated releases do not use up the keep count: they are removed only once
+    they are older than the oldest release kept.  Leftovers of interrupted prepares are
+    removed too.
+
+    project
+        Project name.
+    keep
+        Override ``keep_releases``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.cleanup rainbow
+        salt '*' deploy.cleanup rainbow keep=3
+    """
+    conf = _project(project)
+    paths = _paths(conf)
+    keep = int(keep if keep is not None else conf.get("keep_releases", 5))
+    if keep < 1:
+        raise CommandExecutionError(f"keep={keep}: keep at least 1 release")
+    inv = _inventory(paths)
+    protected = {inv["current"], inv["previous"]}
+    good = [r["name"] for r in inv["releases"] if r["status"] == "good"]
+    if good:
+        protected.add(good[0])
+    kept, removed, counted = [], [], 0
+    for rel in inv["releases"]:
+        counts = rel["activated_at"] is not None and rel["status"] != "bad"
+        if rel["name"] in protected or counted < keep:
+            kept.append(rel["name"])
+            counted += 1 if counts else 0
+            continue
+        shutil.rmtree(os.path.join(paths["releases"], rel["name"]))
+        try:
+            os.unlink(_meta_path(paths, rel["name"]))
+        except FileNotFoundError:
+            pass
+        removed.append(rel["name"])
+    _remove_stale_tmp(paths)
+    return {"kept": kept, "removed": removed}

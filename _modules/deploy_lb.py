@@ -1,0 +1,373 @@
+"""
+Take web nodes out of the load balancer and put them back: the article's step 6.
+
+Runs on the load-balancer minion (pillar ``deploy:projects:<project>:lb:minion``).
+Drivers:
+
+``haproxy``
+    The runtime API on the admin socket (``lb:socket``, ``level admin``) of backend
+    ``lb:backend``: ``drain``, wait until the server has no current sessions,
+    ``maint``; back to the state it had before.  A small client over the UNIX socket
+    (no extra dependency); server names default to the minion ids (``lb:servers`` maps
+    minion ids to other names).
+``nginx``
+    The node's ``server`` line in the upstream file ``lb:upstream_file`` is marked
+    ``down``, ``nginx -t``, graceful reload; restored the same way.  ``lb:servers``
+    maps minion ids to their ``host:port`` in that file; ``lb:nginx`` is the nginx
+    command (default ``[nginx]``) for ``-t`` and ``-s reload``.
+
+Before it changes anything, ``detach`` writes the servers' prior states to a record on
+the LB minion (``<cachedir>/deploy_lb/<name>.json``).  ``attach`` restores exactly those
+states and removes them from the record, so a run killed in the middle can be repaired
+by calling ``attach`` for the servers the master recorded as being detached.
+"""
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import time
+
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "deploy_lb"
+
+DRIVERS = ("haproxy", "nginx")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+
+# HAProxy srv_admin_state bits (show servers state)
+_FMAINT, _IMAINT, _CMAINT, _FDRAIN, _IDRAIN, _RMAINT, _HMAINT = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# --------------------------------------------------------------------------- record
+
+
+def _record_path(name):
+    if not NAME_RE.match(str(name)):
+        raise CommandExecutionError(f"invalid LB record name {name!r}")
+    base = os.path.join(__opts__["cachedir"], "deploy_lb")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    return os.path.join(base, f"{name}.json")
+
+
+def _load_record(name):
+    try:
+        with open(_record_path(name), encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return {}
+
+
+def _save_record(name, record):
+    path = _record_path(name)
+    if not record:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(record, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _check_servers(servers):
+    if isinstance(servers, str):
+        servers = [servers]
+    for server in servers:
+        if not NAME_RE.match(str(server)):
+            raise CommandExecutionError(f"invalid server name {server!r}")
+    return list(servers)
+
+
+# --------------------------------------------------------------------------- haproxy
+
+
+class _HAProxy:
+    def __init__(self, conf):
+        self.socket = conf.get("socket")
+        self.backend = conf.get("backend")
+        self.names = conf.get("servers") or {}
+        if not self.socket or not os.path.isabs(self.socket):
+            raise CommandExecutionError("haproxy driver: lb:socket must be the absolute path of the admin socket")
+        if not self.backend or not NAME_RE.match(self.backend):
+            raise CommandExecutionError(f"haproxy driver: invalid lb:backend {self.backend!r}")
+        self.record = f"haproxy-{self.backend}"
+
+    def name(self, server):
+        return self.names.get(server, server)
+
+    def command(self, cmd):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(self.socket)
+                sock.sendall(cmd.encode() + b"\n")
+                chunks = []
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    chunks.append(data)
+        except OSError as exc:
+            raise CommandExecutionError(f"haproxy admin socket {self.socket}: {exc.strerror or exc}") from None
+        return b"".join(chunks).decode(errors="replace")
+
+    def _all_states(self):
+        out = self.command(f"show servers state {self.backend}")
+        lines = [l for l in out.splitlines() if l and not l.startswith("#")]
+        if not lines or not lines[0].strip().isdigit():
+            raise CommandExecutionError(f"haproxy: backend {self.backend!r}: {out.strip() or 'no answer'}")
+        states = {}
+        for line in lines[1:]:
+            fields = line.split()
+            if len(fields) < 7:
+                continue
+            admin = int(fields[6])
+            if admin & (_FMAINT | _IMAINT | _CMAINT | _RMAINT | _HMAINT):
+                states[fields[3]] = "maint"
+            elif admin & (_FDRAIN | _IDRAIN):
+                states[fields[3]] = "drain"
+            else:
+                states[fields[3]] = "ready"
+        return states
+
+    def states(self, servers):
+        """{server: ready|drain|maint}; refuse servers the backend does not have."""
+        known = self._all_states()
+        missing = [s for s in servers if self.name(s) not in known]
+        if missing:
+            raise CommandExecutionError(
+                f"haproxy backend {self.backend!r} has no server named {', '.join(missing)}"
+            )
+        return {s: known[self.name(s)] for s in servers}
+
+    def sessions(self):
+        out = self.command("show stat")
+        reader = csv.DictReader(io.StringIO(out.lstrip("# ")))
+        return {
+            row["svname"]: int(row.get("scur") or 0) + int(row.get("qcur") or 0)
+            for row in reader
+            if row.get("pxname") == self.backend
+        }
+
+    def set_state(self, server, state):
+        out = self.command(f"set server {self.backend}/{server} state {state}").strip()
+        if out:
+            raise CommandExecutionError(f"haproxy: set server {self.backend}/{server} state {state}: {out}")
+
+    def take_out(self, servers, wait):
+        """drain, wait (bounded) for sessions to end, maint."""
+        for server in servers:
+            self.set_state(self.name(server), "drain")
+        started = time.monotonic()
+        left = {}
+        while servers:
+            sessions = self.sessions()
+            left = {s: sessions[self.name(s)] for s in servers if sessions.get(self.name(s))}
+            if not left or time.monotonic() - started >= wait:
+                break
+            time.sleep(0.05)
+        for server in servers:
+            self.set_state(self.name(server), "maint")
+        return {"drain_seconds": round(time.monotonic() - started, 3), "sessions_left": left}
+
+    def restore(self, prior):
+        for server, state in prior.items():
+            self.set_state(self.name(server), state)
+        return {}
+
+
+
+# --------------------------------------------------------------------------- nginx
+
+
+class _Nginx:
+    def __init__(self, conf):
+        self.file = conf.get("upstream_file")
+        self.addrs = conf.get("servers") or {}
+        self.nginx = conf.get("nginx") or ["nginx"]
+        if isinstance(self.nginx, str):
+            self.nginx = [self.nginx]
+        if not self.file or not os.path.isabs(self.file):
+            raise CommandExecutionError("nginx driver: lb:upstream_file must be an absolute path")
+        self.record = "nginx-" + re.sub(r"[^A-Za-z0-9._-]", "_", self.file.strip("/"))
+
+    def _pattern(self, server):
+        addr = self.addrs.get(server)
+        if not addr:
+            raise CommandExecutionError(f"nginx driver: lb:servers has no address for {server!r}")
+        return re.compile(r"^(\s*)(#\s*)?server\s+" + re.escape(addr) + r"(\s[^;]*)?;(.*)$")
+
+    def _read(self):
+        try:
+            with open(self.file, encoding="utf-8") as fh:
+                return fh.read().split("\n")
+        except OSError as exc:
+            raise CommandExecutionError(f"nginx driver: cannot read {self.file}: {exc.strerror}") from None
+
+    def _find(self, lines, server):
+        pattern = self._pattern(server)
+        for i, line in enumerate(lines):
+            match = pattern.match(line)
+            if match:
+                return i, match
+        raise CommandExecutionError(f"nginx driver: no 'server {self.addrs[server]}' line in {self.file}")
+
+    def states(self, servers):
+        lines = self._read()
+        result = {}
+        for server in servers:
+            _, match = self._find(lines, server)
+            params = (match.group(3) or "").split()
+            result[server] = "maint" if match.group(2) or "down" in params else "ready"
+        return result
+
+    def _apply(self, wanted):
+        lines = self._read()
+        original = "\n".join(lines)
+        for server, state in wanted.items():
+            i, match = self._find(lines, server)
+            indent, params, rest = match.group(1), (match.group(3) or "").split(), match.group(4)
+            params = [p for p in params if p != "down"] + (["down"] if state == "maint" else [])
+            lines[i] = f"{indent}server {self.addrs[server]}{''.join(' ' + p for p in params)};{rest}"
+        self._write("\n".join(lines))
+        test = subprocess.run(self.nginx + ["-t"], capture_output=True, text=True, check=False)
+        if test.returncode:
+            self._write(original)
+            raise CommandExecutionError(f"nginx -t failed, upstream file restored: {test.stderr.strip()[-300:]}")
+        reload = subprocess.run(self.nginx + ["-s", "reload"], capture_output=True, text=True, check=False)
+        if reload.returncode:
+            raise CommandExecutionError(f"nginx reload failed: {reload.stderr.strip()[-300:]}")
+
+    def _write(self, text):
+        tmp = f"{self.file}.deploy-tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        st = os.stat(self.file)
+        os.chmod(tmp, st.st_mode & 0o777)
+        os.replace(tmp, self.file)
+
+    def take_out(self, servers, wait):
+        """mark down, nginx -t, graceful reload (in-flight requests finish on the old workers)."""
+        started = time.monotonic()
+        self._apply({s: "maint" for s in servers})
+        return {"drain_seconds": round(time.monotonic() - started, 3), "sessions_left": {}}
+
+    def restore(self, prior):
+        self._apply(prior)
+        return {}
+
+
+
+def _driver(lb):
+    if not isinstance(lb, dict):
+        raise CommandExecutionError("lb must be a dict with a 'driver'")
+    driver = lb.get("driver")
+    if driver == "haproxy":
+        return _HAProxy(lb)
+    if driver == "nginx":
+        return _Nginx(lb)
+    raise CommandExecutionError(f"unknown LB driver {driver!r}: use one of {', '.join(DRIVERS)} or none")
+
+
+# --------------------------------------------------------------------------- public
+
+
+def detach(lb, servers, wait=30):
+    """
+    Take servers out of the load balancer: drain, wait for their sessions to end
+    (at most ``wait`` seconds), then put them in maintenance.
+
+    The prior state of each server is written to the LB record before anything changes;
+    servers already in maintenance stay as they are.  Returns ``{server: prior_state}``
+    plus timing.
+
+    lb
+        The project's ``lb`` pillar dict (driver, socket, backend / upstream_file, servers).
+    servers
+        Minion ids of the nodes to detach.
+    wait
+        Longest wait, in seconds, for a draining server's sessions to end.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb-1 deploy_lb.detach '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' '[web-1, web-2]'
+    """
+    servers = _check_servers(servers)
+    drv = _driver(lb)
+    record = _load_record(drv.record)
+    now = drv.states(servers)
+    # a server still in the record was detached by an interrupted run: its true prior state is the recorded one
+    for server in servers:
+        record.setdefault(server, now[server])
+    _save_record(drv.record, record)
+    prior = {s: record[s] for s in servers}
+    timing = drv.take_out([s for s in servers if now[s] != "maint"], float(wait))
+    return {"prior": prior, **timing}
+
+
+def attach(lb, servers):
+    """
+    Put servers back into the load balancer in the state recorded by ``detach``
+    (a server an operator had put in maintenance stays in maintenance), and drop them
+    from the record.  Servers with no record are left untouched.
+
+    lb
+        The project's ``lb`` pillar dict.
+    servers
+        Minion ids of the nodes to restore.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb-1 deploy_lb.attach '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' '[web-1, web-2]'
+    """
+    servers = _check_servers(servers)
+    drv = _driver(lb)
+    record = _load_record(drv.record)
+    prior = {s: record[s] for s in servers if s in record}
+    if prior:
+        drv.restore(prior)
+    for server in prior:
+        record.pop(server, None)
+    _save_record(drv.record, record)
+    return {"restored": prior, "untouched": [s for s in servers if s not in prior]}
+
+
+def status(lb, servers):
+    """
+    The LB state of each server: ``ready``, ``drain`` or ``maint``; and which are still
+    recorded as detached.
+
+    lb
+        The project's ``lb`` pillar dict.
+    servers
+        Minion ids.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb-1 deploy_lb.status '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' '[web-1]'
+    """
+    servers = _check_servers(servers)
+    drv = _driver(lb)
+    record = _load_record(drv.record)
+    return {"states": drv.states(servers), "detached": sorted(s for s in servers if s in record)}
