@@ -60,16 +60,17 @@ def _now():
 
 
 def _check_project(project):
-    if not isinstance(project, str) or not PROJECT_RE.match(project):
+    if not isinstance(project, str) or not PROJECT_RE.fullmatch(project):  # not match: '$' accepts a trailing newline
         raise CommandExecutionError(
             f"invalid project name {project!r}: use [a-z0-9][a-z0-9_-]* (no '/', '..', spaces)"
         )
 
 
 def _check_release(release):
-    if not isinstance(release, str) or not RELEASE_RE.match(release) or ".." in release:
+    # fullmatch, not match: '$' accepts a trailing newline; 'switch' would be meta/switch.json, the switch record
+    if not isinstance(release, str) or not RELEASE_RE.fullmatch(release) or ".." in release or release == "switch":
         raise CommandExecutionError(
-            f"invalid release name {release!r}: use [A-Za-z0-9._-] only, no '/', '..' or spaces"
+            f"invalid release name {release!r}: use [A-Za-z0-9._-] only, no '/', '..' or spaces ('switch' is reserved)"
         )
 
 
@@ -96,7 +97,7 @@ def _project(project, pillar=None):
     root = conf.get("root")
     if not isinstance(root, str) or not root:
         raise CommandExecutionError(f"project {project!r}: pillar has no 'root'")
-    if not os.path.isabs(root) or os.path.normpath(root) == "/":
+    if not os.path.isabs(root) or os.path.realpath(root) == "/":  # realpath: normpath keeps '//'
         raise CommandExecutionError(
             f"project {project!r}: root {root!r} must be an absolute path other than '/'"
         )
@@ -211,6 +212,9 @@ def _switch_link(paths, release):
 def _safe_members(tar):
     """Refuse the whole archive if any member could land outside the release."""
     members = tar.getmembers()
+    # Paths are checked lexically, which only holds if no path goes through a symlink of the
+    # archive (e.g. 'a/b/d' -> '../..' makes 'a/b/d/a/b/d/../../../../../../etc' reach '/etc').
+    symlinks = {"/".join(p for p in m.name.split("/") if p not in ("", ".")) for m in members if m.issym()}
     for member in members:
         name = member.name
         parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -220,11 +224,30 @@ def _safe_members(tar):
             )
         if member.isdev() or member.isfifo():
             raise CommandExecutionError(f"archive member {name!r} is a device or fifo: release refused")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in symlinks:
+                raise CommandExecutionError(
+                    f"archive member {name!r} goes through the symlink {'/'.join(parts[:i])!r}: release refused"
+                )
         if member.issym() or member.islnk():
             link = member.linkname
-            base = os.path.dirname("/".join(parts)) if member.issym() else ""
-            resolved = os.path.normpath(os.path.join(base, link))
-            if os.path.isabs(link) or resolved == ".." or resolved.startswith("../"):
+            walk = parts[:-1] if member.issym() else []
+            outside = os.path.isabs(link)
+            for step in [] if outside else link.split("/"):
+                if step in ("", "."):
+                    continue
+                if walk and "/".join(walk) in symlinks:
+                    raise CommandExecutionError(
+                        f"archive member {name!r} links to {link!r} through the symlink {'/'.join(walk)!r}: release refused"
+                    )
+                if step != "..":
+                    walk.append(step)
+                elif walk:
+                    walk.pop()
+                else:
+                    outside = True
+                    break
+            if outside:
                 raise CommandExecutionError(
                     f"archive member {name!r} links to {link!r}, outside the release: release refused"
                 )
@@ -456,9 +479,9 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base"):
     try:
         _unpack(artifact, tmp)
         _link_shared(conf, paths, tmp, uid, gid)
-        _chown_tree(tmp, uid, gid)
         _render_config(conf, pillar, tmp, release, uid, gid)
         _write_files(conf, tmp, uid, gid)
+        _chown_tree(tmp, uid, gid)  # after config and files: the directories they created too
         os.chmod(tmp, 0o755)
         record = dict(meta or {})
         record.update(
@@ -650,12 +673,15 @@ def restart(project):
     return {"result": result, "steps": steps}
 
 
-def _one_check(check):
+def _one_check(check, release=None):
     url = check.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return {"url": url, "ok": False, "error": "check needs an http(s) url"}
     expected = int(check.get("status", 200))
     contains = check.get("contains")
+    if contains and release:
+        # "{release}" checks that the node serves the release just switched to, not a cached one
+        contains = str(contains).replace("{release}", release)
     retries = max(int(check.get("retries", 3)), 1)
     delay = float(check.get("delay", 1))
     timeout = float(check.get("timeout", 5))
@@ -693,7 +719,9 @@ def check(project):
 
     Each check (pillar ``deploy:projects:<project>:checks``) is
     ``{url: ..., status: 200, contains: TEXT, retries: 3, delay: 1, timeout: 5, headers: {}}``;
-    a check passes when the status matches and the body contains ``contains``.
+    a check passes when the status matches and the body contains ``contains``.  In
+    ``contains``, ``{release}`` stands for the release ``current`` points to, so a check
+    can prove the node serves the new code (not a stale OPcache or JSP cache).
 
     project
         Project name.
@@ -706,7 +734,8 @@ def check(project):
     """
     conf = _project(project)
     started = time.monotonic()
-    results = [_one_check(c) for c in conf.get("checks") or []]
+    release = _current_target(_paths(conf))
+    results = [_one_check(c, release) for c in conf.get("checks") or []]
     ok = all(r["ok"] for r in results)
     if not ok:
         __context__["retcode"] = 1
@@ -766,7 +795,7 @@ def switch(project, release, checks="gate", mark_left=None):
     check_ok = None
     if ok and checks != "skip":
         t = time.monotonic()
-        results = [_one_check(c) for c in conf.get("checks") or []]
+        results = [_one_check(c, release) for c in conf.get("checks") or []]
         check_ok = all(r["ok"] for r in results)
         steps.append(_step("checks", t, result=check_ok, details=results))
         if checks == "gate":

@@ -417,6 +417,13 @@ class _Run:
         return ret["ret"]
 
 
+def _failed(ret):
+    """Mark a runner return as failed: salt-run exits with ``retcode`` (as state.orchestrate does)."""
+    __context__["retcode"] = 1
+    ret["retcode"] = 1
+    return ret
+
+
 def _first_error(data):
     for step in data.get("steps", []):
         if not step.get("result"):
@@ -760,15 +767,13 @@ def _finish(run, plan, error=None, extra=None):
     _history_append(run.project, record)
     run.fire("success" if result == "success" else "failure", result=result, error=error, seconds=seconds)
     run.progress(f"{run.kind} {result} in {seconds}s" + (f": {error}" if error else ""))
-    if result != "success":
-        __context__["retcode"] = 1
-    summary = {"result": result, "release": run.release, "seconds": seconds, "nodes": run.nodes,
+    summary = {"result": result, "retcode": 0, "release": run.release, "seconds": seconds, "nodes": run.nodes,
                "timings": run.timings, **(extra or {})}
     if error:
         summary["error"] = error
     if run.lock and run.lock.warnings:
         summary["warnings"] = run.lock.warnings
-    return summary
+    return summary if result == "success" else _failed(summary)
 
 
 def _take_lock(run):
@@ -841,8 +846,7 @@ def release(project, env, ref=None, test=False):
             return _release_plan(run, ref)
         _take_lock(run)
     except (DeployError, SaltInvocationError) as exc:
-        __context__["retcode"] = 1
-        return {"result": "refused", "error": str(exc)}
+        return _failed({"result": "refused", "error": str(exc)})
     plan = {}
 
     def body():
@@ -980,8 +984,7 @@ def rollback(project, env, to=None, emergency=False, force=False, test=False):
         if not force:
             _take_lock(run)
     except (DeployError, SaltInvocationError) as exc:
-        __context__["retcode"] = 1
-        return {"result": "refused", "error": str(exc)}
+        return _failed({"result": "refused", "error": str(exc)})
     plan = {}
 
     def body():
@@ -1026,8 +1029,7 @@ def releases(project, env):
         plan = _plan(run)
         inventories = _inventories(run, plan["nodes"])
     except (DeployError, SaltInvocationError) as exc:
-        __context__["retcode"] = 1
-        return {"result": "refused", "error": str(exc)}
+        return _failed({"result": "refused", "error": str(exc)})
     nodes = {
         node: [
             {k: r.get(k) for k in ("name", "version", "commit", "committer", "time", "status", "current")}
@@ -1124,8 +1126,7 @@ def unlock(project, env, force=False, show=False):
     try:
         _config(project, env)
     except SaltInvocationError as exc:
-        __context__["retcode"] = 1
-        return {"result": "refused", "error": str(exc)}
+        return _failed({"result": "refused", "error": str(exc)})
     lock = _Lock(project, env, "unlock")
     held = lock.holder()
     if held is None:
@@ -1135,14 +1136,12 @@ def unlock(project, env, force=False, show=False):
     if show:
         return info
     if alive and not force:
-        __context__["retcode"] = 1
-        return {**info, "result": "refused", "error": f"the lock is held by a running {lock.describe(held)}; use force=True"}
+        return _failed({**info, "result": "refused", "error": f"the lock is held by a running {lock.describe(held)}; use force=True"})
     try:
         run = _Run(project, env, "unlock")
         run.lock = lock
         lock.take_over(held)
         _recover(run)
     except DeployError as exc:
-        __context__["retcode"] = 1
-        return {**info, "result": "failure", "error": str(exc)}
+        return _failed({**info, "result": "failure", "error": str(exc)})
     return {**info, "result": "cleared", "warnings": lock.warnings}

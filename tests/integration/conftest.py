@@ -134,7 +134,7 @@ class Cluster:
             "root": self.root(node),
             "restart": [{"cmd": self.php[node].reload_command()}],
             "checks": [
-                {"url": f"http://{addr}:8080/", "status": 200, "contains": "rainbow", "retries": 3, "delay": 0.5},
+                {"url": f"http://{addr}:8080/", "status": 200, "contains": "release: {release}", "retries": 10, "delay": 0.2},
                 {"url": f"http://{addr}:8080/health.php", "status": 200, "contains": "ok", "retries": 3, "delay": 0.5},
             ],
         }

@@ -1,0 +1,636 @@
+"""A whole sandbox cluster in one local folder: a salt-master, its minions, the web stack.
+
+:class:`Sandbox` lays out, starts, inspects and removes (``python -m sandbox up|status|down``)::
+
+    <path>/sandbox.json            state: ports, addresses, pids (read by `status` and `down`)
+    <path>/etc/salt/master         master config; also for `salt -c` and `salt-run -c`
+    <path>/etc/minions/<id>/minion one config dir per minion
+    <path>/var/<daemon>/{pki,cache}  salt's own state (root_dir = <path>)
+    <path>/run/                    pid files and the daemons' unix sockets (sock_dir)
+    <path>/logs/                   master.log, <id>.log
+    <path>/srv/salt, srv/pillar    file_roots and pillar_roots of base
+    <path>/git/rainbow.git         the sample repository (sandbox/repo.py)
+    <path>/nodes/<id>/rainbow      each node's project root (releases/, shared/, current)
+    <path>/svc/<id>, svc/haproxy   the web services' workdirs (sandbox/web.py)
+
+Minions: ``lb-1`` (drives HAProxy), ``pre-1`` (pre-production), ``web-1``..``web-N``
+(grains roles [rainbow], env pro, region east for web-1, west for the others); the job
+node (own crontab.xml) is web-3 (or the last web node when there are fewer).  Every
+rainbow node runs nginx + PHP-FPM as www-data on ``<net>.<10+i>:8080`` (pre-1 is
+``.10``); HAProxy on ``127.0.0.1:<lb_port>`` (default 8088) balances web-1..N.
+
+All daemons run detached (own sessions), so they outlive the ``up`` process.
+Unix sockets must stay short (~107 bytes): when ``<path>`` is long, the salt trees are
+reached through a short symlink ``/tmp/dpl-sbx-<hash>`` -> ``<path>``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import yaml
+
+from sandbox import pillar as sandbox_pillar
+from sandbox import repo as sample_repo
+from sandbox import web as web_stack
+
+PROJECT = "rainbow"
+ENV = "pro"
+USER = "www-data"
+STATE_FILE = "sandbox.json"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_PATH = os.path.join(REPO_ROOT, ".sandbox")
+DEFAULT_LB_PORT = 8088
+DEFAULT_NET = "127.0.1"
+NODE_PORT = 8080
+RESERVED_PORTS = {4505, 4506, 8080, DEFAULT_LB_PORT}
+# longest socket name salt puts in a sock_dir: minion_event_<10 hex>_pull.ipc
+_SOCK_NAME = 40
+_SOCK_LIMIT = 100
+
+APT_PACKAGES = {  # binary used by sandbox/web.py -> Debian package
+    web_stack.NGINX: "nginx",
+    web_stack.PHP_FPM: "php8.2-fpm",
+    web_stack.HAPROXY: "haproxy",
+    "git": "git",
+}
+
+
+class SandboxError(RuntimeError):
+    """Something the user can act on: the message says what."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def salt_bin(name):
+    """``salt-master`` & co. from the current interpreter's environment (the venv's bin dir)."""
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def missing_requirements():
+    """Human-readable problems that stop a sandbox from starting on this machine ([] = fine)."""
+    problems = []
+    packages = []
+    for binary, package in APT_PACKAGES.items():
+        found = os.access(binary, os.X_OK) if os.path.isabs(binary) else shutil.which(binary)
+        if not found:
+            problems.append(f"{binary} is missing (Debian package {package})")
+            packages.append(package)
+    opcache_ini = os.path.join(web_stack.PHP_FPM_CONF_D, "10-opcache.ini")
+    if os.access(web_stack.PHP_FPM, os.X_OK) and not os.path.exists(opcache_ini):
+        problems.append(f"PHP OPcache is not enabled for {web_stack.PHP_FPM} (Debian package php8.2-opcache)")
+        packages.append("php8.2-opcache")
+    if packages:
+        problems.append("install them with:  apt-get install -y " + " ".join(packages))
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        problems.append(f"user {USER} does not exist (the web services run as it): adduser --system --group {USER}")
+    for name in ("salt-master", "salt-minion", "salt-run", "salt"):
+        if not os.access(salt_bin(name), os.X_OK):
+            problems.append(f"{salt_bin(name)} is missing: install this project into {sys.prefix} "
+                            f"({sys.executable} -m pip install -e '.[tests]')")
+            break
+    if os.geteuid() != 0:
+        problems.append("run it as root: the minions switch to www-data and chown release files")
+    return problems
+
+
+def _free_port(avoid=()):
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in RESERVED_PORTS and port not in avoid:
+            return port
+    raise SandboxError("no free TCP port on 127.0.0.1")
+
+
+def _port_open(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _ancestors():
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
+
+
+def processes_matching(*needles):
+    """PIDs (not this process or its parents) whose command line contains one of ``needles``."""
+    mine = _ancestors()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in mine:
+            line = _cmdline(int(entry))
+            if line and any(n in line for n in needles) and _alive(int(entry)):
+                found.append(int(entry))
+    return sorted(found)
+
+
+def _read_pid(path):
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait(predicate, timeout, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def _tail(path, lines=15):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return "(no log)\n"
+
+
+def _reachable_by(user, path):
+    """The first directory on the way to ``path`` that ``user`` cannot enter, or None."""
+    pw = pwd.getpwnam(user)
+    groups = {pw.pw_gid} | {g.gr_gid for g in __import__("grp").getgrall() if user in g.gr_mem}
+    p = os.path.abspath(path)
+    chain = []
+    while True:
+        chain.append(p)
+        if p == "/":
+            break
+        p = os.path.dirname(p)
+    for d in reversed(chain):
+        if not os.path.exists(d):
+            break
+        st = os.stat(d)
+        if st.st_uid == pw.pw_uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return d
+    return None
+
+
+def _mkdir(path, mode=0o755):
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+    return path
+
+
+def _dump(path, data):
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("# generated by python -m sandbox -- removed by `python -m sandbox down`\n")
+        yaml.safe_dump(data, fh, default_flow_style=False)
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+
+class Sandbox:
+    """One sandbox cluster in ``path``; see the module docstring."""
+
+    def __init__(self, path=None, web=3, lb_port=DEFAULT_LB_PORT, net=DEFAULT_NET, out=print):
+        self.path = os.path.abspath(path or DEFAULT_PATH)
+        self.web = int(web)
+        if not 1 <= self.web <= 50:
+            raise SandboxError("--web must be between 1 and 50")
+        self.lb_port = int(lb_port)
+        self.net = net.rstrip(".")
+        parts = self.net.split(".")
+        if len(parts) != 3 or parts[0] != "127" or not all(p.isdigit() and 0 <= int(p) <= 255 for p in parts):
+            raise SandboxError(f"--net {net!r}: give the first three octets of a loopback address, e.g. 127.0.1")
+        self.out = out
+        self.state_path = os.path.join(self.path, STATE_FILE)
+        self.web_ids = [f"web-{i}" for i in range(1, self.web + 1)]
+        self.nodes = ["pre-1", *self.web_ids]  # the rainbow nodes (nginx + PHP-FPM)
+        self.minion_ids = ["lb-1", *self.nodes]
+        self.job_node = f"web-{min(3, self.web)}"
+        self.addr = {node: f"{self.net}.{10 + i}" for i, node in enumerate(self.nodes)}
+        # salt's tree is reached through `base`: the path itself, or a short symlink to it
+        longest = max(len(i) for i in self.minion_ids + ["master"])
+        if len(self.path) + len("/run/") + longest + 1 + _SOCK_NAME <= _SOCK_LIMIT:
+            self.base = self.path
+        else:
+            self.base = "/tmp/dpl-sbx-" + hashlib.sha1(self.path.encode()).hexdigest()[:10]
+        self.conf_dir = os.path.join(self.path, "etc", "salt")
+        self.file_roots = os.path.join(self.path, "srv", "salt")
+        self.pillar_dir = os.path.join(self.path, "srv", "pillar")
+        self.log_dir = os.path.join(self.path, "logs")
+        self.repo = os.path.join(self.path, "git", f"{PROJECT}.git")
+        self.ports = {}
+        self.pids = {}
+        self.lb = web_stack.HAProxy(
+            os.path.join(self.path, "svc", "haproxy"), PROJECT,
+            {n: f"{self.addr[n]}:{NODE_PORT}" for n in self.web_ids},
+            bind=f"127.0.0.1:{self.lb_port}", user=USER,
+        )
+        self.php = {
+            node: web_stack.PhpNode(node, self.addr[node], self.node_root(node), os.path.join(self.path, "svc", node),
+                              user=USER, port=NODE_PORT)
+            for node in self.nodes
+        }
+
+    # ---------------------------------------------------------------- paths
+    def node_root(self, node):
+        return os.path.join(self.path, "nodes", node, PROJECT)
+
+    def minion_conf_dir(self, mid):
+        return os.path.join(self.path, "etc", "minions", mid)
+
+    def pidfile(self, daemon):
+        return os.path.join(self.base, "run", f"salt-{daemon}.pid")
+
+    def current(self, node):
+        link = os.path.join(self.node_root(node), "current")
+        return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+
+    def history_path(self):
+        return os.path.join(self.path, "var", "master", "cache", "deploy", "history", f"{PROJECT}.jsonl")
+
+    def salt_cmd(self, tool="salt-run"):
+        return [salt_bin(tool), "-c", self.conf_dir]
+
+    # ---------------------------------------------------------------- state file
+    @classmethod
+    def load(cls, path=None, out=print):
+        """The sandbox recorded in ``path``/sandbox.json, or None."""
+        path = os.path.abspath(path or DEFAULT_PATH)
+        try:
+            with open(os.path.join(path, STATE_FILE), encoding="utf-8") as fh:
+                state = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        box = cls(path, web=state["web"], lb_port=state["lb_port"], net=state["net"], out=out)
+        box.base = state.get("base", box.base)
+        box.ports = state.get("ports", {})
+        box.pids = state.get("pids", {})
+        box.state = state
+        return box
+
+    def save_state(self, phase):
+        state = {
+            "project": PROJECT, "env": ENV, "phase": phase, "path": self.path, "base": self.base,
+            "web": self.web, "lb_port": self.lb_port, "net": self.net, "ports": self.ports,
+            "pids": self.pids, "conf_dir": self.conf_dir, "python": sys.executable,
+            "minions": self.minion_ids, "nodes": {n: self.addr[n] for n in self.nodes},
+            "job_node": self.job_node, "lb": self.lb.url, "lb_socket": self.lb.socket, "repo": self.repo,
+            "updated": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(state, fh, indent=2, sort_keys=True)
+        os.replace(tmp, self.state_path)
+        self.state = state
+
+    # ---------------------------------------------------------------- checks
+    def preflight(self):
+        problems = missing_requirements()
+        if problems:
+            raise SandboxError("this machine cannot run the sandbox yet:\n  " + "\n  ".join(problems))
+        blocked = _reachable_by(USER, os.path.dirname(self.path))
+        if blocked:
+            raise SandboxError(
+                f"{USER} cannot enter {blocked} (nginx and PHP-FPM run as {USER} and serve files under "
+                f"{self.path}): choose another folder, e.g. --path /tmp/sandbox, or chmod o+x {blocked}")
+        busy = []
+        if _port_open("127.0.0.1", self.lb_port):
+            busy.append(f"127.0.0.1:{self.lb_port} (the LB; choose another with --lb-port)")
+        for node in self.nodes:
+            if _port_open(self.addr[node], NODE_PORT):
+                busy.append(f"{self.addr[node]}:{NODE_PORT} ({node}; choose other addresses with --net, e.g. 127.0.9)")
+        if busy:
+            raise SandboxError("already in use (another sandbox or test cluster?):\n  " + "\n  ".join(busy))
+
+    # ---------------------------------------------------------------- configs
+    def write_configs(self):
+        for d in ("etc/salt", "srv/salt", "srv/pillar", "logs", "run", "git", "svc", "nodes"):
+            _mkdir(os.path.join(self.path, d))
+        os.chmod(self.path, 0o755)
+        if self.base != self.path:
+            if os.path.islink(self.base):
+                os.unlink(self.base)
+            os.symlink(self.path, self.base)
+        self.ports = {"publish": _free_port(), "ret": None}
+        self.ports["ret"] = _free_port(avoid={self.ports["publish"]})
+        b = self.base
+        common = {
+            "root_dir": b,
+            "user": "root",
+            "log_level": "warning",
+            "log_level_logfile": "info",
+        }
+        master = {
+            **common,
+            "interface": "127.0.0.1",
+            "publish_port": self.ports["publish"],
+            "ret_port": self.ports["ret"],
+            "pki_dir": f"{b}/var/master/pki",
+            "cachedir": f"{b}/var/master/cache",
+            "sock_dir": f"{b}/run/master",
+            "pidfile": self.pidfile("master"),
+            "log_file": f"{b}/logs/master.log",
+            "key_logfile": f"{b}/logs/master-key.log",
+            "open_mode": True,
+            "auto_accept": True,
+            "worker_threads": 4,
+            "file_roots": {"base": [self.file_roots]},
+            "pillar_roots": {"base": [self.pillar_dir]},
+        }
+        _dump(os.path.join(self.conf_dir, "master"), master)
+        for mid in self.minion_ids:
+            if mid == "lb-1":
+                grains = {"roles": ["lb"]}
+            else:
+                grains = {"roles": [PROJECT], "env": ENV, "region": "east" if mid == "web-1" else "west"}
+            conf = {
+                **common,
+                "id": mid,
+                "master": "127.0.0.1",
+                "master_port": self.ports["ret"],
+                "publish_port": self.ports["publish"],
+                "pki_dir": f"{b}/var/{mid}/pki",
+                "cachedir": f"{b}/var/{mid}/cache",
+                "sock_dir": f"{b}/run/{mid}",
+                "pidfile": self.pidfile(mid),
+                "log_file": f"{b}/logs/{mid}.log",
+                "grains": grains,
+                "acceptance_wait_time": 1,
+                "random_reauth_delay": 0,
+                "enable_fqdns_grains": False,
+            }
+            _mkdir(self.minion_conf_dir(mid))
+            _dump(os.path.join(self.minion_conf_dir(mid), "minion"), conf)
+
+    def lb_pillar(self):
+        return {"driver": "haproxy", "minion": "lb-1", "socket": self.lb.socket, "backend": PROJECT,
+                "drain_timeout": 10}
+
+    def write_pillar(self):
+        project = sandbox_pillar.project_pillar(self.repo, self.lb_pillar())
+        nodes = {
+            node: sandbox_pillar.node_pillar(self.node_root(node), self.addr[node], self.php[node].reload_command(),
+                                             job=node == self.job_node, port=NODE_PORT)
+            for node in self.nodes
+        }
+        sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
+
+    # ---------------------------------------------------------------- processes
+    def _spawn_daemon(self, tool, conf_dir, name):
+        log = os.path.join(self.log_dir, f"{name}.out")
+        with open(log, "ab") as fh:
+            return subprocess.Popen([salt_bin(tool), "-d", "-c", conf_dir], stdin=subprocess.DEVNULL,
+                                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+
+    def _daemon_started(self, proc, name, timeout=30):
+        """Wait for the `-d` parent to exit and the daemon's pid file; return the pid."""
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        pid = None
+        if rc == 0:
+            _wait(lambda: _read_pid(self.pidfile(name)) is not None, timeout)
+            pid = _read_pid(self.pidfile(name))
+        if not pid or not _alive(pid):
+            raise SandboxError(f"salt-{'master' if name == 'master' else 'minion ' + name} did not start "
+                               f"(exit {rc}):\n{_tail(os.path.join(self.log_dir, name + '.out'))}"
+                               f"{_tail(os.path.join(self.log_dir, name + '.log'))}")
+        self.pids[name] = pid
+        return pid
+
+    def start_salt(self, timeout=60):
+        master = self._spawn_daemon("salt-master", self.conf_dir, "master")
+        self._daemon_started(master, "master")
+        ok = _wait(lambda: all(_port_open("127.0.0.1", self.ports[k]) for k in ("ret", "publish")), timeout)
+        if not ok:
+            raise SandboxError(f"salt-master does not listen on 127.0.0.1:{self.ports['ret']}/{self.ports['publish']} "
+                               f"after {timeout}s:\n{_tail(os.path.join(self.log_dir, 'master.log'))}")
+        procs = {mid: self._spawn_daemon("salt-minion", self.minion_conf_dir(mid), mid) for mid in self.minion_ids}
+        for mid, proc in procs.items():
+            self._daemon_started(proc, mid)
+
+    def ping(self, minions, timeout=2):
+        """The minions among ``minions`` that answer test.ping (one `salt` CLI call)."""
+        argv = [*self.salt_cmd("salt"), "--out=json", "--static", "--timeout", str(timeout), "-L",
+                ",".join(sorted(minions)), "test.ping"]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30, check=False)
+            ret = json.loads(proc.stdout or "{}")
+        except (subprocess.TimeoutExpired, ValueError):
+            return set()
+        return {m for m, v in ret.items() if v is True} if isinstance(ret, dict) else set()
+
+    def _log_says_ready(self, mid):
+        try:
+            with open(os.path.join(self.log_dir, f"{mid}.log"), encoding="utf-8", errors="replace") as fh:
+                return "ready to receive requests" in fh.read()
+        except OSError:
+            return False
+
+    def wait_minions(self, timeout=90):
+        """Until every minion answers test.ping; SandboxError names the silent ones with their log tails.
+
+        A `salt` call costs ~1.5 s, so it is made when the minions' logs say they are ready
+        (or every 5 s regardless: the log line is only a hint)."""
+        pending = set(self.minion_ids)
+        deadline = time.monotonic() + timeout
+        while pending:
+            hint_until = min(time.monotonic() + 5, deadline)
+            _wait(lambda: all(self._log_says_ready(m) for m in pending) or time.monotonic() > hint_until, 6)
+            pending -= self.ping(pending)
+            if not pending:
+                break
+            dead = [m for m in pending if not _alive(self.pids.get(m) or 0)]
+            if dead or time.monotonic() > deadline:
+                logs = "".join(f"---- {m} ----\n{_tail(os.path.join(self.log_dir, m + '.log'))}"
+                               for m in sorted(pending))
+                why = f"exited: {', '.join(sorted(dead))}" if dead else f"no answer within {timeout}s"
+                raise SandboxError(f"minions {', '.join(sorted(pending))} do not answer test.ping ({why}):\n{logs}")
+            time.sleep(0.2)
+
+    def start_web(self):
+        """Sample repo, nginx + PHP-FPM on every node, HAProxy in front of the web nodes (in parallel)."""
+        for node in self.nodes:
+            os.makedirs(self.node_root(node), exist_ok=True)
+            for part in ("nodes", f"nodes/{node}", f"nodes/{node}/{PROJECT}"):
+                os.chmod(os.path.join(self.path, part), 0o755)
+        jobs = [lambda: sample_repo.make_sample_repo(self.repo, project=PROJECT)]
+        jobs += [svc.start for svc in self.php.values()]
+        jobs.append(self.lb.start)
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+            futures = [pool.submit(job) for job in jobs]
+            errors = [f.exception() for f in futures if f.exception()]
+        if errors:
+            raise SandboxError("the web stack did not start:\n" + "\n".join(str(e) for e in errors))
+        # keep the Popen objects from killing anything at exit: they are only handles
+        for svc in [*self.php.values(), self.lb]:
+            svc._procs = []  # pylint: disable=protected-access
+        self.pids["haproxy"] = _read_pid(self.lb.pid_file)
+
+    def up(self):
+        """Lay out and start everything; return when every minion answers (state saved at each phase)."""
+        os.makedirs(self.path, exist_ok=True)
+        self.write_configs()
+        self.save_state("starting")
+        self.write_pillar()
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            web_job = pool.submit(self.start_web)
+            try:
+                self.start_salt()
+            finally:
+                self.save_state("starting")
+                web_error = web_job.exception()
+        if web_error:
+            raise web_error
+        self.out(f"salt-master and {len(self.minion_ids)} minions started, web stack up "
+                 f"({time.monotonic() - started:.1f}s); waiting for the minions to answer ...")
+        self.wait_minions()
+        self.save_state("running")
+        self.out(f"all minions answer test.ping ({time.monotonic() - started:.1f}s)")
+
+    # ---------------------------------------------------------------- inspection
+    def salt_daemons(self):
+        """{name: pid or None} of the sandbox's salt daemons (pid files checked against their command line)."""
+        out = {}
+        for name in ["master", *self.minion_ids]:
+            pid = _read_pid(self.pidfile(name)) or self.pids.get(name)
+            conf = self.conf_dir if name == "master" else self.minion_conf_dir(name)
+            out[name] = pid if pid and _alive(pid) and conf in _cmdline(pid) else None
+        return out
+
+    def leftovers(self):
+        """Every process still running from this sandbox (salt daemons, jobs, services)."""
+        needles = [os.path.join(self.path, "etc") + "/", os.path.join(self.path, "svc") + "/"]
+        if self.base != self.path:
+            needles.append(self.base + "/")
+        return processes_matching(*needles)
+
+    def anything_running(self):
+        return (any(self.salt_daemons().values()) or self.lb.running
+                or any(s.running for s in self.php.values()) or bool(self.leftovers()))
+
+    def status(self):
+        daemons = self.salt_daemons()
+        lb_status = {}
+        if self.lb.running:
+            for node in self.web_ids:
+                try:
+                    lb_status[node] = self.lb.server_status(node)
+                except (OSError, KeyError) as exc:
+                    lb_status[node] = f"? ({exc})"
+        return {
+            "path": self.path,
+            "daemons": daemons,
+            "ports": self.ports,
+            "nodes": {n: {"url": self.php[n].url, "running": self.php[n].running, "current": self.current(n),
+                          "lb": lb_status.get(n)} for n in self.nodes},
+            "lb": {"url": self.lb.url, "running": self.lb.running, "socket": self.lb.socket},
+        }
+
+    # ---------------------------------------------------------------- teardown
+    def stop(self):
+        """Stop every daemon and service of this sandbox (idempotent); returns what had to be killed."""
+        daemons = [p for p in self.salt_daemons().values() if p]
+        for pid in daemons:  # SIGTERM: salt daemons stop their own process trees
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        services = [self.lb, *self.php.values()]
+        with concurrent.futures.ThreadPoolExecutor(len(services)) as pool:
+            futures = {pool.submit(svc.stop): svc for svc in services}
+            for future, svc in futures.items():
+                if future.exception():
+                    self.out(f"warning: stopping {svc!r}: {future.exception()}")
+        _wait(lambda: not any(_alive(p) for p in daemons), 15)
+        killed = []
+        for _ in range(3):
+            left = self.leftovers()
+            if not left:
+                break
+            for pid in left:
+                killed.append((pid, _cmdline(pid)[:120]))
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            _wait(lambda: not any(_alive(p) for p in left), 5)
+        for name in ["master", *self.minion_ids]:
+            try:
+                os.unlink(self.pidfile(name))
+            except OSError:
+                pass
+        return killed
+
+    def remove(self):
+        """Remove the folder (only if it is a sandbox) and the short symlink."""
+        if self.base != self.path and os.path.islink(self.base):
+            os.unlink(self.base)
+        if os.path.isdir(self.path):
+            if not os.path.exists(self.state_path) and not os.path.exists(os.path.join(self.conf_dir, "master")):
+                raise SandboxError(f"{self.path} does not look like a sandbox (no {STATE_FILE}): not removing it")
+            shutil.rmtree(self.path)
+
+    # ---------------------------------------------------------------- the site
+    def fetch(self, url=None):
+        """One GET through the LB: (status, server name, first body line, release dir)."""
+        status, headers, body = web_stack.http_get(url or self.lb.url, timeout=5)
+        lines = body.splitlines()
+        release = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("release:")), "")
+        server = headers.get("x-backend-server") or headers.get("x-served-by") or "?"
+        return status, server, (lines[0] if lines else ""), release
+
+    def wait_lb_up(self, timeout=20):
+        """Until HAProxy's health checks see every web node UP; returns {node: status}."""
+        def states():
+            return {n: self.lb.server_status(n) for n in self.web_ids}
+        _wait(lambda: all(s == "UP" for s in states().values()), timeout, 0.2)
+        return states()

@@ -1,0 +1,262 @@
+"""
+salt-run deploy.release end to end: real master and minions, nginx + PHP-FPM nodes, HAProxy.
+"""
+
+import json
+import pwd
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from sandbox import repo as sample_repo
+from sandbox import web
+
+from .conftest import NODES, WEB
+
+_VERSION = [3, 0]
+
+
+def new_version(cluster, **kwargs):
+    """Commit a new version to the sample repo; returns its tag (e.g. v3.1.0)."""
+    _VERSION[1] += 1
+    tag = f"v{_VERSION[0]}.{_VERSION[1]}.0"
+    sample_repo.add_release(cluster.repo, tag, **kwargs)
+    return tag
+
+
+def lb_pages(cluster, count=6):
+    return [web.http_get(cluster.lb.url)[2] for _ in range(count)]
+
+
+def history(cluster):
+    path = os.path.join(cluster.state_dir, "history", "rainbow.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def releases_on(cluster, node):
+    ret = cluster.call(node, "deploy.releases", "rainbow")
+    assert ret.returncode == 0, ret
+    return {r["name"]: r for r in ret.data["releases"]}
+
+
+def test_release_serves_new_version_everywhere(clean_cluster):
+    c = clean_cluster
+    tag = new_version(c)
+    ret = c.run("deploy.release", project="rainbow", env="pro")
+    assert ret.returncode == 0, ret.stdout
+    summary = ret.data
+    assert summary["result"] == "success"
+    release = summary["release"]
+    assert release.startswith(f"rainbow_pro_{tag}_master_") and release.endswith("_xuliangwei")
+    # every node switched, old -> new, and back in the LB
+    assert c.currents() == {n: release for n in NODES}
+    for node in WEB:
+        assert summary["nodes"][node]["result"] == "ok"
+        assert summary["nodes"][node]["lb"] == "ready"
+        assert summary["nodes"][node]["out_of_lb"] > 0
+    assert c.lb_states() == {n: "ready" for n in WEB}
+    # served through the LB and directly, the new version
+    pages = lb_pages(c)
+    assert all(f"rainbow {tag[1:]}" in page for page in pages), pages
+    for node, (addr, _) in NODES.items():
+        assert f"rainbow {tag[1:]}" in web.http_get(f"http://{addr}:8080/")[2]
+    # per-node config: the job node has its own crontab.xml, secrets rendered 0640 www-data
+    cron = os.path.join(c.root("web-3"), "current", "config", "crontab.xml")
+    assert "report" in open(cron, encoding="utf-8").read()
+    assert "report" not in open(os.path.join(c.root("web-1"), "current", "config", "crontab.xml"), encoding="utf-8").read()
+    ini = os.path.join(c.root("web-1"), "current", "config", "app.ini")
+    st = os.stat(ini)
+    assert oct(st.st_mode & 0o777) == "0o640"
+    assert st.st_uid == pwd.getpwnam("www-data").pw_uid
+    assert "SMSKEY-5f1d2c9a-secret" in open(ini, encoding="utf-8").read()
+    # progress lines and the history record
+    assert "out of the LB" in ret.stdout and "back in the LB" in ret.stdout
+    last = history(c)[-1]
+    assert last["kind"] == "release" and last["result"] == "success" and last["release"] == release
+    assert set(last["nodes"]) == set(NODES)
+    # a second release of the same commit reuses the artifact and the prepared release
+    again = c.run("deploy.release", project="rainbow", env="pro")
+    assert again.returncode == 0, again.stdout
+    assert "reused" in again.stdout and "(0 unpacked)" in again.stdout
+
+
+def test_broken_release_stops_at_preprod(clean_cluster):
+    c = clean_cluster
+    before = c.currents()
+    tag = new_version(c, broken=True)
+    ret = c.run("deploy.release", project="rainbow", env="pro", ref=tag)
+    assert ret.returncode == 1
+    assert ret.data["result"] == "failure"
+    assert "pre-production node pre-1 failed" in ret.data["error"]
+    # no web node changed; preprod switched back; the release is marked bad there
+    assert c.currents() == before
+    assert releases_on(c, "pre-1")[ret.data["release"]]["status"] == "bad"
+    assert c.lb_states() == {n: "ready" for n in WEB}
+    assert history(c)[-1]["result"] == "failure"
+
+
+def test_failure_in_later_batch_reverts_that_batch_only(clean_cluster):
+    c = clean_cluster
+    good = new_version(c)
+    assert c.run("deploy.release", project="rainbow", env="pro").returncode == 0
+    before = c.currents()
+    tag = new_version(c)
+    # web-2 (stage "all", batch 1) insists on the old version: its checks fail on the new one
+    c.set_pillar(node_extra={"web-2": {"checks": [
+        {"url": "http://127.0.1.12:8080/", "contains": f"rainbow {good[1:]}", "retries": 2, "delay": 0.2}]}})
+    ret = c.run("deploy.release", project="rainbow", env="pro")
+    assert ret.returncode == 1
+    new = ret.data["release"]
+    assert f"_{tag}_" in new
+    nodes = ret.data["nodes"]
+    assert nodes["web-2"]["result"] == "failed" and "switched back" in nodes["web-2"]["error"]
+    assert "max_failures=0" in ret.data["error"]
+    # preprod and the gray stage have the new release, web-2 was reverted, web-3 was never reached
+    assert c.current("pre-1") == new and c.current("web-1") == new
+    assert c.current("web-2") == before["web-2"]
+    assert c.current("web-3") == before["web-3"]
+    assert "web-3" not in {n for n, v in nodes.items() if v.get("result")}
+    # everyone in service, and the summary says so
+    assert c.lb_states() == {n: "ready" for n in WEB}
+    assert {n: nodes[n]["lb"] for n in WEB} == {n: "ready" for n in WEB}
+    assert releases_on(c, "web-2")[new]["status"] == "bad"
+
+
+def test_operator_disabled_node_stays_disabled(clean_cluster):
+    c = clean_cluster
+    new_version(c)
+    c.lb.command("set server rainbow/web-2 state maint")
+    try:
+        ret = c.run("deploy.release", project="rainbow", env="pro")
+        assert ret.returncode == 0, ret.stdout
+        assert c.current("web-2") == ret.data["release"]
+        assert c.lb_states() == {"web-1": "ready", "web-2": "maint", "web-3": "ready"}
+        assert ret.data["nodes"]["web-2"]["lb"] == "maint"
+    finally:
+        c.lb.command("set server rainbow/web-2 state ready")
+
+
+def test_concurrent_release_is_refused_naming_the_holder(clean_cluster):
+    c = clean_cluster
+    new_version(c)
+    c.set_pillar(project_extra={"build": ["sleep 4"]})
+    lock = os.path.join(c.state_dir, "locks", "rainbow_pro.lock")
+    first = {}
+    # the CLI factory object is not thread-safe: the background run is a plain subprocess
+    argv = c.run_cli.cmdline("deploy.release", "project=rainbow", "env=pro")
+    thread = threading.Thread(target=lambda: first.update(ret=subprocess.run(argv, capture_output=True, text=True)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(lock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(lock)
+        started = time.monotonic()
+        second = c.run("deploy.release", project="rainbow", env="pro")
+        assert time.monotonic() - started < 15  # refused at once, not queued behind the first
+        assert second.returncode == 1
+        assert second.data["result"] == "refused"
+        assert "rainbow/pro is locked: release by root" in second.data["error"]
+        assert "jid" in second.data["error"]
+        rollback = c.run("deploy.rollback", project="rainbow", env="pro")
+        assert rollback.returncode == 1 and "is locked" in rollback.data["error"]
+    finally:
+        thread.join(120)
+    assert first["ret"].returncode == 0, first["ret"].stdout[-3000:]
+    assert not os.path.exists(lock)
+
+
+def test_killed_run_leaves_a_stale_lock_that_is_taken_over(clean_cluster):
+    c = clean_cluster
+    new_version(c)
+    node_extra = {"web-1": {"restart": [{"cmd": "sleep 5"}, {"cmd": c.php["web-1"].reload_command()}]}}
+    c.set_pillar(node_extra=node_extra)
+    detached = os.path.join(c.state_dir, "locks", "rainbow_pro.detached.json")
+    proc = subprocess.Popen(
+        c.run_cli.cmdline("deploy.release", "project=rainbow", "env=pro"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and c.lb.server_state("web-1") != "maint":
+            time.sleep(0.05)
+        assert c.lb.server_state("web-1") == "maint"
+        assert json.load(open(detached, encoding="utf-8")) == ["web-1"]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    time.sleep(6)  # the node's own job finishes: every node is on a whole release
+    assert c.lb.server_state("web-1") == "maint"  # left out by the killed run
+    shown = c.run("deploy.unlock", project="rainbow", env="pro", show=True)
+    assert shown.data["locked"] is True and shown.data["alive"] is False and shown.data["detached"] == ["web-1"]
+    c.set_pillar()
+    new_version(c)
+    ret = c.run("deploy.release", project="rainbow", env="pro")
+    assert ret.returncode == 0, ret.stdout
+    assert any("took over a stale lock" in w for w in ret.data["warnings"])
+    assert any("restored LB state of web-1" in w for w in ret.data["warnings"])
+    assert c.lb_states() == {n: "ready" for n in WEB}
+    assert not os.path.exists(detached)
+    assert c.currents() == {n: ret.data["release"] for n in NODES}
+    assert "interrupted" in [h["result"] for h in history(c)]
+
+
+def test_history_and_stats_count_what_ran(clean_cluster):
+    c = clean_cluster
+    before = c.run("deploy.stats", project="rainbow", env="pro").data
+    new_version(c)
+    assert c.run("deploy.release", project="rainbow", env="pro").returncode == 0
+    tag = new_version(c, broken=True)
+    assert c.run("deploy.release", project="rainbow", env="pro", ref=tag).returncode == 1
+    after = c.run("deploy.stats", project="rainbow", env="pro").data
+    assert after["releases"]["success"] == before["releases"]["success"] + 1
+    assert after["releases"]["failure"] == before["releases"]["failure"] + 1
+    assert after["mean_seconds"]["release"] > 0
+    hist = c.run("deploy.history", project="rainbow", env="pro", limit=2).data
+    assert [h["result"] for h in hist] == ["success", "failure"]
+    assert all(h["user"] and h["started"] and h["release"] for h in hist)
+    new_version(c)  # leave master releasable for the next tests
+
+
+def test_test_mode_changes_nothing(clean_cluster):
+    c = clean_cluster
+    tag = new_version(c)
+    before = c.currents()
+    dirs = {n: c.release_dirs(n) for n in NODES}
+    count = len(history(c))
+    ret = c.run("deploy.release", project="rainbow", env="pro", test=True)
+    assert ret.returncode == 0, ret.stdout
+    assert ret.data["result"] is None
+    assert f"_{tag}_" in ret.data["release"]
+    assert any("web-1" in line and "gray" in line for line in ret.data["plan"])
+    assert c.currents() == before
+    assert {n: c.release_dirs(n) for n in NODES} == dirs
+    assert len(history(c)) == count
+    artifacts = os.path.join(c.master.config["file_roots"]["base"][0], "deploy_artifacts", "rainbow")
+    assert os.listdir(artifacts)  # earlier releases left theirs
+    assert not any(ret.data["release"] in name for name in os.listdir(artifacts))
+
+
+def test_bad_input_is_refused_before_anything_runs(clean_cluster):
+    c = clean_cluster
+    before = c.currents()
+    cases = [
+        ({"project": "nope", "env": "pro"}, "unknown project 'nope'"),
+        ({"project": "rainbow", "env": "qa"}, "unknown env 'qa'"),
+        ({"project": "rainbow", "env": "pro", "ref": "no-such-branch"}, "unknown ref 'no-such-branch'"),
+        ({"project": "rainbow", "env": "pro", "ref": "../etc"}, "invalid ref"),
+        ({"project": "rain bow", "env": "pro"}, "invalid project name"),
+        ({"project": "rainbow", "env": "pro;touch /tmp/dpl-pwned"}, "invalid env name"),
+    ]
+    for kwargs, message in cases:
+        ret = c.run("deploy.release", **kwargs)
+        assert ret.returncode == 1, (kwargs, ret.stdout)
+        assert message in ret.data["error"], (kwargs, ret.data)
+    assert not os.path.exists("/tmp/dpl-pwned")
+    assert c.currents() == before
+    assert c.lb_states() == {n: "ready" for n in WEB}
