@@ -64,6 +64,7 @@ def run_release(box, number):
     """salt-run deploy.release, output streamed; returns (ok, summary record from the history)."""
     argv = [*box.salt_cmd("salt-run"), "deploy.release", f"project={PROJECT}", f"env={ENV}"]
     heading(f"release {number}: {_q(argv)}")
+    before = len(read_history(box))
     started = time.monotonic()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -79,9 +80,10 @@ def run_release(box, number):
     if rc == -9:
         say(f"    (salt-run killed after {RELEASE_TIMEOUT}s)")
     wall = time.monotonic() - started
-    record = last_history(box)
-    ok = rc == 0 and record is not None and record.get("result") == "success"
-    result = record.get("result") if record else "unknown"
+    records = read_history(box)
+    record = records[-1] if len(records) > before else None  # this run's record (the runner's history file)
+    ok = rc == 0 and (record is None or record.get("result") == "success")
+    result = record.get("result") if record else "not in the history"
     say(f"release {number}: {'succeeded' if ok else 'FAILED'} (salt-run exit {rc}, result {result}, "
         f"{wall:.1f}s wall)")
     if record:
@@ -113,13 +115,19 @@ def condense(lines):
         previous = text
 
 
-def last_history(box):
+def read_history(box):
+    """The runner's history records (``<cachedir>/deploy/history/<project>.jsonl`` on the master)."""
+    records = []
     try:
         with open(box.history_path(), encoding="utf-8") as fh:
-            lines = [ln for ln in fh if ln.strip()]
-        return json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):
-        return None
+            for line in fh:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+    except OSError:
+        pass
+    return records
 
 
 def format_timings(record):
