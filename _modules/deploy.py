@@ -141,9 +141,16 @@ def _ids(conf):
 
 def _write_json(path, data):
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True, default=str)  # str: dates given in meta=
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)  # full disk, unserialisable data: leave no temporary file behind
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _read_json(path, default=None):

@@ -124,7 +124,8 @@ def active(name, project, checks="gate"):
 def rolled_back(name, to=None, checks="gate"):
     """
     Roll project ``name`` back on this node to ``to`` (default: the newest good release
-    other than ``current``); the release left is marked bad.
+    other than ``current``); the release left is marked bad.  Without ``to``, a node whose
+    ``current`` was switched to from a release now marked bad is already rolled back.
 
     name
         Project name.
@@ -142,6 +143,14 @@ def rolled_back(name, to=None, checks="gate"):
     ret = _ret(name)
     try:
         current = __salt__["deploy.current"](name)
+        if not to:
+            # Already rolled back when ``current`` was switched to from a release now marked bad;
+            # without this a second run would go back further (or fail: no good release left).
+            inv = __salt__["deploy.releases"](name)
+            status = {r["name"]: r["status"] for r in inv["releases"]}
+            if current and status.get(inv["previous"]) == "bad" and status.get(current) != "bad":
+                ret["comment"] = f"{name} is already rolled back to {current} (from {inv['previous']}, marked bad)"
+                return ret
         target = to or __salt__["deploy.rollback_target"](name)
         info = __salt__["deploy.info"](name, target) if target else None
     except CommandExecutionError as exc:

@@ -137,7 +137,8 @@ def node_sls_name(node_id) -> str:
 
 
 def write_pillar(pillar_dir, project_conf: dict, node_confs: dict, secrets: dict | None = None,
-                 project="rainbow", role=None) -> dict:
+                 project="rainbow", role=None, other_projects: dict | None = None,
+                 node_projects: dict | None = None) -> dict:
     """Write top.sls, project.sls, secrets.sls and one node_<id>.sls per node into ``pillar_dir``.
 
     project_conf
@@ -147,17 +148,26 @@ def write_pillar(pillar_dir, project_conf: dict, node_confs: dict, secrets: dict
     secrets
         ``<project>_secrets`` (default :data:`SECRETS`), targeted at the compound
         ``G@roles:<role>`` only (role defaults to the project name): never the master.
+    other_projects
+        ``{name: conf}``: more projects in project.sls (e.g. a Tomcat app in the tests).
+    node_projects
+        ``{minion id: {name: conf}}``: those projects' per-node parts, in the node's file.
 
     Returns the top data.
     """
     os.makedirs(pillar_dir, exist_ok=True)
     role = role or project
     top = {"base": {"*": ["project"], f"G@roles:{role}": [{"match": "compound"}, "secrets"]}}
-    for node, conf in node_confs.items():
+    node_projects = node_projects or {}
+    for node in sorted(set(node_confs) | set(node_projects)):
         sls = node_sls_name(node)
         top["base"][node] = [sls]
-        dump(os.path.join(pillar_dir, f"{sls}.sls"), {"deploy": {"projects": {project: conf}}})
-    dump(os.path.join(pillar_dir, "project.sls"), {"deploy": {"projects": {project: project_conf}}})
+        projects = dict(node_projects.get(node, {}))
+        if node in node_confs:
+            projects[project] = node_confs[node]
+        dump(os.path.join(pillar_dir, f"{sls}.sls"), {"deploy": {"projects": projects}})
+    projects = {**(other_projects or {}), project: project_conf}
+    dump(os.path.join(pillar_dir, "project.sls"), {"deploy": {"projects": projects}})
     dump(os.path.join(pillar_dir, "secrets.sls"), {f"{project}_secrets": dict(SECRETS if secrets is None else secrets)})
     dump(os.path.join(pillar_dir, "top.sls"), top)
     return top

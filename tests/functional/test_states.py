@@ -86,6 +86,9 @@ def test_active_with_failing_checks(project, web):
     assert "failed at checks" in ret.comment and "switched back to r1" in ret.comment
     assert ret.changes == {}
     assert project.current == "r1"
+    # the failed release was switched away from and marked bad: that is "rolled back" already
+    ret = project.states.rolled_back(name=PROJECT)
+    assert ret.result is True and ret.changes == {} and "already rolled back to r1" in ret.comment
 
 
 def test_prepared_then_active_in_one_sls(project, loaders, base_dir):

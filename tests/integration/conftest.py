@@ -3,7 +3,7 @@ A real cluster for the integration tests, started once per session:
 
 - a salt-master and minions lb-1, pre-1, web-1, web-2, web-3 (pytest-salt-factories);
 - nginx + PHP-FPM (OPcache on, validate_timestamps=0) on pre-1 and web-1..3, as www-data,
-  each on its own loopback address 127.0.1.N:8080, serving <node root>/current/public;
+  each on its own loopback address (NET.N:8080), serving <node root>/current/public;
 - HAProxy in front of web-1..3 with its admin socket, driven by lb-1;
 - the sample git repository `rainbow` with tags.
 
@@ -12,26 +12,26 @@ own pillar file; everything else comes from the project pillar as a user would w
 """
 
 import concurrent.futures
-import json
 import os
+import random
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 
 import pytest
-import yaml
 
+from sandbox import pillar
 from sandbox import repo as sample_repo
 from sandbox import web
 
 USER = "www-data"
+# Each session gets its own loopback /24 (127.0.0.0/8 needs no set-up), so that two
+# sessions on one machine (a developer's and a helper's) never collide.
+NET = os.environ.get("DPL_TEST_NET") or f"127.{random.randint(2, 254)}.{random.randint(1, 254)}"
 NODES = {  # minion id -> (address, grains)
-    "pre-1": ("127.0.1.10", {"region": "west"}),
-    "web-1": ("127.0.1.11", {"region": "east"}),
-    "web-2": ("127.0.1.12", {"region": "west"}),
-    "web-3": ("127.0.1.13", {"region": "west"}),
+    "pre-1": (f"{NET}.10", {"region": "west"}),
+    "web-1": (f"{NET}.11", {"region": "east"}),
+    "web-2": (f"{NET}.12", {"region": "west"}),
+    "web-3": (f"{NET}.13", {"region": "west"}),
 }
 WEB = ["web-1", "web-2", "web-3"]
 
@@ -60,6 +60,8 @@ class Cluster:
         self.state_dir = os.path.join(master.config["cachedir"], "deploy")
         self.node_extra = {}
         self.project_extra = {}
+        self.other_projects = {}
+        self.node_projects = {}
 
     # ---- paths on the nodes
     def root(self, node, project="rainbow"):
@@ -93,89 +95,29 @@ class Cluster:
         ret = self.salt.run("saltutil.refresh_pillar", "wait=True", minion_tgt="*")
         assert ret.returncode == 0, ret
 
-    # ---- pillar
-    def project_pillar(self):
-        lb = {
-            "driver": "haproxy",
-            "minion": "lb-1",
-            "socket": self.lb.socket,
-            "backend": "rainbow",
-            "drain_timeout": 10,
-        }
-        project = {
-            "repo": self.repo,
-            "root": "/data/www/rainbow",  # the nodes override it (one machine plays every node)
-            "user": USER,
-            "group": USER,
-            "keep_releases": 3,
-            "build": [],
-            "shared": ["storage/logs", "public/uploads"],
-            "config": {"config/app.ini": {"source": "config/app.ini.example", "mode": "0640"}},
-            "files": {},
-            "lb": lb,
-            "envs": {
-                "pro": {
-                    "branch": "master",
-                    "target": "G@roles:rainbow and G@env:pro",
-                    "preprod": "pre-1",
-                    "stages": [
-                        {"name": "gray", "target": "G@region:east", "batch": 1},
-                        {"name": "all", "batch": 1},
-                    ],
-                    "max_failures": 0,
-                },
-            },
-        }
-        return _merge(project, self.project_extra)
-
-    def node_pillar(self, node):
-        addr = NODES[node][0]
-        conf = {
-            "root": self.root(node),
-            "restart": [{"cmd": self.php[node].reload_command()}],
-            "checks": [
-                {"url": f"http://{addr}:8080/", "status": 200, "contains": "release: {release}", "retries": 10, "delay": 0.2},
-                {"url": f"http://{addr}:8080/health.php", "status": 200, "contains": "ok", "retries": 3, "delay": 0.5},
-            ],
-        }
-        if node == "web-3":
-            conf["files"] = {"config/crontab.xml": {"contents": "<crontab><job name='report'/></crontab>\n", "mode": "0644"}}
-        return _merge(conf, self.node_extra.get(node, {}))
-
+    # ---- pillar (written with the sandbox's pillar writer, as a user would lay it out)
     def write_pillar(self):
-        os.makedirs(self.pillar_dir, exist_ok=True)
-        top = {"base": {"*": ["project"], "G@roles:rainbow": [{"match": "compound"}, "secrets"]}}
-        for node in NODES:
-            top["base"][node] = [f"node_{node.replace('-', '_')}"]
-            _dump(os.path.join(self.pillar_dir, f"node_{node.replace('-', '_')}.sls"),
-                  {"deploy": {"projects": {"rainbow": self.node_pillar(node)}}})
-        _dump(os.path.join(self.pillar_dir, "top.sls"), top)
-        _dump(os.path.join(self.pillar_dir, "project.sls"), {"deploy": {"projects": {"rainbow": self.project_pillar()}}})
-        _dump(os.path.join(self.pillar_dir, "secrets.sls"), {"rainbow_secrets": SECRETS})
+        lb = {"driver": "haproxy", "minion": "lb-1", "socket": self.lb.socket, "backend": "rainbow", "drain_timeout": 10}
+        project = pillar.project_pillar(self.repo, lb, overrides=self.project_extra)
+        nodes = {
+            node: pillar.node_pillar(self.root(node), addr, self.php[node].reload_command(), job=node == "web-3",
+                                     overrides=self.node_extra.get(node))
+            for node, (addr, _) in NODES.items()
+        }
+        pillar.write_pillar(self.pillar_dir, project, nodes, SECRETS,
+                            other_projects=self.other_projects, node_projects=self.node_projects)
 
-    def set_pillar(self, node_extra=None, project_extra=None):
+    def set_pillar(self, node_extra=None, project_extra=None, other_projects=None, node_projects=None):
+        """Rewrite the pillar (defaults plus these overrides) and refresh it on every minion."""
         self.node_extra = node_extra or {}
         self.project_extra = project_extra or {}
+        self.other_projects = other_projects or {}
+        self.node_projects = node_projects or {}
         self.write_pillar()
         self.refresh_pillar()
 
 
-SECRETS = {"sms_key": "SMSKEY-5f1d2c9a-secret", "pay_key": "PAYKEY-77ae01b3-secret"}
-
-
-def _merge(base, extra):
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _dump(path, data):
-    with open(path, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(data, fh, default_flow_style=False)
+SECRETS = {"sms_key": "SMSKEY-5f1d2c9a-secret", "pay_key": "PAYKEY-77ae01b3-secret"}  # searched for by the secrets tests
 
 
 @pytest.fixture(scope="session")

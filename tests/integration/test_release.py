@@ -108,7 +108,7 @@ def test_failure_in_later_batch_reverts_that_batch_only(clean_cluster):
     tag = new_version(c)
     # web-2 (stage "all", batch 1) insists on the old version: its checks fail on the new one
     c.set_pillar(node_extra={"web-2": {"checks": [
-        {"url": "http://127.0.1.12:8080/", "contains": f"rainbow {good[1:]}", "retries": 2, "delay": 0.2}]}})
+        {"url": f"http://{NODES['web-2'][0]}:8080/", "contains": f"rainbow {good[1:]}", "retries": 2, "delay": 0.2}]}})
     ret = c.run("deploy.release", project="rainbow", env="pro")
     assert ret.returncode == 1
     new = ret.data["release"]

@@ -100,7 +100,7 @@ def test_normal_rollback_with_a_failing_check_stops_and_restores(clean_cluster):
     current = release_new(c)
     # web-2 only accepts the current release: its check fails on the rollback target
     c.set_pillar(node_extra={"web-2": {"checks": [
-        {"url": "http://127.0.1.12:8080/", "contains": f"release: {current}", "retries": 2, "delay": 0.2}]}})
+        {"url": f"http://{NODES['web-2'][0]}:8080/", "contains": f"release: {current}", "retries": 2, "delay": 0.2}]}})
     ret = c.run("deploy.rollback", project="rainbow", env="pro", to=target)
     assert ret.returncode == 1
     assert ret.data["nodes"]["web-2"]["result"] == "failed"
