@@ -93,8 +93,13 @@ class Project:
         self.write_pillar()
 
     # ---- pillar and loaders
-    def write_pillar(self, **changes):
-        """Update the project's pillar (``None`` removes a key) and reload the loaders if it changed."""
+    def write_pillar(self, reload=True, **changes):
+        """
+        Update the project's pillar (``None`` removes a key) and reload the loaders if it changed.
+
+        ``reload=False`` only writes the files: what ``prepare`` sees (it compiles the pillar
+        afresh) but not ``__pillar__`` (activate, switch, releases, cleanup).
+        """
         for key, value in changes.items():
             if value is None:
                 self.conf.pop(key, None)
@@ -106,6 +111,8 @@ class Project:
         text = json.dumps({"deploy": {"projects": {PROJECT: self.conf}}, **self.extra_pillar})  # JSON is YAML
         with open(os.path.join(pillar_dir, "deploy.sls"), "w", encoding="utf-8") as fh:
             fh.write(text)
+        if not reload:
+            return
         if getattr(self.loaders, "deploy_pillar_text", None) != text:
             self.loaders.reload_all()  # new loaders: __pillar__ is the pillar just written
             self.loaders.deploy_pillar_text = text

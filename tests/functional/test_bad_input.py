@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 from salt.exceptions import CommandExecutionError
-from tests.functional.fnlib import APP_FILES, PROJECT
+from tests.functional.fnlib import APP_FILES, PROJECT, sha256
 
 BAD_NAMES = [
     "a/b", "../x", "..", "a..b", "with space", "", " ", "a;touch pwned", "$(touch /tmp/pwned-dpl)",
@@ -97,6 +97,18 @@ def test_bad_project_names(live):
     _untouched(live)
 
 
+def _check_all(live, cases, make_call):
+    """Run make_call(case)() for each (case, pattern); {case: problem} for those not refused as expected."""
+    problems = {}
+    for case, pattern in cases:
+        problem = _refused(make_call(case), pattern)
+        if problem:
+            problems[repr(case)] = problem
+        if live.tree() != live.before or live.leftovers():
+            problems[repr(case) + " left"] = sorted(set(live.tree()) ^ set(live.before)) + live.leftovers()
+    return problems
+
+
 def test_reserved_release_name_switch(live):
     # meta/<release>.json sits beside meta/switch.json, the switch record
     url, _, checksum = live.artifact("good")
@@ -110,58 +122,58 @@ def test_unknown_project(live):
         live.mod.activate("other", "r1")
 
 
-@pytest.mark.parametrize("root", ["relative/root", "/", "//", "/tmp/..", "", None])
-def test_bad_root(project, root):
-    project.prepare("r1")
-    url, _, checksum = project.artifact("r2")
-    project.write_pillar(root=root)
-    for call in (
-        lambda: project.mod.prepare(PROJECT, "r2", url, checksum),
-        lambda: project.mod.activate(PROJECT, "r1"),
-        lambda: project.mod.cleanup(PROJECT),
-    ):
-        with pytest.raises(CommandExecutionError, match="root"):
+ROOTS = ["relative/root", "./root", "/", "//", "///", "/tmp/..", "", None, 42]
+
+
+def test_bad_root(live):
+    url, _, checksum = live.artifact("r2")
+
+    def prepare_with(root):
+        def call():
+            live.write_pillar(reload=False, root=root)  # prepare compiles the pillar afresh
+            return live.mod.prepare(PROJECT, "r2", url, checksum)
+        return call
+
+    problems = _check_all(live, [(root, "root") for root in ROOTS], prepare_with)
+    assert problems == {}
+    for path in ("/releases", "/meta", "/shared", os.path.join(os.getcwd(), "relative"), "/tmp/releases"):
+        assert not os.path.exists(path), path
+    # the functions reading the in-memory pillar refuse it too
+    live.write_pillar(root="//")
+    for call in (lambda: live.mod.activate(PROJECT, "r1"), lambda: live.mod.cleanup(PROJECT),
+                 lambda: live.mod.releases(PROJECT), lambda: live.mod.switch(PROJECT, "r1")):
+        with pytest.raises(CommandExecutionError, match="root '//' must be an absolute path other than '/'"):
             call()
-    assert project.release_names() == ["r1"]
-    assert not os.path.exists(os.path.join(os.getcwd(), "relative"))
-
-
-@pytest.mark.parametrize("checksum", ["0" * 64, "not-a-sum", "A" * 64, None])
-def test_checksum_mismatch_or_malformed(live, checksum):
-    url, _, _ = live.artifact("r2")
-    with pytest.raises(CommandExecutionError, match="checksum"):
-        live.mod.prepare(PROJECT, "r2", url, checksum)
     _untouched(live)
 
 
-def test_checksum_mismatch_names_both_sums(live):
+def test_bad_checksums(live):
     url, _, actual = live.artifact("r2")
-    with pytest.raises(CommandExecutionError) as exc:
-        live.mod.prepare(PROJECT, "r2", url, "f" * 64)
-    assert "checksum mismatch" in str(exc.value) and actual in str(exc.value) and "f" * 64 in str(exc.value)
-    _untouched(live)
+    cases = [("0" * 64, "checksum mismatch"), ("f" * 64, f"expected f{{64}}, got {actual}"),
+             ("not-a-sum", "is not a sha256"), ("A" * 64, "is not a sha256"), (actual + "\n", "is not a sha256"),
+             (actual[:-1], "is not a sha256"), (None, "is not a sha256")]
+    problems = _check_all(live, cases, lambda checksum: lambda: live.mod.prepare(PROJECT, "r2", url, checksum))
+    assert problems == {}
 
 
-@pytest.mark.parametrize("source", ["salt://artifacts/nope.tar.gz", "/nonexistent/a.tar.gz", "relative.tar.gz",
-                                    "http://example.invalid/a.tar.gz"])
-def test_missing_artifact(live, source):
-    with pytest.raises(CommandExecutionError, match="cannot fetch|neither salt:// nor an existing local file"):
-        live.mod.prepare(PROJECT, "r2", source, "0" * 64)
-    _untouched(live)
-
-
-def test_not_an_archive(live):
-    path = os.path.join(live.artifacts, "junk.tar.gz")
-    with open(path, "wb") as fh:
+def test_missing_or_unusable_artifact(live):
+    junk = os.path.join(live.artifacts, "junk.tar.gz")
+    with open(junk, "wb") as fh:
         fh.write(b"this is not a tar archive at all" * 10)
-    from tests.functional.fnlib import sha256
+    cases = [
+        ("salt://artifacts/nope.tar.gz", "cannot fetch salt://artifacts/nope.tar.gz"),
+        ("/nonexistent/a.tar.gz", "neither salt:// nor an existing local file"),
+        ("relative.tar.gz", "neither salt:// nor an existing local file"),
+        ("http://example.invalid/a.tar.gz", "neither salt:// nor an existing local file"),
+        (live.artifacts, "neither salt:// nor an existing local file"),  # a directory
+        (junk, "cannot unpack"),
+    ]
+    problems = _check_all(live, cases, lambda source: lambda: live.mod.prepare(
+        PROJECT, "r2", source, sha256(source) if os.path.isfile(source) else "0" * 64))
+    assert problems == {}
 
-    with pytest.raises(CommandExecutionError, match="cannot unpack"):
-        live.mod.prepare(PROJECT, "r2", path, sha256(path))
-    _untouched(live)
 
-
-@pytest.mark.parametrize("member,message", [
+UNSAFE = [
     (_member("/etc/cron.d/evil"), "absolute path or '..'"),
     (_member("../outside"), "absolute path or '..'"),
     (_member("public/../../outside"), "absolute path or '..'"),
@@ -171,12 +183,17 @@ def test_not_an_archive(live):
     (_member("dev/sda", tarfile.BLKTYPE), "device or fifo"),
     (_member("dev/null", tarfile.CHRTYPE), "device or fifo"),
     (_member("run/pipe", tarfile.FIFOTYPE), "device or fifo"),
-])
-def test_unsafe_archive_members(live, member, message):
-    url, _, checksum = live.artifact("r2", members=[member])
-    with pytest.raises(CommandExecutionError, match=message):
-        live.mod.prepare(PROJECT, "r2", url, checksum)
-    _untouched(live)
+]
+
+
+def test_unsafe_archive_members(live):
+    def prepare_with(index):
+        url, _, checksum = live.artifact(f"r2-{index}", members=[UNSAFE[index][0]])
+        return lambda: live.mod.prepare(PROJECT, "r2", url, checksum)
+
+    problems = _check_all(live, [(i, m) for i, (_, m) in enumerate(UNSAFE)],
+                          lambda i: prepare_with(i))
+    assert problems == {}
     assert not os.path.exists(os.path.join(os.path.dirname(live.root), "outside"))
 
 
@@ -222,7 +239,7 @@ def test_template_syntax_error(live):
 
 def test_secret_missing_from_pillar(live):
     live.extra_pillar = {}
-    live.write_pillar()
+    live.write_pillar(reload=False)
     url, _, checksum = live.artifact("r2")
     with pytest.raises(CommandExecutionError) as exc:
         live.mod.prepare(PROJECT, "r2", url, checksum)
@@ -230,25 +247,50 @@ def test_secret_missing_from_pillar(live):
     _untouched(live)
 
 
-@pytest.mark.parametrize("config,message", [
-    ({"config/app.ini": {"source": "../../etc/passwd"}}, "must not contain '..'"),
-    ({"config/app.ini": {"source": "/etc/passwd"}}, "must be a relative path inside the release"),
-    ({"config/app.ini": {"source": "storage/logs/../../../../etc/passwd"}}, "must not contain '..'"),
-    ({"config/app.ini": {"source": "config/missing.example"}}, "is not a file in the release"),
-    ({"config/app.ini": {"source": "salt://templates/does-not-exist.j2"}}, "does not exist on the master"),
-    ({"config/app.ini": {}}, "no 'source' given"),
-    ({"../app.ini": {"source": "config/app.ini.example"}}, "must not contain '..'"),
-    ({"/etc/app.ini": {"source": "config/app.ini.example"}}, "must be a relative path"),
-    ({"config/app.ini": {"source": "config/app.ini.example", "mode": "rw-r--r--"}}, "not an octal mode"),
-    ({"config/app.ini": {"source": "config/app.ini.example", "mode": "17777"}}, "out of range"),
-])
-def test_bad_config(live, config, message):
-    live.write_pillar(config=config)
+APP_INI = {"source": "config/app.ini.example"}
+BAD_PILLAR = [
+    # config: templates rendered into the release
+    ({"config": {"config/app.ini": {"source": "../../etc/passwd"}}}, "config/app.ini: source '../../etc/passwd' must not contain '..'"),
+    ({"config": {"config/app.ini": {"source": "/etc/passwd"}}}, "must be a relative path inside the release"),
+    ({"config": {"config/app.ini": {"source": "config/../../../etc/passwd"}}}, "must not contain '..'"),
+    ({"config": {"config/app.ini": {"source": "config/missing.example"}}}, "'config/missing.example' is not a file in the release"),
+    ({"config": {"config/app.ini": {"source": "salt://templates/does-not-exist.j2"}}},
+     "source salt://templates/does-not-exist.j2 does not exist on the master"),
+    ({"config": {"config/app.ini": {}}}, "config/app.ini: no 'source' given"),
+    ({"config": {"config/app.ini": "config/app.ini.example"}}, "config/app.ini: no 'source' given"),
+    ({"config": {"../app.ini": APP_INI}}, "config file '../app.ini' must not contain '..'"),
+    ({"config": {"/etc/app.ini": APP_INI}}, "config file '/etc/app.ini' must be a relative path"),
+    ({"config": {"storage/logs/app.ini": APP_INI}}, "'storage/logs/app.ini' resolves outside the release"),
+    ({"config": {"config/app.ini": {**APP_INI, "mode": "rw-r--r--"}}}, "mode 'rw-r--r--' is not an octal mode"),
+    ({"config": {"config/app.ini": {**APP_INI, "mode": "17777"}}}, "mode '17777' is out of range"),
+    # files: per-node files
+    ({"files": {"../evil": {"contents": "x"}}}, "file '../evil' must not contain '..'"),
+    ({"files": {"storage/logs/evil": {"contents": "x"}}}, "file 'storage/logs/evil' resolves outside the release"),
+    ({"files": {"config/x": "just a string"}}, "file config/x: give 'contents'"),
+    # shared paths
+    ({"shared": ["../x"]}, "shared path '../x' must not contain '..'"),
+    ({"shared": ["/abs"]}, "shared path '/abs' must be a relative path"),
+    ({"shared": ["a//b"]}, "shared path 'a//b' must not contain"),
+    # the project user
+    ({"user": "no-such-user-dpl"}, "project user 'no-such-user-dpl' does not exist on this node"),
+    ({"group": "no-such-group-dpl"}, "project group 'no-such-group-dpl' does not exist on this node"),
+]
+
+
+def test_bad_pillar(live):
     url, _, checksum = live.artifact("r2")
-    with pytest.raises(CommandExecutionError, match=message):
-        live.mod.prepare(PROJECT, "r2", url, checksum)
-    _untouched(live)
+    default = {key: live.conf.get(key) for key in ("config", "files", "shared", "user", "group")}
+
+    def prepare_with(index):
+        def call():
+            live.write_pillar(reload=False, **{**default, **BAD_PILLAR[index][0]})  # prepare compiles afresh
+            return live.mod.prepare(PROJECT, "r2", url, checksum)
+        return call
+
+    problems = _check_all(live, [(i, re.escape(m)) for i, (_, m) in enumerate(BAD_PILLAR)], prepare_with)
+    assert problems == {}
     assert not os.path.exists(os.path.join(os.path.dirname(live.root), "app.ini"))
+    assert not os.path.exists(os.path.join(os.path.dirname(live.root), "evil"))
 
 
 def test_config_source_through_a_shared_link(live):
@@ -256,40 +298,9 @@ def test_config_source_through_a_shared_link(live):
     with open(live.path("shared", "storage", "logs", "planted.ini"), "w", encoding="utf-8") as fh:
         fh.write("{{ pillar.rainbow_secrets.sms_key }}")
     live.before = live.tree()
-    live.write_pillar(config={"config/app.ini": {"source": "storage/logs/planted.ini"}})
+    live.write_pillar(reload=False, config={"config/app.ini": {"source": "storage/logs/planted.ini"}})
     url, _, checksum = live.artifact("r2")
     with pytest.raises(CommandExecutionError, match="resolves outside the release"):
-        live.mod.prepare(PROJECT, "r2", url, checksum)
-    _untouched(live)
-
-
-@pytest.mark.parametrize("files,message", [
-    ({"../evil": {"contents": "x"}}, "must not contain '..'"),
-    ({"storage/logs/evil": {"contents": "x"}}, "resolves outside the release"),
-    ({"config/x": "just a string"}, "give 'contents'"),
-])
-def test_bad_files(live, files, message):
-    live.write_pillar(files=files)
-    url, _, checksum = live.artifact("r2")
-    with pytest.raises(CommandExecutionError, match=message):
-        live.mod.prepare(PROJECT, "r2", url, checksum)
-    _untouched(live)
-
-
-@pytest.mark.parametrize("shared", [["../x"], ["/abs"], ["a//b"]])
-def test_bad_shared_paths(live, shared):
-    live.write_pillar(shared=shared)
-    url, _, checksum = live.artifact("r2")
-    with pytest.raises(CommandExecutionError, match="shared path"):
-        live.mod.prepare(PROJECT, "r2", url, checksum)
-    _untouched(live)
-
-
-@pytest.mark.parametrize("who", [{"user": "no-such-user-dpl"}, {"group": "no-such-group-dpl"}])
-def test_missing_user_or_group(live, who):
-    live.write_pillar(**who)
-    url, _, checksum = live.artifact("r2")
-    with pytest.raises(CommandExecutionError, match="does not exist on this node"):
         live.mod.prepare(PROJECT, "r2", url, checksum)
     _untouched(live)
 

@@ -22,19 +22,14 @@ def test_bad_batch_size(batch):
 
 
 def _node(current, *releases):
-    """One node's inventory; releases are (name, status, stamp) with stamp the activation time (None: never)."""
-    return {
-        "current": current,
-        "previous": None,
-        "releases": sorted(
-            (
-                {"name": name, "status": status, "activated_at": stamp, "prepared_at": 1.0, "current": name == current}
-                for name, status, stamp in releases
-            ),
-            key=lambda r: r["activated_at"] or r["prepared_at"],
-            reverse=True,
-        ),
-    }
+    """One node's inventory; releases are (name, status, activated_at[, prepared_at]) (activated_at None: never)."""
+    rels = []
+    for name, status, activated, *prepared in releases:
+        prepared_at = prepared[0] if prepared else (activated or 1000.0) - 50
+        rels.append({"name": name, "status": status, "activated_at": activated, "prepared_at": prepared_at,
+                     "current": name == current})
+    rels.sort(key=lambda r: r["activated_at"] or r["prepared_at"], reverse=True)
+    return {"current": current, "previous": None, "releases": rels}
 
 
 HISTORY = [("r1", "good", 100.0), ("r2", "good", 200.0), ("r3", "good", 300.0)]
@@ -67,46 +62,46 @@ def test_rollback_target_must_be_present_on_every_node():
 def test_rollback_target_needs_a_release_that_passed_checks():
     never = [("r1", "good", 100.0), ("r2", "prepared", 200.0), ("r3", "good", 300.0)]
     assert runner._cluster_view({n: _node("r3", *never) for n in ("a", "b")})["rollback_target"] == "r1"
-    # good on one node and never judged on the others (e.g. an emergency switch): acceptable
+    # good on one node, never judged on the other (e.g. an emergency switch): acceptable
     nodes = {"a": _node("r3", *HISTORY), "b": _node("r3", *never)}
     assert runner._cluster_view(nodes)["rollback_target"] == "r2"
+    # distributed but never switched to anywhere: not a rollback target
+    unused = [("r1", "good", 100.0), ("r2", "prepared", None, 250.0), ("r3", "good", 300.0)]
+    assert runner._cluster_view({n: _node("r3", *unused) for n in ("a", "b")})["rollback_target"] == "r1"
 
 
 def test_rollback_never_goes_forward():
-    # r4 was released then left by a rollback to r3 that did not mark it (e.g. checks=report);
-    # a further rollback goes to r2, not "back" to the newer r4
-    history = HISTORY + [("r4", "good", 250.0)]  # activated before r3's re-activation
-    nodes = {n: _node("r3", *history) for n in ("a", "b")}
-    for node in nodes.values():
-        for rel in node["releases"]:
-            if rel["name"] == "r3":
-                rel["activated_at"] = 300.0
-            if rel["name"] == "r4":
-                rel["prepared_at"] = 240.0
-    assert runner._cluster_view(nodes)["rollback_target"] == "r4"  # r4 is older than r3's activation
-    for node in nodes.values():
-        for rel in node["releases"]:
-            if rel["name"] == "r4":
-                rel["activated_at"] = 400.0  # now newer than the current release
+    # r4 was served after r3 and passed its checks, then `current` was put back on r3 by hand
+    # (ln -sfn, no activation recorded): a rollback from r3 goes back to r2, not forward to r4
+    nodes = {n: _node("r3", *HISTORY, ("r4", "good", 400.0)) for n in ("a", "b")}
     assert runner._cluster_view(nodes)["rollback_target"] == "r2"
-
-
-def test_nodes_that_differ():
-    nodes = {n: _node("r3", *HISTORY) for n in ("web-1", "web-2")}
-    # web-3's switch to r3 failed and was switched back to r2
-    nodes["web-3"] = _node("r2", ("r1", "good", 100.0), ("r2", "good", 350.0), ("r3", "bad", 300.0))
-    view = runner._cluster_view(nodes)
-    assert view["majority"] == "r3"
-    assert view["differ"] == ["web-3"]
-    assert view["current"]["web-3"] == "r2"
-    # r3 is bad on web-3: it is never a rollback target, and r2 is current somewhere: nothing older but r1
-    assert view["rollback_target"] in ("r1", "r2")
-    assert view["rollback_target"] != "r3"
 
 
 def test_node_without_current_and_empty_cluster():
     nodes = {"a": _node("r2", ("r1", "good", 100.0), ("r2", "good", 200.0)), "b": _node(None, ("r1", "good", 100.0))}
     view = runner._cluster_view(nodes)
     assert view["current"] == {"a": "r2", "b": None}
-    assert view["rollback_target"] is None  # r1 is on both but b... r2 is missing on b, r1 is the only candidate
+    assert view["majority"] in ("r2", None) and len(view["differ"]) == 1
+    assert view["rollback_target"] == "r1"
     assert runner._cluster_view({}) == {"current": {}, "majority": None, "differ": [], "rollback_target": None}
+
+
+def test_nodes_that_differ():
+    nodes = {n: _node("r3", *HISTORY) for n in ("web-1", "web-2", "web-4")}
+    nodes["web-3"] = _node("r2", *HISTORY)
+    view = runner._cluster_view(nodes)
+    assert view["majority"] == "r3"
+    assert view["differ"] == ["web-3"]
+    assert view["rollback_target"] == "r2"
+
+
+@pytest.mark.xfail(strict=True, reason="runner bug: a node switched back to r2 makes r2 'the newest current' "
+                                       "(re-activation stamp), so the cluster rollback skips r2 and goes to r1")
+def test_partial_release_failure_then_rollback():
+    # r3 released to web-1 and web-2; on web-3 its checks failed: switched back to r2 (activated
+    # again at 350) and r3 marked bad there.  Rolling the cluster back must go to r2, not r1.
+    nodes = {n: _node("r3", *HISTORY) for n in ("web-1", "web-2")}
+    nodes["web-3"] = _node("r2", ("r1", "good", 100.0), ("r2", "good", 350.0, 150.0), ("r3", "bad", 300.0))
+    view = runner._cluster_view(nodes)
+    assert (view["majority"], view["differ"]) == ("r3", ["web-3"])
+    assert view["rollback_target"] == "r2"
