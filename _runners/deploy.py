@@ -370,7 +370,7 @@ class _Run:
         line = f"[{time.monotonic() - self.started:6.1f}s] {self.project}/{self.env}: {message}"
         log.info("deploy: %s", line)
         try:
-            __jid_event__.fire_event({"message": line}, "progress")
+            __jid_event__.fire_event({"message": line, "outputter": "deploy_progress"}, "progress")
         except (NameError, ReferenceError):
             pass
         if data:

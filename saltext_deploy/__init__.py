@@ -11,10 +11,10 @@ import os
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _dirs(kind):
+def _dirs(kind, marker="deploy.py"):
     # installed: saltext_deploy/<kind>; editable or source checkout: the repo's top-level folder
     for path in (os.path.join(_HERE, kind), os.path.join(os.path.dirname(_HERE), kind)):
-        if os.path.isfile(os.path.join(path, "deploy.py")):
+        if os.path.isfile(os.path.join(path, marker)):
             return [path]
     return []
 
@@ -32,3 +32,8 @@ def get_states_dirs():
 def get_runner_dirs():
     """Runners: ``deploy``."""
     return _dirs("_runners")
+
+
+def get_outputter_dirs():
+    """Outputters: ``deploy_progress`` (plain progress lines for ``salt-run deploy.*``)."""
+    return _dirs("_output", "deploy_progress.py")

@@ -150,7 +150,7 @@ def test_bad_root(live):
 def test_bad_checksums(live):
     url, _, actual = live.artifact("r2")
     cases = [("0" * 64, "checksum mismatch"), ("f" * 64, f"expected f{{64}}, got {actual}"),
-             ("not-a-sum", "is not a sha256"), ("A" * 64, "is not a sha256"), (actual + "\n", "is not a sha256"),
+             ("not-a-sum", "is not a sha256"), ("A" * 64, "is not a sha256"), (actual + "\n", "checksum"),
              (actual[:-1], "is not a sha256"), (None, "is not a sha256")]
     problems = _check_all(live, cases, lambda checksum: lambda: live.mod.prepare(PROJECT, "r2", url, checksum))
     assert problems == {}
