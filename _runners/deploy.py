@@ -365,6 +365,16 @@ class _Run:
         self.release = None
         self.build = {}
 
+    def close(self):
+        self.event.destroy()
+        self.client.destroy()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     # --- output
     def progress(self, message, **data):
         line = f"[{time.monotonic() - self.started:6.1f}s] {self.project}/{self.env}: {message}"
@@ -809,6 +819,7 @@ def _guard(run, plan, body):
     finally:
         if run.lock:
             run.lock.release()
+        run.close()
 
 
 # --------------------------------------------------------------------------- public: release
@@ -841,11 +852,16 @@ def release(project, env, ref=None, test=False):
     """
     try:
         run = _Run(project, env, "release")
+    except SaltInvocationError as exc:
+        return _failed({"result": "refused", "error": str(exc)})
+    try:
         ref = _valid(str(ref or run.envc.get("branch") or "master"), REF_RE, "ref")
         if test:
-            return _release_plan(run, ref)
+            with run:
+                return _release_plan(run, ref)
         _take_lock(run)
     except (DeployError, SaltInvocationError) as exc:
+        run.close()
         return _failed({"result": "refused", "error": str(exc)})
     plan = {}
 
@@ -976,14 +992,19 @@ def rollback(project, env, to=None, emergency=False, force=False, test=False):
         if force and not emergency:
             raise SaltInvocationError("force=True is only for emergency=True")
         run = _Run(project, env, "rollback", mode)
+    except SaltInvocationError as exc:
+        return _failed({"result": "refused", "error": str(exc)})
+    try:
         if test:
-            plan = _plan(run)
-            target = _rollback_target(run, _inventories(run, plan["nodes"]), to)
-            return {"result": None, "comment": f"test=True: {mode} rollback would go to {target}",
-                    "target": target, "plan": _describe_plan(run, plan) if not emergency else plan["nodes"]}
+            with run:
+                plan = _plan(run)
+                target = _rollback_target(run, _inventories(run, plan["nodes"]), to)
+                return {"result": None, "comment": f"test=True: {mode} rollback would go to {target}",
+                        "target": target, "plan": _describe_plan(run, plan) if not emergency else plan["nodes"]}
         if not force:
             _take_lock(run)
     except (DeployError, SaltInvocationError) as exc:
+        run.close()
         return _failed({"result": "refused", "error": str(exc)})
     plan = {}
 
@@ -1025,9 +1046,8 @@ def releases(project, env):
         salt-run deploy.releases project=rainbow env=pro
     """
     try:
-        run = _Run(project, env, "list")
-        plan = _plan(run)
-        inventories = _inventories(run, plan["nodes"])
+        with _Run(project, env, "list") as run:
+            inventories = _inventories(run, _plan(run)["nodes"])
     except (DeployError, SaltInvocationError) as exc:
         return _failed({"result": "refused", "error": str(exc)})
     nodes = {
@@ -1138,10 +1158,10 @@ def unlock(project, env, force=False, show=False):
     if alive and not force:
         return _failed({**info, "result": "refused", "error": f"the lock is held by a running {lock.describe(held)}; use force=True"})
     try:
-        run = _Run(project, env, "unlock")
-        run.lock = lock
-        lock.take_over(held)
-        _recover(run)
+        with _Run(project, env, "unlock") as run:
+            run.lock = lock
+            lock.take_over(held)
+            _recover(run)
     except DeployError as exc:
         return _failed({**info, "result": "failure", "error": str(exc)})
     return {**info, "result": "cleared", "warnings": lock.warnings}
