@@ -289,6 +289,8 @@ def _inside(base, relpath, what):
 def _link_shared(conf, paths, tmp, uid, gid):
     for rel in conf.get("shared") or []:
         _check_relpath(rel, "shared path")
+        if os.path.dirname(rel):  # 'storage/logs' under a shared 'storage' is the shared dir itself: never rmtree it
+            _inside(tmp, os.path.dirname(rel), f"shared path {rel!r}: its parent")
         target = os.path.join(paths["shared"], rel)
         if not os.path.isdir(target):
             os.makedirs(target, exist_ok=True)

@@ -41,8 +41,9 @@ def minion_opts(salt_factories, base_dir):
             "file_client": "local",
             "pillar_roots": {"base": [os.path.join(base_dir, "pillar")]},
             "file_roots": {"base": [os.path.join(base_dir, "files")]},
-            # a local compile merges the in-memory pillar under the fresh one (minion default):
-            # off, so that prepare's fresh pillar is what a master would compile
+            # a local compile deep-merges the in-memory pillar under the fresh one (minion
+            # default): off, so that prepare's fresh pillar is close to what a master compiles.
+            # (It still starts from the in-memory top-level keys: change them, don't remove them.)
             "ssh_merge_pillar": False,
         },
     )

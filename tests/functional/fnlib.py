@@ -2,6 +2,8 @@
 Helpers for the functional tests: artifacts, the project (pillar, loaders, paths), tree snapshots.
 """
 
+import contextlib
+import gzip
 import hashlib
 import io
 import json
@@ -23,8 +25,16 @@ APP_FILES = {
 
 
 def build_tar(path, files=None, members=(), mode="w:gz"):
-    """Write a tar archive: ``files`` {name: text}, then crafted ``members`` [(TarInfo, bytes|None)]."""
-    with tarfile.open(path, mode) as tar:
+    """
+    Write a tar archive: ``files`` {name: text}, then crafted ``members`` [(TarInfo, bytes|None)].
+
+    Reproducible (no timestamps, gzip header included): the same content, the same checksum.
+    """
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(path, "wb"))
+        if mode == "w:gz":
+            out = stack.enter_context(gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename=""))
+        tar = stack.enter_context(tarfile.open(fileobj=out, mode="w"))
         dirs = set()
         for name, text in sorted((files if files is not None else APP_FILES).items()):
             parts = name.split("/")

@@ -17,6 +17,7 @@ BAD_NAMES = [
     "`touch pwned`", "x|id", "x&&id", "-rf", ".hidden", "a\nb", "r1\n", "ünï", "x" * 300, 7, None,
 ]
 PWNED = ("/tmp/pwned-dpl", "pwned")
+PREPARE_NAMES = ["a/b", "..", "", "a;touch pwned", "$(touch /tmp/pwned-dpl)", "`touch pwned`", "rainbow\n", None]
 
 
 @pytest.fixture
@@ -90,6 +91,8 @@ def test_bad_project_names(live):
             ("restart", lambda: live.mod.restart(name)),
             ("check", lambda: live.mod.check(name)),
         ):
+            if what == "prepare" and name not in PREPARE_NAMES:
+                continue  # prepare compiles the pillar before it looks the project up: a few names suffice
             problem = _refused(call, r"^invalid project name " + re.escape(repr(name)))
             if problem:
                 problems[(name, what)] = problem
@@ -238,12 +241,12 @@ def test_template_syntax_error(live):
 
 
 def test_secret_missing_from_pillar(live):
-    live.extra_pillar = {}
+    live.extra_pillar = {"rainbow_secrets": {"pay_key": "p"}}  # the node lost its sms_key
     live.write_pillar(reload=False)
     url, _, checksum = live.artifact("r2")
     with pytest.raises(CommandExecutionError) as exc:
         live.mod.prepare(PROJECT, "r2", url, checksum)
-    assert "config/app.ini" in str(exc.value) and "rainbow_secrets" in str(exc.value)
+    assert "config/app.ini" in str(exc.value) and "sms_key" in str(exc.value)
     _untouched(live)
 
 

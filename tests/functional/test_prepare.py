@@ -143,3 +143,30 @@ def test_prepare_asks_the_minion_to_refresh_its_pillar(project):
     assert project.pillar_refreshes == [{"wait": False}]
     project.prepare("r1")  # nothing done, nothing asked
     assert len(project.pillar_refreshes) == 1
+
+
+def test_prepare_renders_with_the_pillar_compiled_now(project):
+    # a secret rotated in the pillar files since the minion last refreshed its pillar: prepare
+    # compiles the pillar afresh and renders the new value (the in-memory pillar is stale)
+    project.extra_pillar = {"rainbow_secrets": {"sms_key": "rotated-key"}}
+    project.write_pillar(reload=False)
+    assert project.loaders.opts["pillar"]["rainbow_secrets"]["sms_key"] == SECRET  # stale in memory
+    project.prepare("r1")
+    with open(os.path.join(project.release_dir("r1"), "config", "app.ini"), encoding="utf-8") as fh:
+        assert "key = rotated-key\n" in fh.read()
+
+
+def test_nested_shared_paths_never_touch_shared_data(project):
+    # 'storage/logs' under the shared 'storage': the release's storage/logs IS <root>/shared/storage/logs
+    project.write_pillar(reload=False, shared=["storage/logs"])
+    project.prepare("r1")
+    log = project.path("shared", "storage", "logs", "app.log")
+    with open(log, "w", encoding="utf-8") as fh:
+        fh.write("precious\n")
+    project.write_pillar(reload=False, shared=["storage", "storage/logs"])
+    with pytest.raises(CommandExecutionError, match="shared path 'storage/logs'"):
+        project.prepare("r2")
+    with open(log, encoding="utf-8") as fh:
+        assert fh.read() == "precious\n"
+    assert not os.path.islink(project.path("shared", "storage", "logs"))
+    assert project.release_names() == ["r1"] and project.leftovers() == []

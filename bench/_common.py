@@ -1,0 +1,444 @@
+"""Shared helpers of the benchmark scripts (bench/*.py): a sandbox of their own, timed
+Salt commands, the runner's history record, statistics, result files.
+
+Each script brings up a sandbox cluster through the sandbox package's Python API
+(:class:`sandbox.cluster.Sandbox`), with the pillar written by ``sandbox.pillar`` but
+with the bench's own envs/overrides (:class:`BenchSandbox` overrides ``write_pillar``;
+``sandbox/cluster.py`` is not modified), and always tears it down (``finally``, SIGTERM,
+SIGHUP and Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from sandbox import pillar as sandbox_pillar  # noqa: E402
+from sandbox import repo as sample_repo  # noqa: E402
+from sandbox.cluster import ENV, NODE_PORT, PROJECT, Sandbox, SandboxError, salt_bin  # noqa: E402
+
+RESULTS_DIR = os.path.join(REPO_ROOT, "bench", "results")
+DEFAULT_NET = "127.0.250"
+DEFAULT_LB_PORT = 8250
+
+
+def say(text=""):
+    print(text, flush=True)
+
+
+# --------------------------------------------------------------------------- pillar
+
+
+def batch_envs(batch="34%", preprod="pre-1", target=f"G@roles:{PROJECT} and G@env:pro", max_failures=0):
+    """The bench's ``pro`` env: preprod first, then one stage ``all`` in batches of ``batch``
+    (34% of 10 web nodes -> batches of 4, 4, 2)."""
+    env = {"branch": "master", "target": target, "stages": [{"name": "all", "batch": batch}],
+           "max_failures": max_failures}
+    if preprod:
+        env["preprod"] = preprod
+    return {"pro": env}
+
+
+class BenchSandbox(Sandbox):
+    """A :class:`Sandbox` whose pillar has the bench's envs and overrides (written by
+    ``sandbox.pillar`` exactly as ``Sandbox.write_pillar`` does, plus ``envs``,
+    ``project_extra`` (deep-merged into the project) and ``node_extra[node]``)."""
+
+    def __init__(self, *args, envs=None, project_extra=None, node_extra=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.envs = envs or batch_envs()
+        self.project_extra = project_extra or {}
+        self.node_extra = node_extra or {}
+
+    def write_pillar(self):
+        project = sandbox_pillar.project_pillar(self.repo, self.lb_pillar(), envs=self.envs,
+                                                overrides=self.project_extra)
+        nodes = {
+            node: sandbox_pillar.node_pillar(self.node_root(node), self.addr[node], self.php[node].reload_command(),
+                                             job=node == self.job_node, port=NODE_PORT,
+                                             overrides=self.node_extra.get(node))
+            for node in self.nodes
+        }
+        sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
+
+    def check_url(self, node, path="/"):
+        return f"http://{self.addr[node]}:{NODE_PORT}{path}"
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"n": 0, "median": None, "min": None, "max": None, "values": []}
+    return {"n": len(values), "median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "values": [round(v, 3) for v in values]}
+
+
+def fmt(v, unit="s", digits=2):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def table(rows, headers):
+    """A plain text table (list of rows of str)."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for r in rows:
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(out)
+
+
+def stat_row(name, st, unit="s"):
+    return [name, fmt(st["median"], unit), fmt(st["min"], unit), fmt(st["max"], unit), st["n"]]
+
+
+STAT_HEADERS = ["measure", "median", "min", "max", "n"]
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+def base_parser(name, description, reps):
+    parser = argparse.ArgumentParser(prog=f"python bench/{name}.py", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=reps, help=f"repetitions (default {reps})")
+    parser.add_argument("--path", default=f"/tmp/dpl-bench-{name.replace('_', '-')}",
+                        help="sandbox folder (default %(default)s; removed at the end)")
+    parser.add_argument("--net", default=DEFAULT_NET, help="loopback /24 of the nodes (default %(default)s)")
+    parser.add_argument("--lb-port", type=int, default=DEFAULT_LB_PORT, help="HAProxy port (default %(default)s)")
+    parser.add_argument("--web", type=int, default=10, help="web nodes (default %(default)s)")
+    parser.add_argument("--keep", action="store_true", help="leave the sandbox running at the end (debugging)")
+    return parser
+
+
+class Bench:
+    """One benchmark run: sandbox up on enter, down on exit; timed commands; the result file."""
+
+    def __init__(self, name, args, **sandbox_kwargs):
+        self.name = name
+        self.args = args
+        self.sandbox_kwargs = sandbox_kwargs
+        self.box = None
+        self._client = None
+        self.started = time.monotonic()
+        self.result = {
+            "bench": name,
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+                "python": platform.python_version(),
+                "salt": _salt_version(),
+                "kernel": platform.release(),
+            },
+            "args": {k: v for k, v in vars(args).items()},
+        }
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _raise_exit)
+        path = os.path.abspath(self.args.path)
+        old = Sandbox.load(path, out=say)
+        if old is not None:
+            say(f"removing the sandbox left in {path}")
+            old.stop()
+            old.remove()
+        elif os.path.exists(path) and os.listdir(path):
+            raise SandboxError(f"{path} exists and is not a sandbox: choose another --path")
+        self.box = BenchSandbox(path, web=self.args.web, lb_port=self.args.lb_port, net=self.args.net, out=say,
+                                **self.sandbox_kwargs)
+        self.box.preflight()
+        say(f"==> sandbox in {path}: {self.args.web} web nodes on {self.args.net}.x, LB 127.0.0.1:{self.args.lb_port}, "
+            f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+        t = time.monotonic()
+        try:
+            self.box.up()
+        except BaseException:
+            self._down()
+            raise
+        self.result["sandbox_up_seconds"] = round(time.monotonic() - t, 1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.args.keep:
+            say(f"--keep: the sandbox stays in {self.box.path} (python -m sandbox down --path {self.box.path})")
+        else:
+            self._down()
+        return False
+
+    def _down(self):
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.destroy()
+            self._client = None
+        if self.box is None:
+            return
+        say(f"==> tearing down {self.box.path}")
+        try:
+            killed = self.box.stop()
+            for pid, line in killed:
+                say(f"    killed leftover pid {pid}: {line}")
+            left = self.box.leftovers()
+            if left:
+                say(f"    WARNING: still running after stop: {left}")
+            else:
+                self.box.remove()
+        except Exception as exc:  # pylint: disable=broad-except
+            say(f"    WARNING: teardown: {exc}")
+
+    # ---------------------------------------------------------------- commands
+    def run(self, argv, timeout=600, check=False, quiet=True):
+        """Run argv; returns (wall seconds, CompletedProcess)."""
+        t = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        wall = time.monotonic() - t
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                               f"{proc.stderr[-2000:]}")
+        if not quiet:
+            say(proc.stdout)
+        return wall, proc
+
+    def salt(self, *args, timeout=600, check=True):
+        """`salt -c <conf> --out=json --static <args>`; returns (wall, parsed JSON)."""
+        argv = [*self.box.salt_cmd("salt"), "--out=json", "--static", *args]
+        wall, proc = self.run(argv, timeout=timeout, check=check)
+        try:
+            data = json.loads(proc.stdout or "{}")
+        except ValueError:
+            data = {"_raw": proc.stdout[-2000:]}
+        return wall, data
+
+    def salt_run(self, fun, *args, out=None, timeout=600, **kwargs):
+        """`salt-run -c <conf> <fun> k=v ...` as a user types it; returns (wall, CompletedProcess)."""
+        argv = [*self.box.salt_cmd("salt-run"), fun, *args, *[f"{k}={v}" for k, v in kwargs.items()]]
+        if out:
+            argv.insert(3, f"--out={out}")
+        return self.run(argv, timeout=timeout)
+
+    def local_client(self):
+        """An in-process salt LocalClient on the sandbox's master (what the runner uses)."""
+        if self._client is None:
+            import salt.client  # pylint: disable=import-outside-toplevel
+
+            self._client = salt.client.LocalClient(c_path=os.path.join(self.box.conf_dir, "master"))
+        return self._client
+
+    def rtt(self, nodes, fun="test.ping", arg=(), timeout=30):
+        """Wall time of one in-process ``LocalClient.cmd(<nodes>, fun, tgt_type='list')``: one
+        Salt round trip without any CLI start-up (the runner's unit of work).  Returns
+        (seconds, number of minions that answered)."""
+        client = self.local_client()
+        t = time.monotonic()
+        ret = client.cmd(sorted(nodes), fun, list(arg), tgt_type="list", timeout=timeout) or {}
+        return time.monotonic() - t, len(ret)
+
+    def refresh_pillar(self):
+        self.salt("*", "saltutil.refresh_pillar", "wait=True")
+
+    def set_pillar(self, envs=None, project_extra=None, node_extra=None):
+        if envs is not None:
+            self.box.envs = envs
+        if project_extra is not None:
+            self.box.project_extra = project_extra
+        if node_extra is not None:
+            self.box.node_extra = node_extra
+        self.box.write_pillar()
+        self.refresh_pillar()
+
+    def history(self):
+        records = []
+        try:
+            with open(self.box.history_path(), encoding="utf-8") as fh:
+                for line in fh:
+                    with contextlib.suppress(ValueError):
+                        records.append(json.loads(line))
+        except OSError:
+            pass
+        return records
+
+    def deploy(self, fun="deploy.release", **kwargs):
+        """salt-run deploy.release / deploy.rollback; returns (wall, record of this run, proc)."""
+        before = len(self.history())
+        wall, proc = self.salt_run(fun, project=PROJECT, env=ENV, **kwargs)
+        records = self.history()
+        record = records[-1] if len(records) > before else None
+        return wall, record, proc
+
+    def release(self, expect_ok=True, **kwargs):
+        wall, record, proc = self.deploy("deploy.release", **kwargs)
+        ok = proc.returncode == 0 and record is not None and record.get("result") == "success"
+        if expect_ok and not ok:
+            raise RuntimeError(f"release failed (exit {proc.returncode}, record {record and record.get('error')}):\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-1500:]}")
+        return wall, record, proc
+
+    def add_release(self, version):
+        return sample_repo.add_release(self.box.repo, version)
+
+    def currents(self, nodes=None):
+        return {n: self.box.current(n) for n in (nodes or self.box.nodes)}
+
+    # ---------------------------------------------------------------- results
+    def finish(self, **data):
+        self.result.update(data)
+        self.result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        self.result["runtime_seconds"] = round(time.monotonic() - self.started, 1)
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = os.path.join(RESULTS_DIR, f"{self.name}-{stamp}.json")
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(self.result, fh, indent=2, sort_keys=True, default=str)
+        say(f"result file: {os.path.relpath(path, REPO_ROOT)}")
+        return path
+
+    def machine_line(self):
+        m = self.result["machine"]
+        return (f"machine: {m['cpu_count']} cores (os.cpu_count()), load average at start {m['loadavg_start'][0]}, "
+                f"now {os.getloadavg()[0]:.2f}; salt {m['salt']}, python {m['python']}")
+
+
+def _raise_exit(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def _salt_version():
+    try:
+        import salt.version
+
+        return salt.version.__version__
+    except Exception:  # pylint: disable=broad-except
+        return "?"
+
+
+def timings_of(record):
+    """(build, prepare, preprod, [batch dicts], [drain seconds]) of a history record."""
+    t = (record or {}).get("timings") or {}
+    return t.get("build"), t.get("prepare"), t.get("preprod"), t.get("batches") or [], t.get("drain") or []
+
+
+# --------------------------------------------------------------------------- bytes on a TCP port
+
+
+class PortBytes:
+    """Bytes carried by the TCP connections whose local port is one of ``ports`` (the
+    master's side), between :meth:`start` and :meth:`stop`.
+
+    From the kernel's tcp_info, read with ``ss``: a snapshot of the established
+    connections at start and at stop, plus ``ss -E`` socket-destroy events in between (so
+    connections opened and closed inside the window count too).  Per connection:
+    ``bytes_acked`` (sent by the master and acknowledged) and ``bytes_received``, minus what
+    the connection had at start.  Loopback, so no NIC counter is shared with other users."""
+
+    def __init__(self, ports):
+        self.ports = [int(p) for p in ports]
+        self.final = {}
+        self.base = {}
+        self.proc = None
+        self.thread = None
+
+    def _filter(self):
+        return "( " + " or ".join(f"sport = :{p}" for p in self.ports) + " )"
+
+    @staticmethod
+    def _parse(text):
+        out = {}
+        key = None
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if not line[0].isspace():
+                parts = line.split()
+                addrs = [p for p in parts if ":" in p and p[-1].isdigit()]
+                key = tuple(addrs[:2]) if len(addrs) >= 2 else None
+                continue
+            if key is None:
+                continue
+            vals = {}
+            for tok in line.split():
+                if ":" in tok:
+                    k, _, v = tok.partition(":")
+                    if k in ("bytes_acked", "bytes_received") and v.isdigit():
+                        vals[k] = int(v)
+            if vals:
+                out[key] = (vals.get("bytes_acked", 0), vals.get("bytes_received", 0))
+            key = None
+        return out
+
+    def snapshot(self):
+        proc = subprocess.run(["ss", "-tinH", "state", "established", self._filter()], capture_output=True,
+                              text=True, check=False)
+        return self._parse(proc.stdout)
+
+    def _reader(self):
+        pending = []
+        for line in self.proc.stdout:
+            if line and not line[0].isspace():
+                pending = [line]
+            else:
+                pending.append(line)
+                for key, val in self._parse("".join(pending)).items():
+                    self.final[key] = val
+                pending = []
+
+    def start(self):
+        self.proc = subprocess.Popen(["ss", "-EtinH", self._filter()], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.thread = threading.Thread(target=self._reader, daemon=True)
+        self.thread.start()
+        time.sleep(0.3)  # let ss subscribe to the destroy events
+        self.base = self.snapshot()
+        return self
+
+    def stop(self):
+        time.sleep(0.2)
+        end = self.snapshot()
+        time.sleep(0.3)
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        self.thread.join(timeout=5)
+        final = dict(end)
+        final.update(self.final)  # destroyed sockets: their last numbers
+        sent = received = 0
+        for key, (acked, recv) in final.items():
+            b_acked, b_recv = self.base.get(key, (0, 0))
+            sent += max(acked - b_acked, 0)
+            received += max(recv - b_recv, 0)
+        return {"sent": sent, "received": received, "connections": len(final)}
+
+
+def human_bytes(n):
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000.0
+    return str(n)
+
+
+__all__ = [
+    "Bench", "BenchSandbox", "PortBytes", "ENV", "PROJECT", "STAT_HEADERS", "base_parser", "batch_envs", "fmt",
+    "human_bytes", "salt_bin", "say", "stat_row", "stats", "table", "timings_of",
+]
