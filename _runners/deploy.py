@@ -102,7 +102,7 @@ def _state_dir(*parts):
 
 
 def _valid(value, regex, what):
-    if not isinstance(value, str) or not regex.match(value) or ".." in value or value.endswith("/"):
+    if not isinstance(value, str) or not regex.fullmatch(value) or ".." in value or value.endswith("/"):
         raise SaltInvocationError(
             f"invalid {what} {value!r}: allowed are {regex.pattern} without '..'"
         )
@@ -910,7 +910,9 @@ def _cluster_view(inventories):
     for node, inv in inventories.items():
         for rel in inv["releases"]:
             by_name.setdefault(rel["name"], {})[node] = rel
-    stamp = lambda rels: max((r.get("activated_at") or r.get("prepared_at") or 0) for r in rels.values())
+    # a release's age is when it was first prepared (released), not when it was last activated:
+    # a node switched back to r2 after r3 failed there must not make r2 look newer than r3
+    stamp = lambda rels: min((r.get("prepared_at") or r.get("activated_at") or 0) for r in rels.values())
     newest_current = max(
         (c for c in set(currents.values()) if c and c in by_name), key=lambda c: stamp(by_name[c]), default=None
     )

@@ -37,6 +37,7 @@ def base_dir():
 def minion_opts(salt_factories, base_dir):
     factory = salt_factories.salt_minion_daemon(
         "dpl-fn-minion",
+        defaults={"root_dir": os.path.join(base_dir, "minion")},  # removed with base_dir
         overrides={
             "file_client": "local",
             "pillar_roots": {"base": [os.path.join(base_dir, "pillar")]},

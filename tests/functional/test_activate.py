@@ -3,6 +3,9 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 from salt.exceptions import CommandExecutionError
@@ -47,6 +50,40 @@ def test_switch_is_a_rename_over_current(project):
     # and back
     assert project.mod.activate(PROJECT, "r1")["previous"] == "r2"
     assert _switch_record(project) | {"at": None} == {"previous": "r2", "current": "r1", "at": None}
+
+
+READER = """
+import os, sys, time
+link, stop = sys.argv[1], sys.argv[2]
+seen = missing = 0
+while not os.path.exists(stop):
+    for _ in range(1000):
+        seen += 1
+        if not os.path.exists(link):  # follows the link: what a web server opening current/... sees
+            missing += 1
+print(seen, missing)
+"""
+
+
+def test_current_never_disappears_during_switches(project):
+    # a reader in another process watches current/public/index.php while we switch back and forth
+    project.prepare("r1")
+    project.prepare("r2")
+    project.mod.activate(PROJECT, "r1")
+    stop = os.path.join(project.workdir, "stop")
+    reader = subprocess.Popen([sys.executable, "-c", READER, project.path("current", "public", "index.php"), stop],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)  # let it start
+        for i in range(150):
+            project.mod.activate(PROJECT, "r2" if i % 2 == 0 else "r1")
+    finally:
+        open(stop, "w").close()
+        out, _ = reader.communicate(timeout=30)
+    seen, missing = map(int, out.split())
+    assert seen > 1000
+    assert missing == 0
+    assert project.current == "r1"
 
 
 def test_activate_current_again_changes_nothing(project):

@@ -109,6 +109,19 @@ def test_cleanup_never_removes_current_previous_or_newest_good(project):
     assert project.current == "r1"
 
 
+def test_cleanup_keeps_a_current_switched_by_hand(project):
+    # the article's emergency rollback by hand: remove the link, create it again (no activation recorded)
+    for n in range(1, 5):
+        project.deploy(f"r{n}")
+    os.unlink(project.path("current"))
+    os.symlink(project.release_dir("r1"), project.path("current"))
+    ret = project.mod.cleanup(PROJECT, keep=1)
+    assert "r1" in ret["kept"] and "r1" not in ret["removed"]
+    assert ret["kept"] == ["r4", "r3", "r1"]  # newest (and good), previous, current
+    assert project.release_names() == ["r1", "r3", "r4"]
+    assert os.path.isdir(os.path.realpath(project.path("current")))
+
+
 def test_bad_and_unactivated_releases_do_not_use_up_the_keep_count(project):
     project.deploy("r1")
     project.deploy("r2")

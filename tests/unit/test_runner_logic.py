@@ -95,8 +95,6 @@ def test_nodes_that_differ():
     assert view["rollback_target"] == "r2"
 
 
-@pytest.mark.xfail(strict=True, reason="runner bug: a node switched back to r2 makes r2 'the newest current' "
-                                       "(re-activation stamp), so the cluster rollback skips r2 and goes to r1")
 def test_partial_release_failure_then_rollback():
     # r3 released to web-1 and web-2; on web-3 its checks failed: switched back to r2 (activated
     # again at 350) and r3 marked bad there.  Rolling the cluster back must go to r2, not r1.
