@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -141,6 +142,7 @@ class Bench:
         self.sandbox_kwargs = sandbox_kwargs
         self.box = None
         self._client = None
+        self.cleanups = []  # callables run before the teardown (e.g. stop a load generator)
         self.started = time.monotonic()
         self.result = {
             "bench": name,
@@ -181,12 +183,32 @@ class Bench:
         self.result["sandbox_up_seconds"] = round(time.monotonic() - t, 1)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        for cleanup in self.cleanups:
+            with contextlib.suppress(Exception):
+                cleanup()
+        if exc_type is not None and self.box is not None:
+            self._save_logs()
         if self.args.keep:
             say(f"--keep: the sandbox stays in {self.box.path} (python -m sandbox down --path {self.box.path})")
         else:
             self._down()
         return False
+
+    def _save_logs(self):
+        """On failure: the sandbox's salt logs and the web services' logs into bench/results/."""
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        dest = os.path.join(RESULTS_DIR, f"{self.name}-{stamp}-failure-logs")
+        try:
+            shutil.copytree(self.box.log_dir, os.path.join(dest, "salt"), ignore_dangling_symlinks=True)
+            svc = os.path.join(self.box.path, "svc")
+            for name in sorted(os.listdir(svc)):
+                logs = os.path.join(svc, name, "logs")
+                if os.path.isdir(logs):
+                    shutil.copytree(logs, os.path.join(dest, "svc", name))
+            say(f"logs of the failed run: {os.path.relpath(dest, REPO_ROOT)}")
+        except OSError as exc:
+            say(f"could not save the logs: {exc}")
 
     def _down(self):
         if self._client is not None:
@@ -222,9 +244,10 @@ class Bench:
             say(proc.stdout)
         return wall, proc
 
-    def salt(self, *args, timeout=600, check=True):
-        """`salt -c <conf> --out=json --static <args>`; returns (wall, parsed JSON)."""
-        argv = [*self.box.salt_cmd("salt"), "--out=json", "--static", *args]
+    def salt(self, *args, timeout=600, check=True, cli_timeout=None):
+        """`salt -c <conf> --out=json --static [-t cli_timeout] <args>`; returns (wall, parsed JSON)."""
+        argv = [*self.box.salt_cmd("salt"), "--out=json", "--static",
+                *(["-t", str(cli_timeout)] if cli_timeout else []), *args]
         wall, proc = self.run(argv, timeout=timeout, check=check)
         try:
             data = json.loads(proc.stdout or "{}")
@@ -245,6 +268,7 @@ class Bench:
             import salt.client  # pylint: disable=import-outside-toplevel
 
             self._client = salt.client.LocalClient(c_path=os.path.join(self.box.conf_dir, "master"))
+            sys.excepthook = sys.__excepthook__
         return self._client
 
     def rtt(self, nodes, fun="test.ping", arg=(), timeout=30):
@@ -332,6 +356,8 @@ def _salt_version():
         return salt.version.__version__
     except Exception:  # pylint: disable=broad-except
         return "?"
+    finally:  # importing salt installs its own excepthook: keep Python's tracebacks plain
+        sys.excepthook = sys.__excepthook__
 
 
 def timings_of(record):
@@ -347,18 +373,24 @@ class PortBytes:
     """Bytes carried by the TCP connections whose local port is one of ``ports`` (the
     master's side), between :meth:`start` and :meth:`stop`.
 
-    From the kernel's tcp_info, read with ``ss``: a snapshot of the established
-    connections at start and at stop, plus ``ss -E`` socket-destroy events in between (so
-    connections opened and closed inside the window count too).  Per connection:
-    ``bytes_acked`` (sent by the master and acknowledged) and ``bytes_received``, minus what
-    the connection had at start.  Loopback, so no NIC counter is shared with other users."""
+    From the kernel's tcp_info, read with ``ss``: snapshots of the established connections
+    (at start, every ``interval`` seconds, at stop) plus ``ss -E`` socket-destroy events, which
+    carry a connection's final numbers (netlink may drop some of those on a busy machine:
+    the periodic snapshots bound what is lost to the last ``interval`` of a connection).  Per
+    connection: the highest ``bytes_acked`` (sent by the master and acknowledged) and
+    ``bytes_received`` seen, minus what it had at start.  Loopback, so no NIC counter is shared
+    with other users of the machine."""
 
-    def __init__(self, ports):
+    def __init__(self, ports, interval=0.1):
         self.ports = [int(p) for p in ports]
-        self.final = {}
+        self.interval = interval
+        self.seen = {}
         self.base = {}
         self.proc = None
-        self.thread = None
+        self.threads = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.events = 0
 
     def _filter(self):
         return "( " + " or ".join(f"sport = :{p}" for p in self.ports) + " )"
@@ -393,41 +425,57 @@ class PortBytes:
                               text=True, check=False)
         return self._parse(proc.stdout)
 
-    def _reader(self):
+    def _merge(self, found):
+        with self.lock:
+            for key, (acked, recv) in found.items():
+                old = self.seen.get(key, (0, 0))
+                self.seen[key] = (max(old[0], acked), max(old[1], recv))
+
+    def _events(self):
         pending = []
         for line in self.proc.stdout:
             if line and not line[0].isspace():
                 pending = [line]
             else:
                 pending.append(line)
-                for key, val in self._parse("".join(pending)).items():
-                    self.final[key] = val
+                found = self._parse("".join(pending))
+                self.events += len(found)
+                self._merge(found)
                 pending = []
 
+    def _poll(self):
+        while not self.stopping.wait(self.interval):
+            self._merge(self.snapshot())
+
     def start(self):
-        self.proc = subprocess.Popen(["ss", "-EtinH", self._filter()], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(["stdbuf", "-oL", "ss", "-EtinH", self._filter()], stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        self.thread = threading.Thread(target=self._reader, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._events, daemon=True)]
         time.sleep(0.3)  # let ss subscribe to the destroy events
         self.base = self.snapshot()
+        self._merge(self.base)
+        self.threads.append(threading.Thread(target=self._poll, daemon=True))
+        for t in self.threads:
+            t.start()
         return self
 
     def stop(self):
         time.sleep(0.2)
-        end = self.snapshot()
+        self.stopping.set()
+        self._merge(self.snapshot())
         time.sleep(0.3)
         self.proc.terminate()
         self.proc.wait(timeout=5)
-        self.thread.join(timeout=5)
-        final = dict(end)
-        final.update(self.final)  # destroyed sockets: their last numbers
+        for t in self.threads:
+            t.join(timeout=5)
         sent = received = 0
-        for key, (acked, recv) in final.items():
-            b_acked, b_recv = self.base.get(key, (0, 0))
-            sent += max(acked - b_acked, 0)
-            received += max(recv - b_recv, 0)
-        return {"sent": sent, "received": received, "connections": len(final)}
+        with self.lock:
+            for key, (acked, recv) in self.seen.items():
+                b_acked, b_recv = self.base.get(key, (0, 0))
+                sent += max(acked - b_acked, 0)
+                received += max(recv - b_recv, 0)
+            connections = len(self.seen)
+        return {"sent": sent, "received": received, "connections": connections, "destroy_events": self.events}
 
 
 def human_bytes(n):
