@@ -15,6 +15,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 import types
@@ -30,7 +31,8 @@ from .conftest import NET, NODES, SECRETS, USER, WEB
 
 _VERSION = [6, 0]
 PWNED = f"/tmp/dpl-pwned-{uuid.uuid4().hex[:8]}"  # created only if a value ever reached a shell
-TALLY = {"faults injected": 0, "faults survived, nothing lost": 0, "bad inputs tried": 0, "bad inputs refused cleanly": 0}
+TALLY = {"faults injected": 0, "faults survived, nothing lost": 0, "bad inputs tried": 0, "bad inputs refused cleanly": 0,
+         "runs retried: a live minion did not answer in time": 0}
 OUTPUTS = []  # (what, stdout, stderr) of every salt-run / salt command of this module: searched for secrets
 PRO_TARGET = "G@roles:rainbow and G@env:pro"
 
@@ -100,6 +102,38 @@ def run_many(c, cases, workers=4):
         return list(pool.map(one, cases))
 
 
+_RUNNER_SCRIPT = r"""
+import json, sys
+import salt.config, salt.runner
+opts = salt.config.master_config(sys.argv[1])
+client = salt.runner.RunnerClient(opts)
+out = []
+for fun, kwarg in json.loads(sys.stdin.read()):
+    ret = client.cmd(fun, kwarg=kwarg, print_event=False, full_return=True)
+    data = ret.get("return", ret) if isinstance(ret, dict) else ret
+    code = ret.get("retcode") if isinstance(ret, dict) else None
+    if code is None and isinstance(data, dict):
+        code = data.get("retcode", 0)
+    out.append({"retcode": code, "data": data})
+print("@@@" + json.dumps(out, default=str))
+"""
+
+
+def run_in_one_process(c, cases):
+    """Many runner calls through Salt's RunnerClient (what salt-run itself uses) in ONE process:
+    the exit code salt-run would give is the return's ``retcode``.  Much cheaper than one salt-run
+    per case on a loaded 2-core machine; a sample of the cases also goes through the real CLI."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUNNER_SCRIPT, c.master.config["conf_file"]],
+        input=json.dumps(cases), capture_output=True, text=True, timeout=600,
+    )
+    OUTPUTS.append(("runner batch", proc.stdout, proc.stderr))
+    assert "@@@" in proc.stdout, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    results = json.loads(proc.stdout.split("@@@", 1)[1])
+    return [types.SimpleNamespace(returncode=r["retcode"], data=r["data"] if isinstance(r["data"], dict) else {},
+                                  raw=r["data"]) for r in results]
+
+
 def history(c, project="rainbow"):
     path = os.path.join(c.state_dir, "history", f"{project}.jsonl")
     if not os.path.exists(path):
@@ -160,7 +194,7 @@ def ensure_released(c):
     """Every node has a release (a test run alone on a fresh cluster)."""
     if None in c.currents().values():
         new_version(c)
-        ret = run(c, "deploy.release", project="rainbow", env="pro")
+        ret = run_retrying(c, "deploy.release", project="rainbow", env="pro")
         assert ret.returncode == 0, ret.stdout[-2000:]
 
 
@@ -199,6 +233,14 @@ def write_master_pillar(c, project_extra=None, other_projects=None, node_extra=N
     c.write_pillar()
 
 
+def set_pillar_on(c, node, **kwargs):
+    """Rewrite the pillar and refresh it on the one minion whose in-memory pillar matters
+    (deploy.switch reads restart/checks from it), not on all of them."""
+    write_master_pillar(c, **kwargs)
+    ret = c.salt.run("saltutil.refresh_pillar", "wait=True", minion_tgt=node)
+    assert ret.returncode == 0, ret
+
+
 def fault(count=1):
     TALLY["faults injected"] += count
 
@@ -211,6 +253,54 @@ def pro_env(**overrides):
     env = sandbox_pillar.default_envs()["pro"]
     env.update(overrides)
     return env
+
+
+NODE_SIDE = {"root", "user", "group", "restart", "checks", "config", "files", "shared", "keep_releases"}
+
+
+@pytest.fixture
+def fresh(cluster):
+    """clean_cluster, minus its pillar refresh on every minion when the minions' pillar is still
+    the default one: the runner compiles the master's pillar afresh on every call, and only the
+    node-side keys (``NODE_SIDE``, node files) matter to the minions.  On this loaded 2-core
+    machine ``saltutil.refresh_pillar`` on '*' costs 5-15 s per test."""
+    c = cluster
+    dirty = bool(c.node_extra or c.node_projects or NODE_SIDE & set(c.project_extra))
+    c.node_extra, c.project_extra, c.other_projects, c.node_projects = {}, {}, {}, {}
+    c.write_pillar()
+    if dirty:
+        c.refresh_pillar()
+    for env in ("pro", "stg"):
+        for path in (lock_path(c, env), detached_path(c, env)):
+            if os.path.exists(path):
+                os.unlink(path)
+    for node in WEB:
+        c.lb.command(f"set server rainbow/{node} state ready")
+    yield c
+
+
+def no_response(error):
+    """How a silent minion is reported (the runner's own text, or Salt's)."""
+    text = str(error).lower()
+    return "no response" in text or "did not return" in text
+
+
+def slow_only(ret):
+    """Every failed node merely did not answer in time (a live minion on a loaded machine)."""
+    nodes = (ret.data or {}).get("nodes") or {}
+    failed = [v for v in nodes.values() if v.get("result") == "failed"]
+    return bool(failed) and all("Minion did not return" in str(v.get("error")) for v in failed)
+
+
+def run_retrying(c, fun, **kwargs):
+    """For runs whose fault is not a silent minion: run again once if the only failures were live
+    minions too slow for the session's deploy_timeout (5 s) + gather_job_timeout (5 s) on this
+    loaded machine; counted in the tally, so the report can say how often."""
+    ret = run(c, fun, **kwargs)
+    if ret.returncode != 0 and slow_only(ret) and all(c.minions[n].is_running() for n in c.minions):
+        TALLY["runs retried: a live minion did not answer in time"] += 1
+        ret = run(c, fun, **kwargs)
+    return ret
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -269,8 +359,8 @@ BAD_VALUES = [
 ]
 
 
-def test_bad_names_are_refused_and_never_reach_a_shell(clean_cluster):
-    c = clean_cluster
+def test_bad_names_are_refused_and_never_reach_a_shell(fresh):
+    c = fresh
     before = snapshot(c)
     count = len(history(c))
     cases = []
@@ -291,22 +381,31 @@ def test_bad_names_are_refused_and_never_reach_a_shell(clean_cluster):
          "force=True is only for emergency=True"),
     ]
     TALLY["bad inputs tried"] += len(cases)
-    results = run_many(c, [case for case, _ in cases])
+    results = run_in_one_process(c, [case for case, _ in cases])
+    # a sample through the real salt-run: its exit code, and no shell anywhere on the way
+    sample = [
+        (("deploy.release", {"project": f"$(touch {PWNED})", "env": "pro"}), "invalid project name"),
+        (("deploy.release", {"project": "rainbow", "env": f"`touch {PWNED}`"}), "invalid env name"),
+        (("deploy.release", {"project": "rainbow", "env": "pro", "ref": f"x;touch {PWNED}"}), "invalid ref"),
+        (("deploy.rollback", {"project": "rainbow", "env": "pro", "to": "../../etc"}), "invalid release"),
+    ]
+    TALLY["bad inputs tried"] += len(sample)
+    results += run_many(c, [case for case, _ in sample])
     problems = []
-    for (case, message), ret in zip(cases, results):
+    for (case, message), ret in zip(cases + sample, results):
         ok = ret.returncode == 1 and ret.data.get("result") == "refused" and message in str(ret.data.get("error"))
         if ok:
             TALLY["bad inputs refused cleanly"] += 1
         else:
-            problems.append((case, ret.returncode, ret.data.get("error"), ret.stdout[-500:], ret.stderr[-500:]))
+            problems.append((case, ret.returncode, ret.data.get("error") or getattr(ret, "raw", None)))
     assert not problems, problems
     assert not os.path.exists(PWNED)
     assert snapshot(c) == before
     assert len(history(c)) == count  # refusals are not runs
 
 
-def test_bad_pillar_and_batches_are_refused(clean_cluster):
-    c = clean_cluster
+def test_bad_pillar_and_batches_are_refused(fresh):
+    c = fresh
     # the mirror is up to date before the parallel runs below
     assert run(c, "deploy.release", project="rainbow", env="pro", test=True).returncode == 0
     before = snapshot(c)
@@ -328,25 +427,25 @@ def test_bad_pillar_and_batches_are_refused(clean_cluster):
     cases += [(("deploy.release", {"project": "rainbow", "env": name}), f"batch {batch!r} must be")
               for name, batch in batches.items()]
     TALLY["bad inputs tried"] += len(cases)
-    results = run_many(c, [case for case, _ in cases])
+    results = run_in_one_process(c, [case for case, _ in cases])
     problems = []
     for (case, message), ret in zip(cases, results):
-        error = str(ret.data.get("error"))
+        error = str(ret.data.get("error") or ret.raw)
         ok = ret.returncode == 1 and ret.data.get("result") in ("refused", "failure") and message in error
         # a configuration error is a clear refusal, not an "unexpected error" with a traceback in the log
         ok = ok and "unexpected error" not in error
         if ok:
             TALLY["bad inputs refused cleanly"] += 1
         else:
-            problems.append((case, ret.returncode, ret.data.get("result"), error, ret.stderr[-300:]))
+            problems.append((case, ret.returncode, ret.data.get("result"), error[:300]))
     assert not problems, problems
     assert snapshot(c) == before
     for name in batches:
         assert not os.path.exists(lock_path(c, name))
 
 
-def test_bad_config_sources_fail_prepare_and_change_nothing(clean_cluster):
-    c = clean_cluster
+def test_bad_config_sources_fail_prepare_and_change_nothing(fresh):
+    c = fresh
     new_version(c)
     before = snapshot(c)
     outside = f"/tmp/dpl-evil-{uuid.uuid4().hex[:8]}.ini"
@@ -362,9 +461,9 @@ def test_bad_config_sources_fail_prepare_and_change_nothing(clean_cluster):
     node_extra = {}
     for extra, _, _ in cases:
         node_extra.update(extra)
-    c.set_pillar(node_extra=node_extra)
+    write_master_pillar(c, node_extra=node_extra)  # deploy.prepare compiles the node's pillar afresh
     TALLY["bad inputs tried"] += len(cases)
-    ret = run(c, "deploy.release", project="rainbow", env="pro")
+    ret = run_retrying(c, "deploy.release", project="rainbow", env="pro")
     assert ret.returncode == 1, ret.stdout[-2000:]
     assert "nothing was switched" in ret.data["error"]
     for _, node, message in cases:
@@ -374,14 +473,14 @@ def test_bad_config_sources_fail_prepare_and_change_nothing(clean_cluster):
         TALLY["bad inputs refused cleanly"] += 1
     assert snapshot(c) == before  # failed everywhere: nothing prepared, nothing switched
     # a source reached through a symlink of the release (a shared dir) resolves outside it
-    c.set_pillar(node_extra={"web-1": {"config": {ini: {"source": "storage/logs/app.ini.example"}}}})
+    write_master_pillar(c, node_extra={"web-1": {"config": {ini: {"source": "storage/logs/app.ini.example"}}}})
     planted = os.path.join(c.root("web-1"), "shared", "storage", "logs", "app.ini.example")
     os.makedirs(os.path.dirname(planted), exist_ok=True)
     with open(planted, "w", encoding="utf-8") as fh:
         fh.write("stolen = {{ pillar['rainbow_secrets']['pay_key'] }}\n")
     TALLY["bad inputs tried"] += 1
     try:
-        again = run(c, "deploy.release", project="rainbow", env="pro")
+        again = run_retrying(c, "deploy.release", project="rainbow", env="pro")
     finally:
         os.unlink(planted)
     assert again.returncode == 1, again.stdout[-2000:]
@@ -401,11 +500,11 @@ def test_bad_config_sources_fail_prepare_and_change_nothing(clean_cluster):
 # --------------------------------------------------------------------------- the lock
 
 
-def test_five_releases_at_once_one_runs_and_another_env_runs_beside(clean_cluster, stg):
-    c = clean_cluster
+def test_five_releases_at_once_one_runs_and_another_env_runs_beside(fresh, stg):
+    c = fresh
     new_version(c)
     stg_env = {"branch": "master", "preprod": "stg-1"}  # its own node, not behind the project's LB
-    c.set_pillar(project_extra={"build": ["sleep 2"], "envs": {"stg": stg_env}}, node_projects=stg.node_projects)
+    set_pillar_on(c, "stg-1", project_extra={"envs": {"stg": stg_env}}, node_projects=stg.node_projects)
     before = c.currents()
     count = len(history(c))
     fault(2)  # five releases of one env at once; a second env at the same time
@@ -430,7 +529,10 @@ def test_five_releases_at_once_one_runs_and_another_env_runs_beside(clean_cluste
         unlock_ret = finish(unlock) if unlock else None
     winners = [r for r in results if r.returncode == 0]
     losers = [r for r in results if r.returncode != 0]
-    assert len(winners) == 1, [(r.returncode, r.data.get("error")) for r in results]
+    summary = [(r.pid, r.returncode, r.data.get("result"), str(r.data.get("error"))[:400],
+                {n: v.get("error", "")[:200] for n, v in (r.data.get("nodes") or {}).items() if v.get("error")})
+               for r in results + [stg_ret]]
+    assert len(winners) == 1, summary
     winner = winners[0]
     assert winner.data["result"] == "success", winner.stdout[-2000:]
     release = winner.data["release"]
@@ -439,7 +541,7 @@ def test_five_releases_at_once_one_runs_and_another_env_runs_beside(clean_cluste
         assert r.returncode == 1 and r.data["result"] == "refused", r.stdout[-1000:]
         error = r.data["error"]
         assert "rainbow/pro is locked: release by root" in error, error
-        assert f"pid {winner.pid}," in error, (winner.pid, error)  # names the holder
+        assert f"pid {winner.pid})" in error, (winner.pid, error)  # names the holder
         holders.add(error.split(" since ")[0])
         # refused at once: while the winner still held the lock
         assert done[r.pid][1], "a refused run ended only after the winner had finished"
@@ -461,13 +563,13 @@ def test_five_releases_at_once_one_runs_and_another_env_runs_beside(clean_cluste
     survived(2)
 
 
-def test_an_env_whose_nodes_are_not_behind_the_project_lb(clean_cluster, stg):
+def test_an_env_whose_nodes_are_not_behind_the_project_lb(fresh, stg):
     """An env with its own nodes and `lb: {driver: none}` releases them without touching the
     project's load balancer; without that override the haproxy backend has no stg-1 and the
     release is refused before anything changes."""
-    c = clean_cluster
+    c = fresh
     env = {"branch": "master", "target": "G@env:stg", "stages": [{"name": "all", "batch": 1}]}
-    c.set_pillar(project_extra={"envs": {"stg": env}}, node_projects=stg.node_projects)
+    set_pillar_on(c, "stg-1", project_extra={"envs": {"stg": env}}, node_projects=stg.node_projects)
     before_stg = stg_current(stg)
     lb_before = c.lb_states()
     TALLY["bad inputs tried"] += 1
@@ -507,8 +609,8 @@ def _killed_in_two_node_batch(c, maint):
     and web-2 is switched; wait for web-2's own job to end.  Returns (old currents, killed release)."""
     stages = [{"name": "gray", "target": "G@region:east", "batch": 1}, {"name": "all", "batch": 2}]
     reload2 = c.php["web-2"].reload_command()
-    c.set_pillar(project_extra={"envs": {"pro": {"stages": stages}}},
-                 node_extra={"web-2": {"restart": [{"cmd": "sleep 4"}, {"cmd": reload2}]}})
+    set_pillar_on(c, "web-2", project_extra={"envs": {"pro": {"stages": stages}}},
+                  node_extra={"web-2": {"restart": [{"cmd": "sleep 4"}, {"cmd": reload2}]}})
     old = c.currents()
     c.lb.command(f"set server rainbow/{maint} state maint")
     prior = {"web-2": "ready", "web-3": "ready", maint: "maint"}
@@ -530,8 +632,8 @@ def _killed_in_two_node_batch(c, maint):
     return old, killed
 
 
-def test_killed_runner_then_unlock_restores_the_lb_and_keeps_operator_maint(clean_cluster):
-    c = clean_cluster
+def test_killed_runner_then_unlock_restores_the_lb_and_keeps_operator_maint(fresh):
+    c = fresh
     ensure_released(c)
     new_version(c)
     try:
@@ -559,15 +661,15 @@ def test_killed_runner_then_unlock_restores_the_lb_and_keeps_operator_maint(clea
         c.lb.command("set server rainbow/web-3 state ready")
 
 
-def test_killed_runner_then_next_release_takes_over_and_keeps_operator_maint(clean_cluster):
-    c = clean_cluster
+def test_killed_runner_then_next_release_takes_over_and_keeps_operator_maint(fresh):
+    c = fresh
     ensure_released(c)
     new_version(c)
     try:
         _killed_in_two_node_batch(c, maint="web-2")
-        c.set_pillar()
+        set_pillar_on(c, "web-2")
         new_version(c)
-        ret = run(c, "deploy.release", project="rainbow", env="pro")
+        ret = run_retrying(c, "deploy.release", project="rainbow", env="pro")
         assert ret.returncode == 0, ret.stdout[-3000:]
         warnings = ret.data["warnings"]
         assert any("took over a stale lock of release by root" in w for w in warnings), warnings
@@ -586,8 +688,8 @@ def test_killed_runner_then_next_release_takes_over_and_keeps_operator_maint(cle
 # --------------------------------------------------------------------------- minions down
 
 
-def test_minion_down_before_the_release(clean_cluster):
-    c = clean_cluster
+def test_minion_down_before_the_release(fresh):
+    c = fresh
     ensure_released(c)
     old = c.currents()
     new_version(c)
@@ -598,7 +700,7 @@ def test_minion_down_before_the_release(clean_cluster):
         ret = run(c, "deploy.release", project="rainbow", env="pro")
         assert ret.returncode == 1
         assert "prepare failed on web-2: nothing was switched" in ret.data["error"]
-        assert "no response" in ret.data["nodes"]["web-2"]["error"]
+        assert no_response(ret.data["nodes"]["web-2"]["error"])
         assert c.currents() == old
         assert c.lb_states() == {n: "ready" for n in WEB}
         assert history(c)[-1]["result"] == "failure"
@@ -609,7 +711,7 @@ def test_minion_down_before_the_release(clean_cluster):
         ret = run(c, "deploy.release", project="rainbow", env="pro")
         assert ret.returncode == 1  # not every node has the release
         nodes = ret.data["nodes"]
-        assert nodes["web-2"]["result"] == "failed" and "no response" in nodes["web-2"]["error"]
+        assert nodes["web-2"]["result"] == "failed" and no_response(nodes["web-2"]["error"])
         assert "web-2" in ret.stdout
         release = ret.data["release"]
         assert {n: c.current(n) for n in NODES} == {**{n: release for n in NODES}, "web-2": old["web-2"]}
@@ -623,13 +725,13 @@ def test_minion_down_before_the_release(clean_cluster):
         restart_minion(c, "web-2")
 
 
-def test_minion_stopped_in_the_middle_of_its_batch(clean_cluster):
-    c = clean_cluster
+def test_minion_stopped_in_the_middle_of_its_batch(fresh):
+    c = fresh
     ensure_released(c)
     old = c.currents()
     new_version(c)
     reload2 = c.php["web-2"].reload_command()
-    c.set_pillar(node_extra={"web-2": {"restart": [{"cmd": "sleep 8"}, {"cmd": reload2}]}})
+    set_pillar_on(c, "web-2", node_extra={"web-2": {"restart": [{"cmd": "sleep 8"}, {"cmd": reload2}]}})
     fault()
     proc = spawn(c, "deploy.release", project="rainbow", env="pro")
     try:
@@ -647,7 +749,7 @@ def test_minion_stopped_in_the_middle_of_its_batch(clean_cluster):
     new = ret.data["release"]
     assert "web-2" in ret.data["error"] and "max_failures=0" in ret.data["error"], ret.data["error"]
     assert ret.data["nodes"]["web-2"]["result"] == "failed"
-    assert "no response" in ret.data["nodes"]["web-2"]["error"]
+    assert no_response(ret.data["nodes"]["web-2"]["error"])
     # the rollout stopped: preprod and gray have it, web-3 was not reached
     assert c.current("pre-1") == new and c.current("web-1") == new
     assert c.current("web-3") == old["web-3"]
@@ -662,8 +764,8 @@ def test_minion_stopped_in_the_middle_of_its_batch(clean_cluster):
     survived()
 
 
-def test_lb_minion_down_or_admin_socket_wrong_refused_before_any_switch(clean_cluster):
-    c = clean_cluster
+def test_lb_minion_down_or_admin_socket_wrong_refused_before_any_switch(fresh):
+    c = fresh
     new_version(c)
     before = snapshot(c)
     fault(2)
@@ -673,7 +775,7 @@ def test_lb_minion_down_or_admin_socket_wrong_refused_before_any_switch(clean_cl
     finally:
         restart_minion(c, "lb-1")
     assert ret.returncode == 1
-    assert "load balancer (haproxy on lb-1)" in ret.data["error"] and "no response" in ret.data["error"]
+    assert "load balancer (haproxy on lb-1)" in ret.data["error"] and no_response(ret.data["error"])
     assert snapshot(c) == before  # not even prepared anywhere
     assert history(c)[-1]["result"] == "failure"
     survived()
@@ -690,38 +792,72 @@ def test_lb_minion_down_or_admin_socket_wrong_refused_before_any_switch(clean_cl
 # --------------------------------------------------------------------------- node and build faults
 
 
-def test_disk_full_on_one_node_while_preparing(clean_cluster):
-    c = clean_cluster
+def test_node_faults_while_preparing_stop_before_any_switch(fresh):
+    """Disk full on web-3 (its root on a small tmpfs, the artifact bigger than that), web-2's
+    `current` a real directory, web-1's `current` pointing outside releases/: each is refused
+    with its own message, nothing is overwritten or left half-written, nothing switches."""
+    c = fresh
+    ensure_released(c)
     new_version(c)
-    before = snapshot(c)
+    cur1 = os.path.join(c.root("web-1"), "current")
+    cur2 = os.path.join(c.root("web-2"), "current")
+    saved1, saved2 = os.readlink(cur1), os.readlink(cur2)
+    outside = os.path.join(c.work, "outside-release")
+    os.makedirs(os.path.join(outside, "public"), exist_ok=True)
     mnt = os.path.join(c.work, "tmpfs-web-3")
     os.makedirs(mnt, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", mnt], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", mnt], check=True)
+    fault(3)
     try:
-        fault()
-        c.set_pillar(project_extra={"build": ["head -c 3000000 /dev/urandom > blob.bin"]},
-                     node_extra={"web-3": {"root": mnt}})
-        ret = run(c, "deploy.release", project="rainbow", env="pro")
-        assert ret.returncode == 1
-        assert "prepare failed on web-3: nothing was switched" in ret.data["error"], ret.data["error"]
-        assert "No space left" in ret.data["nodes"]["web-3"]["error"]
-        releases = os.path.join(mnt, "releases")
-        assert not (os.listdir(releases) if os.path.isdir(releases) else []), os.listdir(releases)
+        os.unlink(cur1)
+        os.symlink(outside, cur1)
+        os.unlink(cur2)
+        os.makedirs(os.path.join(cur2, "public"))
+        with open(os.path.join(cur2, "public", "marker.txt"), "w", encoding="utf-8") as fh:
+            fh.write("hand-made")
+        before = snapshot(c)
+        # deploy.prepare compiles the node's pillar afresh: no refresh needed
+        write_master_pillar(c, project_extra={"build": ["head -c 600000 /dev/urandom > blob.bin"]},
+                            node_extra={"web-3": {"root": mnt}})
+        ret = run_retrying(c, "deploy.release", project="rainbow", env="pro")
+        assert ret.returncode == 1, ret.stdout[-2000:]
+        assert "prepare failed on web-1, web-2, web-3: nothing was switched" in ret.data["error"], ret.data["error"]
+        nodes = ret.data["nodes"]
+        assert f"points to {outside}, outside" in nodes["web-1"]["error"], nodes["web-1"]
+        assert "refusing to touch it" in nodes["web-1"]["error"]
+        assert "is not a symlink: refusing to touch it" in nodes["web-2"]["error"], nodes["web-2"]
+        assert "No space left" in nodes["web-3"]["error"], nodes["web-3"]
+        # not overwritten
+        assert os.readlink(cur1) == outside
+        assert os.path.isdir(cur2) and not os.path.islink(cur2)
+        with open(os.path.join(cur2, "public", "marker.txt"), encoding="utf-8") as fh:
+            assert fh.read() == "hand-made"
+        # no partial release on the full disk
+        for sub in ("releases", "meta"):
+            path = os.path.join(mnt, sub)
+            assert not (os.listdir(path) if os.path.isdir(path) else []), (sub, os.listdir(path))
         assert not [n for n in os.listdir(mnt) if n.startswith(".")]
-        meta_dir = os.path.join(mnt, "meta")
-        assert not (os.listdir(meta_dir) if os.path.isdir(meta_dir) else [])
         assert not os.path.lexists(os.path.join(mnt, "current"))
+        after = snapshot(c)
+        assert after["current"] == before["current"] and after["lb"] == before["lb"]
+        for node in ("web-1", "web-2", "web-3"):
+            assert after["dirs"][node] == before["dirs"][node], node
+        assert not [d for d in c.release_dirs("pre-1") if d.startswith(".")]
+        assert history(c)[-1]["result"] == "failure"
+        survived(3)
     finally:
         subprocess.run(["umount", mnt], check=True)
         os.rmdir(mnt)
-    after = snapshot(c)
-    assert after["current"] == before["current"] and after["lb"] == before["lb"]
-    assert history(c)[-1]["result"] == "failure"
-    survived()
+        if os.path.islink(cur1):
+            os.unlink(cur1)
+        shutil.rmtree(cur2, ignore_errors=True)
+        os.symlink(saved1, cur1)
+        os.symlink(saved2, cur2)
+        shutil.rmtree(outside)
 
 
-def test_git_and_build_failures_stop_before_any_node_is_touched(clean_cluster):
-    c = clean_cluster
+def test_git_and_build_failures_stop_before_any_node_is_touched(fresh):
+    c = fresh
     # the runner's cached mirror of the project exists
     if not os.path.isdir(os.path.join(c.state_dir, "git", "rainbow.git")):
         assert run(c, "deploy.release", project="rainbow", env="pro", test=True).returncode == 0
@@ -747,45 +883,6 @@ def test_git_and_build_failures_stop_before_any_node_is_touched(clean_cluster):
         assert history(c)[-1]["result"] == "failure"
         survived()
     assert len(history(c)) == count + len(cases)
-
-
-def test_current_not_a_symlink_or_outside_releases_is_refused_untouched(clean_cluster):
-    c = clean_cluster
-    new_version(c)
-    cur2 = os.path.join(c.root("web-2"), "current")
-    cur3 = os.path.join(c.root("web-3"), "current")
-    saved2, saved3 = os.readlink(cur2), os.readlink(cur3)
-    outside = os.path.join(c.work, "outside-release")
-    os.makedirs(os.path.join(outside, "public"), exist_ok=True)
-    fault(2)
-    os.unlink(cur2)
-    os.makedirs(os.path.join(cur2, "public"))
-    with open(os.path.join(cur2, "public", "marker.txt"), "w", encoding="utf-8") as fh:
-        fh.write("hand-made")
-    os.unlink(cur3)
-    os.symlink(outside, cur3)
-    before = snapshot(c)
-    try:
-        ret = run(c, "deploy.release", project="rainbow", env="pro")
-        assert ret.returncode == 1
-        assert "prepare failed on web-2, web-3: nothing was switched" in ret.data["error"], ret.data["error"]
-        assert "is not a symlink: refusing to touch it" in ret.data["nodes"]["web-2"]["error"]
-        assert f"points to {outside}, outside" in ret.data["nodes"]["web-3"]["error"]
-        # not overwritten
-        assert os.path.isdir(cur2) and not os.path.islink(cur2)
-        with open(os.path.join(cur2, "public", "marker.txt"), encoding="utf-8") as fh:
-            assert fh.read() == "hand-made"
-        assert os.readlink(cur3) == outside
-        after = snapshot(c)
-        assert after["current"] == before["current"] and after["lb"] == before["lb"]
-        assert after["dirs"]["web-2"] == before["dirs"]["web-2"] and after["dirs"]["web-3"] == before["dirs"]["web-3"]
-        survived(2)
-    finally:
-        shutil.rmtree(cur2)
-        os.unlink(cur3)
-        os.symlink(saved2, cur2)
-        os.symlink(saved3, cur3)
-        shutil.rmtree(outside)
 
 
 # --------------------------------------------------------------------------- secrets
@@ -817,11 +914,11 @@ def _files_with(path, needles):
     return hits
 
 
-def test_secrets_never_leak(clean_cluster, event_listener):
-    c = clean_cluster
+def test_secrets_never_leak(fresh, event_listener):
+    c = fresh
     started = time.time()
     new_version(c)
-    ret = run(c, "deploy.release", project="rainbow", env="pro")
+    ret = run_retrying(c, "deploy.release", project="rainbow", env="pro")
     assert ret.returncode == 0, ret.stdout[-2000:]
     release = ret.data["release"]
     call(c, "*", "deploy.releases", "rainbow")

@@ -6,7 +6,9 @@ Real web stacks and zero downtime (issue 5): the article's pitfalls (section 6) 
   and through HAProxy, with no stale OPcache / realpath cache; without the FPM reload it does not.
 - the nginx LB driver: a second project behind its own nginx load balancer.
 - Java (Tomcat): stop, clear work+temp, start; without the clear a stale compiled JSP is served.
-- zero downtime: a bounded HTTP load through HAProxy during rolling releases and rollbacks.
+- zero downtime: a bounded HTTP load through HAProxy during a rolling release, a normal rollback
+  and a release that fails on a later batch: no failed request; the same failure without the LB
+  step does reach the clients; an emergency rollback under load is recorded.
 
 Figures (requests / failures per operation) are printed and attached to each test's report
 (``record_property``, visible in ``--junitxml``).
@@ -16,7 +18,6 @@ import collections
 import http.client
 import json
 import os
-import shutil
 import threading
 import time
 import urllib.parse
@@ -61,8 +62,21 @@ def new_version(repo, **kwargs):
     return tag
 
 
+def _lost_prepare_returns(ret):
+    """The run stopped at prepare only because Salt lost returns: the minions finished
+    deploy.prepare just as the LocalClient's find_job poll said they were no longer running it
+    (a known Salt race; see the report of issue 5).  Nothing was switched."""
+    data = ret.data if isinstance(ret.data, dict) else {}
+    errors = [n.get("error", "") for n in (data.get("nodes") or {}).values() if n.get("result") == "failed"]
+    return (str(data.get("error", "")).startswith("prepare failed on") and errors
+            and all(e.startswith("Minion did not return") for e in errors))
+
+
 def release(c, project="rainbow", expect_ok=True, **kwargs):
     ret = c.run("deploy.release", project=project, env="pro", **kwargs)
+    if _lost_prepare_returns(ret):  # not what this file tests: once more (prepared releases are reused)
+        print(f"\nWARNING: deploy.release {project}: prepare lost minion returns, released again: {ret.data['error']}")
+        ret = c.run("deploy.release", project=project, env="pro", **kwargs)
     if expect_ok:
         assert ret.returncode == 0, ret.stdout[-4000:]
         assert ret.data["result"] == "success"
@@ -74,6 +88,24 @@ def rollback(c, **kwargs):
     assert ret.returncode == 0, ret.stdout[-4000:]
     assert ret.data["result"] == "success"
     return ret
+
+
+def settled(c):
+    """Every node's current release (a first release if some node has none yet)."""
+    if None in c.currents().values():
+        uniform_release(c)
+    return c.currents()
+
+
+def uniform_release(c):
+    """The release every node serves, with the via-current page; released first if there is none."""
+    currents = set(c.currents().values())
+    if len(currents) == 1 and None not in currents:
+        (cur,) = currents
+        if os.path.exists(os.path.join(c.root("web-1"), "releases", cur, "public", "via_current.php")):
+            return cur
+    new_version(c.repo)
+    return release(c).data["release"]
 
 
 def _line(body, key):
@@ -118,14 +150,16 @@ def reload_all_php(c):
 
 class Load:
     """A bounded HTTP load: ``threads`` clients, each on a keep-alive connection (reconnecting
-    after an error), GET ``url`` until stopped (or ``max_seconds``).  Counts answers that are not
-    2xx, connection errors and bodies that do not start with ``expect``."""
+    after an error) and paced to ``rate`` requests/s, GET ``url`` until stopped (or
+    ``max_seconds``).  Counts answers that are not 2xx, connection errors and bodies that do not
+    start with ``expect``.  CI-sized: at most 4 x 100 req/s, which leaves CPU to Salt on a 2-core machine."""
 
-    def __init__(self, url, expect, threads=4, max_seconds=150):
+    def __init__(self, url, expect, threads=4, rate=100, max_seconds=150):
         u = urllib.parse.urlsplit(url)
         self.host, self.port, self.path = u.hostname, u.port, u.path or "/"
         self.expect = expect.encode()
         self.threads = threads
+        self.interval = 1.0 / rate
         self.max_seconds = max_seconds
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -191,6 +225,9 @@ class Load:
                     (self.errors if status is None else self.bad)[failure] += 1
                     if len(self.samples) < 20:
                         self.samples.append((round(t0 - self.started, 3), failure))
+            pause = self.interval - (time.monotonic() - t0)
+            if pause > 0:
+                self.stop.wait(pause)
 
     @property
     def failures(self):
@@ -266,8 +303,7 @@ def test_php_without_the_fpm_reload_serves_stale_code_through_current(clean_clus
     """The failing counterpart: the same release with no restart steps passes its checks (they
     look at index.php, a fresh path) but code reached through `current` is the old release."""
     c = clean_cluster
-    new_version(c.repo)
-    old = release(c).data["release"]
+    old = uniform_release(c)
     assert php_view(c) == expected_view(old)  # every node has now resolved <root>/current -> old
     c.set_pillar(node_extra={n: {"restart": []} for n in NODES})
     reloaded = False
@@ -409,8 +445,9 @@ def java_stack(cluster):
 def java_pillar(c, stack, version, clear=True, version_check=True):
     conf = pillar.project_pillar(
         stack["repo"], {"driver": "none"}, shared=[], build=[FIXED_MTIME_BUILD],
-        envs={"pro": {"branch": "master", "target": "L@web-1,web-2", "preprod": "web-1", "max_failures": 0,
-                      "stages": [{"name": "all", "batch": 1}]}},
+        # no LB in front of Tomcat here: both nodes in one batch (their restarts run in parallel)
+        envs={"pro": {"branch": "master", "target": "L@web-1,web-2", "max_failures": 0,
+                      "stages": [{"name": "all", "batch": 2}]}},
     )
     conf["config"] = {}
     node_projects = {}
@@ -447,7 +484,7 @@ def test_tomcat_release_needs_the_cleared_work_dir(clean_cluster, java_stack):
     two commits made within the same second.  The article's advice -- clear work and temp on
     every restart -- is what makes the release independent of mtimes."""
     c, stack = clean_cluster, java_stack
-    # 1. the first release starts Tomcat on both nodes: preprod web-1, then web-2
+    # 1. the first release starts Tomcat on both nodes
     java_pillar(c, stack, "1.1.0")
     first = release(c, project=JAVA).data["release"]
     assert {n: c.current(n, JAVA) for n in JAVA_NODES} == {n: first for n in JAVA_NODES}
@@ -473,20 +510,13 @@ def test_tomcat_release_needs_the_cleared_work_dir(clean_cluster, java_stack):
         assert f"{JAVA} {tag[1:]}" in fh.read()
     assert java_pages(stack) == {n: (200, f"{JAVA} {stale}") for n in JAVA_NODES}
 
-    # 4. releasing the same commit again with the clear step (and the version check) repairs it
-    java_pillar(c, stack, tag[1:])
-    again = release(c, project=JAVA)
-    assert again.data["release"] == third
-    assert java_pages(stack) == {n: (200, f"{JAVA} {tag[1:]}") for n in JAVA_NODES}
-
 
 # ================================================================================ 3. zero downtime
 
 
 def test_zero_downtime_rolling_release_and_normal_rollback(clean_cluster, record_property):
     c = clean_cluster
-    new_version(c.repo)
-    base = release(c).data["release"]  # a good release on every node to roll back to
+    base = uniform_release(c)  # a good release on every node to roll back to
     tag = new_version(c.repo)
     ret, load = under_load(c, record_property, "rolling release", lambda: release(c))
     new = ret.data["release"]
@@ -501,25 +531,52 @@ def test_zero_downtime_rolling_release_and_normal_rollback(clean_cluster, record
     assert c.lb_states() == {n: "ready" for n in WEB}
 
 
+BROKEN_INDEX = "<?php\nhttp_response_code(500);\necho \"rainbow broken on this node\\n\";\n"
+
+
+def broken_on_web2(c, project_extra=None):
+    """web-2's copy of the next release is broken (its own `files` replace index.php: HTTP 500),
+    so its checks fail and it is switched back: the window a user could hit it is real."""
+    c.set_pillar(project_extra=project_extra,
+                 node_extra={"web-2": {"files": {"public/index.php": {"contents": BROKEN_INDEX, "mode": "0644"}}}})
+
+
 def test_zero_downtime_when_a_later_batch_fails_its_checks(clean_cluster, record_property):
     c = clean_cluster
-    new_version(c.repo)
-    before = release(c).data["release"]
-    with open(os.path.join(c.root("web-2"), "current", "VERSION"), encoding="utf-8") as fh:
-        good = fh.read().strip()
+    before = settled(c)
     tag = new_version(c.repo)
-    # web-2 (stage "all", batch 1) insists on the old version: its checks fail on the new one
-    c.set_pillar(node_extra={"web-2": {"checks": [
-        {"url": f"http://{NODES['web-2'][0]}:8080/", "contains": f"rainbow {good}", "retries": 2, "delay": 0.2}]}})
+    # web-2 (stage "all", batch 1) answers HTTP 500 on the new release: its checks fail
+    broken_on_web2(c)
     ret, load = under_load(c, record_property, "release failing in a later batch",
                            lambda: release(c, expect_ok=False))
     assert ret.returncode == 1 and ret.data["result"] == "failure", ret.stdout[-3000:]
     new = ret.data["release"]
     assert f"_{tag}_" in new
     assert ret.data["nodes"]["web-2"]["result"] == "failed" and "switched back" in ret.data["nodes"]["web-2"]["error"]
-    assert c.currents() == {"pre-1": new, "web-1": new, "web-2": before, "web-3": before}
+    assert "status 500" in ret.data["nodes"]["web-2"]["error"]
+    # preprod and the gray stage have the new release, web-2 was reverted, web-3 never reached
+    assert c.currents() == {**before, "pre-1": new, "web-1": new}
     assert c.lb_states() == {n: "ready" for n in WEB}
     assert_no_failures(load, "release failing in a later batch")
+
+
+def test_without_the_lb_step_the_same_failure_reaches_users(clean_cluster, record_property):
+    """The counterpart that shows the load client can fail: the same broken web-2, but the
+    project has no LB driver, so web-2 stays in HAProxy's rotation while it is switched, checked
+    and switched back.  Its HTTP 500 answers reach the clients (HAProxy retries 502/503 and
+    connection failures, not a 500) until its health check takes it out."""
+    c = clean_cluster
+    before = settled(c)
+    new_version(c.repo)
+    broken_on_web2(c, project_extra={"lb": {"driver": "none"}})
+    ret, load = under_load(c, record_property, "same failure without the LB step",
+                           lambda: release(c, expect_ok=False))
+    assert ret.returncode == 1 and ret.data["nodes"]["web-2"]["result"] == "failed", ret.stdout[-3000:]
+    assert "out of the LB" not in ret.stdout
+    assert c.currents() == {**before, "pre-1": ret.data["release"], "web-1": ret.data["release"]}
+    assert load.failures > 0, load.summary()
+    assert set(load.summary()["non_2xx_or_bad_body"]) == {"HTTP 500"}, load.summary()
+    c.lb.wait_status("web-2", "UP", timeout=20)  # back in rotation (health checks) for the next tests
 
 
 def test_emergency_rollback_under_load_is_recorded(clean_cluster, record_property):
@@ -527,9 +584,12 @@ def test_emergency_rollback_under_load_is_recorded(clean_cluster, record_propert
     are recorded (printed and in the report), not asserted to be zero."""
     c = clean_cluster
     new_version(c.repo)
-    target = release(c).data["release"]
-    new_version(c.repo)
     current = release(c).data["release"]
+    target = c.run("deploy.releases", project="rainbow", env="pro").data["cluster"]["rollback_target"]
+    if target is None:  # a fresh cluster: one more release, so that there is one to go back to
+        target = current
+        new_version(c.repo)
+        current = release(c).data["release"]
     ret, load = under_load(c, record_property, "emergency rollback", lambda: rollback(c, emergency=True))
     assert ret.data["to"] == target and current != target
     assert c.currents() == {n: target for n in NODES}
@@ -539,12 +599,3 @@ def test_emergency_rollback_under_load_is_recorded(clean_cluster, record_propert
     # after it every node serves the target (the FPM reloads are done)
     assert php_view(c, rounds=2) == expected_view(target)
 
-
-@pytest.fixture(autouse=True)
-def _diag(cluster):  # TEMPORARY diagnostics
-    yield
-    for node, php in cluster.php.items():
-        if not os.path.exists(php.fpm_pid_file):
-            dst = f"/tmp/exp-stk/diag-{node}-{time.time():.0f}"
-            shutil.copytree(php.workdir, dst, ignore=shutil.ignore_patterns("*.sock"))
-            print("DIAG: no pid file on", node, "->", dst)
