@@ -251,13 +251,15 @@ class _Nginx:
             raise CommandExecutionError(f"nginx -t failed, upstream file restored: {test.stderr.strip()[-300:]}")
         reload = subprocess.run(self.nginx + ["-s", "reload"], capture_output=True, text=True, check=False)
         if reload.returncode:
-            raise CommandExecutionError(f"nginx reload failed: {reload.stderr.strip()[-300:]}")
+            self._write(original)  # nginx still runs the old configuration: keep the file saying so
+            raise CommandExecutionError(f"nginx reload failed, upstream file restored: {reload.stderr.strip()[-300:]}")
 
     def _write(self, text):
         tmp = f"{self.file}.deploy-tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
         st = os.stat(self.file)
+        os.chown(tmp, st.st_uid, st.st_gid)
         os.chmod(tmp, st.st_mode & 0o777)
         os.replace(tmp, self.file)
 

@@ -51,6 +51,7 @@ import hashlib
 import salt.client
 import salt.pillar
 import salt.utils.event
+import salt.utils.jid
 import salt.utils.minions
 from salt.exceptions import SaltInvocationError
 
@@ -75,6 +76,7 @@ ENV_RE = PROJECT_RE
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 FIELD_RE = re.compile(r"[^A-Za-z0-9.-]+")
+LATE_RETURN_GRACE = 5  # seconds to look for returns in the job cache after the client gave up
 
 
 def __virtual__():
@@ -397,10 +399,14 @@ class _Run:
         nodes = sorted(nodes)
         if not nodes:
             return {}
+        jid = salt.utils.jid.gen_jid(__opts__)
         ret = self.client.cmd(
             nodes, fun, kwarg=kwarg or {}, tgt_type="list", full_return=True,
-            timeout=timeout or self.timeout,
+            timeout=timeout or self.timeout, jid=jid,
         ) or {}
+        ret = {n: r for n, r in ret.items() if not _no_return(r)}
+        if len(ret) < len(nodes):
+            ret.update(self.late_returns(jid, [n for n in nodes if n not in ret]))
         out = {}
         for node in nodes:
             got = ret.get(node)
@@ -418,6 +424,24 @@ class _Run:
                 out[node] = {"ok": False, "error": str(data).replace("ERROR: ", "", 1)[:500]}
         return out
 
+    def late_returns(self, jid, missing):
+        """A job can finish just as the client gives up on it: its return is in the job cache."""
+        found = {}
+        deadline = time.monotonic() + LATE_RETURN_GRACE
+        while missing and time.monotonic() < deadline:
+            try:
+                cached = self.client.get_cache_returns(jid)
+            except Exception:  # pylint: disable=broad-except
+                cached = {}
+            for node in list(missing):
+                got = cached.get(node) or {}
+                if got.get("ret") is not None:
+                    found[node] = {"ret": got["ret"], "retcode": 0}
+                    missing.remove(node)
+            if missing:
+                time.sleep(0.2)
+        return found
+
     def lb_call(self, fun, nodes, **kwarg):
         minion = self.lb["minion"]
         lb = {k: v for k, v in self.lb.items() if k != "minion"}
@@ -432,6 +456,11 @@ def _failed(ret):
     __context__["retcode"] = 1
     ret["retcode"] = 1
     return ret
+
+
+def _no_return(got):
+    data = got.get("ret") if isinstance(got, dict) else got
+    return isinstance(data, str) and data.startswith("Minion did not return")
 
 
 def _first_error(data):
@@ -684,7 +713,7 @@ def _switch(run, nodes, release, mark_left=None, checks="gate"):
         out = res.get("ret") or {}
         entry = run.nodes.setdefault(node, {})
         entry.setdefault("old", out.get("previous"))
-        entry["new"] = out.get("current", entry.get("old"))
+        entry["new"] = out.get("current") if out else "unknown (no return)"
         entry["seconds"] = out.get("seconds")
         if res["ok"]:
             entry["result"] = "ok"
