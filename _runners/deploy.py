@@ -33,7 +33,9 @@ Master options (all optional):
     seconds to wait for a silent minion before it counts as failed (default 15)
 """
 
+import contextlib
 import datetime
+import fcntl
 import getpass
 import json
 import logging
@@ -160,7 +162,7 @@ def _config(project, env=None):
         if not conf.get(key):
             raise SaltInvocationError(f"project {project!r}: pillar is missing {key!r}")
     root = conf["root"]
-    if not isinstance(root, str) or not os.path.isabs(root) or os.path.normpath(root) == "/":
+    if not isinstance(root, str) or not os.path.isabs(root) or os.path.realpath(root) == "/":
         raise SaltInvocationError(f"project {project!r}: root {root!r} must be an absolute path other than '/'")
     if env is None:
         return conf, None
@@ -171,7 +173,11 @@ def _config(project, env=None):
         )
     if not envc.get("target") and not envc.get("preprod"):
         raise SaltInvocationError(f"project {project!r} env {env!r}: give a 'target' (and optionally 'preprod')")
-    lb = conf.get("lb") or {"driver": "none"}
+    for index, stage in enumerate(envc.get("stages") or []):
+        if not isinstance(stage, dict):
+            raise SaltInvocationError(f"env {env!r}: stage {index + 1} must be a dict with name, target, batch")
+        _batch_size(stage.get("batch", "25%"), 1, f"env {env!r} stage {stage.get('name') or index + 1!r}")
+    lb = envc.get("lb") or conf.get("lb") or {"driver": "none"}
     if lb.get("driver", "none") not in ("none", "haproxy", "nginx"):
         raise SaltInvocationError(f"project {project!r}: unknown lb driver {lb.get('driver')!r}")
     if lb.get("driver", "none") != "none" and not lb.get("minion"):
@@ -352,7 +358,7 @@ class _Run:
     def __init__(self, project, env, kind, mode="normal"):
         self.project, self.env, self.kind, self.mode = project, env, kind, mode
         self.conf, self.envc = _config(project, env)
-        self.lb = self.conf.get("lb") or {"driver": "none"}
+        self.lb = self.envc.get("lb") or self.conf.get("lb") or {"driver": "none"}  # an env may have its own
         self.has_lb = self.lb.get("driver", "none") != "none"
         self.max_failures = int(self.envc.get("max_failures", 0))
         self.timeout = int(__opts__.get("deploy_timeout", 15))
@@ -363,6 +369,7 @@ class _Run:
         self.nodes = {}  # node -> {old, new, result, out_of_lb, error}
         self.timings = {}
         self.failed = []
+        self.silent = set()  # nodes that never answered a switch
         self.lock = None
         self.release = None
         self.build = {}
@@ -411,7 +418,7 @@ class _Run:
         for node in nodes:
             got = ret.get(node)
             if got is None:
-                out[node] = {"ok": False, "error": "no response: minion down or not connected"}
+                out[node] = {"ok": False, "silent": True, "error": "no response: minion down or not connected"}
                 continue
             data = got.get("ret") if isinstance(got, dict) else got
             retcode = got.get("retcode", 0) if isinstance(got, dict) else 0
@@ -477,6 +484,14 @@ def _first_error(data):
 # --------------------------------------------------------------------------- build
 
 
+@contextlib.contextmanager
+def _mirror_lock(project):
+    """Runs of different envs share a project's mirror: one clone/fetch at a time."""
+    with open(os.path.join(_state_dir("git"), f"{project}.lock"), "w", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def _mirror(project, repo_url):
     path = os.path.join(_state_dir("git"), f"{project}.git")
     env = {"GIT_TERMINAL_PROMPT": "0"}
@@ -484,6 +499,7 @@ def _mirror(project, repo_url):
         if os.path.isdir(path):
             repo = git.Repo(path)
             with repo.git.custom_environment(**env):
+                repo.git.remote("set-url", "origin", repo_url)  # follow the pillar's `repo`
                 repo.git.fetch("--prune", "origin")
         else:
             repo = git.Repo.clone_from(repo_url, path, mirror=True, env=env)
@@ -557,8 +573,9 @@ def _sha256(path):
 def _build(run, ref, test=False):
     """Step 1-4 of the article: latest code, build, package, place it on the fileserver."""
     started = time.monotonic()
-    repo = _mirror(run.project, run.conf["repo"])
-    commit, version = _resolve(repo, ref)
+    with _mirror_lock(run.project):
+        repo = _mirror(run.project, run.conf["repo"])
+        commit, version = _resolve(repo, ref)
     run.release = _release_name(run, ref, commit, version)
     info = {
         "release": run.release, "commit": commit.hexsha, "version": version, "branch": ref,
@@ -711,6 +728,8 @@ def _switch(run, nodes, release, mark_left=None, checks="gate"):
     passed = []
     for node, res in ret.items():
         out = res.get("ret") or {}
+        if res.get("silent"):
+            run.silent.add(node)
         entry = run.nodes.setdefault(node, {})
         entry.setdefault("old", out.get("previous"))
         entry["new"] = out.get("current") if out else "unknown (no return)"
@@ -754,12 +773,19 @@ def _batch(run, stage, index, nodes, release, **switch_args):
         passed = _switch(run, nodes, release, **switch_args)
     finally:
         if detached_at is not None:
-            run.lb_call("attach", nodes)
-            run.lock.set_detached(set(run.lock.detached()) - set(nodes))
+            # a node that never answered may be half-restarted: it stays out, and the summary says so
+            back = [n for n in nodes if n not in run.silent]
+            if back:
+                run.lb_call("attach", back)
+            run.lock.set_detached(set(run.lock.detached()) - set(back))
             out_for = round(time.monotonic() - detached_at, 3)
-            for node in nodes:
+            for node in back:
                 run.nodes.setdefault(node, {})["out_of_lb"] = out_for
-            run.progress(f"{label}: {', '.join(nodes)} back in the LB after {out_for}s")
+            if back:
+                run.progress(f"{label}: {', '.join(back)} back in the LB after {out_for}s")
+            for node in sorted(set(nodes) - set(back)):
+                run.progress(f"{label}: {node} left out of the LB: it did not answer; check it, then "
+                             f"salt-run deploy.unlock project={run.project} env={run.env}")
     seconds = round(time.monotonic() - started, 3)
     run.timings.setdefault("batches", []).append({"stage": stage["name"], "batch": index, "nodes": nodes, "seconds": seconds})
     run.fire("batch", stage=stage["name"], batch=index, nodes=nodes, passed=passed, seconds=seconds)

@@ -34,7 +34,6 @@ PWNED = f"/tmp/dpl-pwned-{uuid.uuid4().hex[:8]}"  # created only if a value ever
 TALLY = {"faults injected": 0, "faults survived, nothing lost": 0, "bad inputs tried": 0, "bad inputs refused cleanly": 0,
          "runs retried: a live minion did not answer in time": 0}
 OUTPUTS = []  # (what, stdout, stderr) of every salt-run / salt command of this module: searched for secrets
-PRO_TARGET = "G@roles:rainbow and G@env:pro"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -132,6 +131,44 @@ def run_in_one_process(c, cases):
     results = json.loads(proc.stdout.split("@@@", 1)[1])
     return [types.SimpleNamespace(returncode=r["retcode"], data=r["data"] if isinstance(r["data"], dict) else {},
                                   raw=r["data"]) for r in results]
+
+
+_FETCH_RACE_SCRIPT = r"""
+import json, multiprocessing, os, sys
+sys.path.insert(0, os.getcwd())
+import salt.config, salt.runner
+from sandbox import repo as sample_repo
+
+conf, repo_path, major, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+opts = salt.config.master_config(conf)
+
+
+def one(env, barrier, queue):
+    client = salt.runner.RunnerClient(opts)
+    barrier.wait()
+    ret = client.cmd("deploy.release", kwarg={"project": "rainbow", "env": env, "test": True},
+                     print_event=False, full_return=True)
+    data = ret.get("return", ret) if isinstance(ret, dict) else ret
+    data = data if isinstance(data, dict) else {"result": "?", "error": str(data)}
+    queue.put([env, data.get("result"), str(data.get("error"))[:300]])
+
+
+ctx = multiprocessing.get_context("fork")
+out = []
+for i in range(rounds):
+    # a new commit with some weight, so that each fetch has something to write
+    sample_repo.add_release(repo_path, f"v{major}.{i}.0", files={"blob.txt": os.urandom(150000).hex()})
+    envs = ("pro", "stg", "pro", "stg")  # test=True takes no lock: four fetches at once
+    barrier, queue = ctx.Barrier(len(envs)), ctx.Queue()
+    procs = [ctx.Process(target=one, args=(env, barrier, queue)) for env in envs]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    out += [queue.get(timeout=10) for _ in procs]
+sample_repo.add_release(repo_path, f"v{major}.{rounds}.0", files={"blob.txt": None})
+print("@@@" + json.dumps(out))
+"""
 
 
 def history(c, project="rainbow"):
@@ -505,11 +542,15 @@ def test_five_releases_at_once_one_runs_and_another_env_runs_beside(fresh, stg):
     new_version(c)
     stg_env = {"branch": "master", "preprod": "stg-1"}  # its own node, not behind the project's LB
     set_pillar_on(c, "stg-1", project_extra={"envs": {"stg": stg_env}}, node_projects=stg.node_projects)
+    # the mirror already has the new commit: the concurrent fetches below have nothing to update
+    # (concurrent fetches that do are test_concurrent_fetches_of_one_mirror_do_not_fail)
+    assert run(c, "deploy.release", project="rainbow", env="pro", test=True).returncode == 0
     before = c.currents()
     count = len(history(c))
     fault(2)  # five releases of one env at once; a second env at the same time
     procs = [spawn(c, "deploy.release", project="rainbow", env="pro") for _ in range(5)]
     other = spawn(c, "deploy.release", project="rainbow", env="stg")
+    started = {p.pid: p.started for p in procs + [other]}
     both_locked = False
     unlock = None
     done = {}
@@ -545,7 +586,7 @@ def test_five_releases_at_once_one_runs_and_another_env_runs_beside(fresh, stg):
         holders.add(error.split(" since ")[0])
         # refused at once: while the winner still held the lock
         assert done[r.pid][1], "a refused run ended only after the winner had finished"
-        assert r.seconds < winner.seconds
+        assert done[r.pid][0] - started[r.pid] < done[winner.pid][0] - started[winner.pid]
     assert len(holders) == 1, holders
     assert unlock_ret is not None and unlock_ret.returncode == 1
     assert "held by a running release" in unlock_ret.data["error"]
@@ -561,6 +602,27 @@ def test_five_releases_at_once_one_runs_and_another_env_runs_beside(fresh, stg):
     new = history(c)[count:]
     assert sorted((h["env"], h["result"]) for h in new) == [("pro", "success"), ("stg", "success")], new
     survived(2)
+
+
+def test_concurrent_fetches_of_one_mirror_do_not_fail(fresh):
+    """Two envs of one project started together right after a push: both fetch the runner's
+    mirror of the project at the same moment (test=True runs: build step 1 only, no lock).
+    Neither may fail with git's "cannot lock ref"."""
+    c = fresh
+    write_master_pillar(c, project_extra={"envs": {"stg": {"branch": "master", "preprod": "stg-1"}}})
+    rounds = 5
+    _VERSION[1] += 1
+    major = 100 + _VERSION[1]  # the script tags v<major>.<round>.0: unique names
+    fault(rounds)
+    proc = subprocess.run([sys.executable, "-c", _FETCH_RACE_SCRIPT, c.master.config["conf_file"], c.repo,
+                           str(major), str(rounds)], capture_output=True, text=True, timeout=300)
+    OUTPUTS.append(("fetch race", proc.stdout, proc.stderr))
+    assert "@@@" in proc.stdout, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    results = json.loads(proc.stdout.split("@@@", 1)[1])
+    assert len(results) == 4 * rounds
+    failed = [r for r in results if r[1] is not None]
+    survived(rounds - len({i // 4 for i, r in enumerate(results) if r[1] is not None}))
+    assert not failed, failed
 
 
 def test_an_env_whose_nodes_are_not_behind_the_project_lb(fresh, stg):
@@ -755,13 +817,22 @@ def test_minion_stopped_in_the_middle_of_its_batch(fresh):
     assert c.current("web-3") == old["web-3"]
     assert "result" not in ret.data["nodes"].get("web-3", {})
     assert_whole(c, "web-2", {old["web-2"], new})
-    # nothing left detached; the summary says what the LB says
-    assert c.lb_states() == {n: "ready" for n in WEB}
-    assert {n: ret.data["nodes"][n]["lb"] for n in WEB} == c.lb_states()
-    assert not os.path.exists(detached_path(c)) and lb_record(c) == {}
-    assert not os.path.exists(lock_path(c))
-    assert history(c)[-1]["result"] == "failure"
-    survived()
+    status = (meta(c, "web-2", c.current("web-2")) or {}).get("status")
+    print(f"web-2 after its minion died mid-switch: current {'new' if c.current('web-2') == new else 'old'}, "
+          f"status {status}")
+    try:
+        # web-2's outcome is unknown (its switch may have happened without restart and checks):
+        # it stays out of the LB and the summary says so; nothing else is left detached
+        assert c.lb_states() == {"web-1": "ready", "web-2": "maint", "web-3": "ready"}
+        assert {n: ret.data["nodes"][n]["lb"] for n in WEB} == c.lb_states()
+        assert not os.path.exists(lock_path(c))
+        assert history(c)[-1]["result"] == "failure"
+        survived()
+    finally:
+        c.lb.command("set server rainbow/web-2 state ready")
+        record = os.path.join(c.minions["lb-1"].config["cachedir"], "deploy_lb", "haproxy-rainbow.json")
+        if os.path.exists(record):
+            os.unlink(record)
 
 
 def test_lb_minion_down_or_admin_socket_wrong_refused_before_any_switch(fresh):
@@ -951,11 +1022,16 @@ def test_secrets_never_leak(fresh, event_listener):
     assert all(os.path.getsize(p) > 0 for p in logs[:2])
     # on the nodes: only rendered config files hold them, 0640 or stricter, owned by www-data
     www = pwd.getpwnam(USER).pw_uid
-    for node in NODES:
-        rendered = _files_with(c.root(node), needles)
-        assert os.path.join(c.root(node), "releases", release, "config", "app.ini") in rendered
+    roots = {node: c.root(node) for node in NODES}
+    stg_root = os.path.join(c.work, "nodes", "stg-1", "rainbow")
+    if os.path.isdir(os.path.join(stg_root, "releases")):
+        roots["stg-1"] = stg_root
+    for node, root in roots.items():
+        rendered = _files_with(root, needles)
+        if node in NODES:
+            assert os.path.join(root, "releases", release, "config", "app.ini") in rendered
         for path in rendered:
             st = os.stat(path)
-            assert "/config/" in path and not path.startswith(os.path.join(c.root(node), "meta")), path
+            assert path.startswith(os.path.join(root, "releases") + "/") and "/config/" in path, path
             assert st.st_mode & 0o137 == 0, (path, oct(st.st_mode))
             assert st.st_uid == www, path
