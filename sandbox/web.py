@@ -450,8 +450,13 @@ class PhpNode(_Service):
         self.document_root = os.path.join(self.root, "current", "public")
 
     def reload_command(self) -> str:
-        """Shell command that gracefully reloads PHP-FPM (resets OPcache): ``kill -USR2 <master pid>``."""
-        return "kill -USR2 \"$(cat %s)\"" % shlex.quote(self.fpm_pid_file)
+        """Shell command that gracefully reloads PHP-FPM (resets OPcache): ``kill -USR2 <master pid>``.
+
+        FPM re-executes itself on USR2 and rewrites its pid file: a reload right after another
+        one waits (up to 5 s) for the file to be back instead of failing on a missing pid."""
+        pid = shlex.quote(self.fpm_pid_file)
+        return ("i=0; while [ ! -s %s ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+                "kill -USR2 \"$(cat %s)\"" % (pid, pid))
 
     def fpm_workers(self) -> list:
         """PIDs of the current PHP-FPM worker processes."""
