@@ -2,6 +2,7 @@
 salt-run deploy.release end to end: real master and minions, nginx + PHP-FPM nodes, HAProxy.
 """
 
+import contextlib
 import json
 import pwd
 import os
@@ -141,13 +142,13 @@ def test_operator_disabled_node_stays_disabled(clean_cluster):
         c.lb.command("set server rainbow/web-2 state ready")
 
 
-def test_concurrent_release_is_refused_naming_the_holder(clean_cluster):
-    c = clean_cluster
-    new_version(c)
-    c.set_pillar(project_extra={"build": ["sleep 4"]})
+@contextlib.contextmanager
+def release_holding_the_lock(c):
+    """A release running in the background (a slow build keeps it on the lock); yields its result dict.
+
+    The CLI factory object is not thread-safe: the background run is a plain subprocess."""
     lock = os.path.join(c.state_dir, "locks", "rainbow_pro.lock")
     first = {}
-    # the CLI factory object is not thread-safe: the background run is a plain subprocess
     argv = c.run_cli.cmdline("deploy.release", "project=rainbow", "env=pro")
     thread = threading.Thread(target=lambda: first.update(ret=subprocess.run(argv, capture_output=True, text=True)))
     thread.start()
@@ -156,6 +157,18 @@ def test_concurrent_release_is_refused_naming_the_holder(clean_cluster):
         while not os.path.exists(lock) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert os.path.exists(lock)
+        yield first
+    finally:
+        thread.join(120)
+    assert first["ret"].returncode == 0, first["ret"].stdout[-3000:]
+    assert not os.path.exists(lock)
+
+
+def test_concurrent_release_is_refused_naming_the_holder(clean_cluster):
+    c = clean_cluster
+    new_version(c)
+    c.set_pillar(project_extra={"build": ["sleep 4"]})
+    with release_holding_the_lock(c):
         started = time.monotonic()
         second = c.run("deploy.release", project="rainbow", env="pro")
         assert time.monotonic() - started < 15  # refused at once, not queued behind the first
@@ -165,10 +178,6 @@ def test_concurrent_release_is_refused_naming_the_holder(clean_cluster):
         assert "jid" in second.data["error"]
         rollback = c.run("deploy.rollback", project="rainbow", env="pro")
         assert rollback.returncode == 1 and "is locked" in rollback.data["error"]
-    finally:
-        thread.join(120)
-    assert first["ret"].returncode == 0, first["ret"].stdout[-3000:]
-    assert not os.path.exists(lock)
 
 
 def test_killed_run_leaves_a_stale_lock_that_is_taken_over(clean_cluster):

@@ -4,14 +4,11 @@ salt-run deploy.rollback (normal and emergency) and deploy.releases on the real 
 
 import os
 import shutil
-import subprocess
-import threading
-import time
 
 from sandbox import repo as sample_repo
 
 from .conftest import NODES, WEB
-from .test_release import history, releases_on
+from .test_release import history, release_holding_the_lock, releases_on
 
 _VERSION = [4, 0]
 
@@ -141,19 +138,8 @@ def test_emergency_rollback_honours_the_lock(clean_cluster):
     before = c.currents()
     c.set_pillar(project_extra={"build": ["sleep 4"]})
     sample_repo.add_release(c.repo, "v4.99.0")
-    argv = c.run_cli.cmdline("deploy.release", "project=rainbow", "env=pro")
-    lock = os.path.join(c.state_dir, "locks", "rainbow_pro.lock")
-    first = {}
-    thread = threading.Thread(target=lambda: first.update(ret=subprocess.run(argv, capture_output=True, text=True)))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(lock) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with release_holding_the_lock(c):
         ret = c.run("deploy.rollback", project="rainbow", env="pro", emergency=True)
         assert ret.returncode == 1
         assert "is locked: release by root" in ret.data["error"]
         assert c.currents() == before
-    finally:
-        thread.join(120)
-    assert first["ret"].returncode == 0, first["ret"].stdout[-3000:]
