@@ -416,7 +416,7 @@ def _remove_stale_tmp(paths):
 # --------------------------------------------------------------------------- prepare
 
 
-def prepare(project, release, source, checksum, meta=None, saltenv="base"):
+def prepare(project, release, source, checksum, meta=None, saltenv="base", inventory=False):
     """
     Prepare a release on this node, ready to be switched to.
 
@@ -440,6 +440,9 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base"):
         Optional dict stored with the release: version, branch, commit, committer, time.
     saltenv
         Fileserver environment of ``source``.
+    inventory
+        ``True``: add this node's inventory (as ``deploy.releases`` gives it) to the
+        return; the runner keeps it as its record of the node.
 
     CLI Example:
 
@@ -462,7 +465,8 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base"):
     existing = _read_meta(paths, release)
     if os.path.isdir(final):
         if existing and existing.get("checksum") == checksum:
-            return {"release": release, "changed": False, "path": final, "comment": "already prepared"}
+            return _report({"release": release, "changed": False, "path": final, "comment": "already prepared"},
+                           paths, inventory)
         raise CommandExecutionError(
             f"release {release!r} already exists on this node with a different checksum: refusing to replace it"
         )
@@ -520,12 +524,11 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base"):
         raise
     # Later jobs (switch, checks) read the in-memory pillar: let the minion pick up what we just compiled.
     __salt__["saltutil.refresh_pillar"](wait=False)
-    return {
-        "release": release,
-        "changed": True,
-        "path": final,
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    return _report(
+        {"release": release, "changed": True, "path": final, "seconds": round(time.monotonic() - started, 3)},
+        paths,
+        inventory,
+    )
 
 
 # --------------------------------------------------------------------------- switch, restart, checks
@@ -756,7 +759,7 @@ def _step(name, started, **data):
     return data
 
 
-def switch(project, release, checks="gate", mark_left=None):
+def switch(project, release, checks="gate", mark_left=None, expect=None, inventory=False):
     """
     Switch this node to a release: activate, restart, check — and switch back on failure.
 
@@ -774,6 +777,15 @@ def switch(project, release, checks="gate", mark_left=None):
         ``gate`` (default), ``report`` or ``skip``.
     mark_left
         ``bad`` to mark the release switched away from as bad (rollbacks).
+    expect
+        The state this node must be in, as the ``fingerprint`` of ``deploy.releases``:
+        a string, or a dict of minion id -> fingerprint (one batched call to many
+        nodes).  If this node's differs, or the dict has no entry for it, nothing is
+        changed and the return has ``refused: True`` and the node's inventory.  The
+        emergency rollback uses it to act on the master's record of every node in a
+        single call.
+    inventory
+        ``True``: add this node's inventory, after the switch, to the return.
 
     CLI Example:
 
@@ -781,6 +793,7 @@ def switch(project, release, checks="gate", mark_left=None):
 
         salt 'web-*' deploy.switch rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei
         salt '*' deploy.switch rainbow <release> checks=report mark_left=bad
+        salt 'web-1' deploy.switch rainbow <release> expect=3f9c0a1d2b4e5f60
     """
     if checks not in ("gate", "report", "skip"):
         raise CommandExecutionError(f"checks={checks!r}: use gate, report or skip")
@@ -790,6 +803,11 @@ def switch(project, release, checks="gate", mark_left=None):
     paths = _paths(conf)
     started = time.monotonic()
     steps = []
+
+    if expect is not None:
+        refused = _refuse_unexpected(paths, release, expect)
+        if refused:
+            return refused
 
     t = time.monotonic()
     act = activate(project, release)
@@ -827,7 +845,7 @@ def switch(project, release, checks="gate", mark_left=None):
         _update_meta(paths, previous, "rolled back from", status="bad")
     if not ok:
         __context__["retcode"] = 1
-    return {
+    result = {
         "result": ok,
         "release": release,
         "previous": previous,
@@ -836,6 +854,27 @@ def switch(project, release, checks="gate", mark_left=None):
         "checks": check_ok,
         "steps": steps,
         "seconds": round(time.monotonic() - started, 3),
+    }
+    return _report(result, paths, inventory)
+
+
+def _refuse_unexpected(paths, release, expect):
+    """The refusal ``switch`` returns when this node is not in the state the caller expects."""
+    want = expect.get(__opts__["id"]) if isinstance(expect, dict) else expect
+    inv = _inventory(paths)
+    if want is not None and str(want) == inv["fingerprint"]:
+        return None
+    __context__["retcode"] = 1
+    seen = f"expected state {want}" if want is not None else f"no expected state for {__opts__['id']}"
+    return {
+        "result": False,
+        "refused": True,
+        "release": release,
+        "previous": inv["current"],
+        "current": inv["current"],
+        "error": f"refused: the releases on this node changed since the master's record ({seen}, "
+        f"found {inv['fingerprint']}); nothing was changed",
+        "inventory": inv,
     }
 
 
@@ -872,7 +911,28 @@ def _inventory(paths):
         )
     # newest first: by last activation, never-activated ones by when they were prepared
     releases.sort(key=lambda r: (r["activated_at"] or r["prepared_at"] or 0), reverse=True)
-    return {"current": current, "previous": switch_rec.get("previous"), "releases": releases}
+    return {
+        "current": current,
+        "previous": switch_rec.get("previous"),
+        "releases": releases,
+        "fingerprint": _fingerprint(current, releases),
+    }
+
+
+def _fingerprint(current, releases):
+    """A short digest of what a rollback target depends on: current, names, statuses, release times.
+
+    The master keeps each node's last reported inventory; an emergency rollback sends the
+    digest it expects and a node whose digest differs refuses before changing anything.
+    """
+    state = [current, sorted([r["name"], r["status"], r["prepared_at"] or 0] for r in releases)]
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+
+
+def _report(result, paths, inventory):
+    if inventory:
+        result["inventory"] = _inventory(paths)
+    return result
 
 
 def releases(project):
@@ -934,7 +994,7 @@ def info(project, release):
     return _read_meta(paths, release)
 
 
-def mark(project, release, status):
+def mark(project, release, status, inventory=False):
     """
     Mark a release ``good``, ``bad`` or ``prepared``.
 
@@ -944,6 +1004,8 @@ def mark(project, release, status):
         Release name.
     status
         good, bad or prepared.
+    inventory
+        ``True``: add this node's inventory to the return (see ``deploy.prepare``).
 
     CLI Example:
 
@@ -956,7 +1018,7 @@ def mark(project, release, status):
         raise CommandExecutionError(f"status {status!r}: use one of {', '.join(STATUSES)}")
     paths = _paths(_project(project))
     meta = _update_meta(paths, release, f"marked {status}", status=status)
-    return {"release": release, "status": meta["status"]}
+    return _report({"release": release, "status": meta["status"]}, paths, inventory)
 
 
 def rollback_target(project):
@@ -1008,7 +1070,7 @@ def rollback(project, to=None, checks="gate"):
     return switch(project, target, checks=checks, mark_left="bad")
 
 
-def cleanup(project, keep=None):
+def cleanup(project, keep=None, inventory=False):
     """
     Remove old releases, keeping ``keep_releases`` (pillar, default 5).
 
@@ -1021,6 +1083,8 @@ def cleanup(project, keep=None):
         Project name.
     keep
         Override ``keep_releases``.
+    inventory
+        ``True``: add this node's inventory to the return (see ``deploy.prepare``).
 
     CLI Example:
 
@@ -1053,4 +1117,4 @@ def cleanup(project, keep=None):
             pass
         removed.append(rel["name"])
     _remove_stale_tmp(paths)
-    return {"kept": kept, "removed": removed}
+    return _report({"kept": kept, "removed": removed}, paths, inventory)

@@ -37,6 +37,7 @@ import contextlib
 import datetime
 import fcntl
 import getpass
+import importlib.util
 import json
 import logging
 import math
@@ -57,12 +58,8 @@ import salt.utils.jid
 import salt.utils.minions
 from salt.exceptions import SaltInvocationError
 
-try:
-    import git
-
-    HAS_GIT = True
-except ImportError:  # pragma: no cover
-    HAS_GIT = False
+# gitpython is imported where a build needs it: a rollback does not pay for its import (~0.1 s)
+HAS_GIT = importlib.util.find_spec("git") is not None
 
 try:
     import psutil
@@ -352,6 +349,59 @@ def _history_read(project, env=None):
 # --------------------------------------------------------------------------- a run
 
 
+# --------------------------------------------------------------------------- record of the nodes
+# Every deploy.* call made by a run reports the node's inventory (releases, statuses, current and
+# their fingerprint); the master keeps the latest one per node and env.  The emergency rollback
+# acts on it in a single call, and a node whose state differs from it refuses (``expect``).
+
+MUTATING = ("deploy.prepare", "deploy.switch", "deploy.cleanup", "deploy.mark")
+
+
+def _record_path(project, env):
+    return os.path.join(_state_dir("inventory"), f"{project}_{env}.json")
+
+
+def _record_read(project, env):
+    try:
+        with open(_record_path(project, env), encoding="utf-8") as fh:
+            return json.load(fh).get("nodes") or {}
+    except (FileNotFoundError, ValueError, AttributeError):
+        return {}
+
+
+def _record_update(project, env, changes):
+    """``changes``: node -> its inventory, or None when its state is unknown now (forget it)."""
+    if not changes:
+        return
+    path = _record_path(project, env)
+    with open(f"{path}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        nodes = _record_read(project, env)
+        for node, inv in changes.items():
+            if inv is None:
+                nodes.pop(node, None)
+            else:
+                nodes[node] = inv
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"updated": _now(), "nodes": nodes}, fh, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def _reported_inventory(fun, res):
+    """What a deploy.* return says of the node: its inventory, None (unknown), or False (nothing)."""
+    data = res.get("ret")
+    if isinstance(data, dict):
+        if isinstance(data.get("inventory"), dict) and data["inventory"].get("fingerprint"):
+            return data["inventory"]
+        if fun == "deploy.releases" and res["ok"] and data.get("fingerprint"):
+            return data
+    return None if fun in MUTATING else False
+
+
+# --------------------------------------------------------------------------- a run
+
+
 class _Run:
     """State of one release or rollback: config, plan, client, progress, results."""
 
@@ -370,6 +420,8 @@ class _Run:
         self.timings = {}
         self.failed = []
         self.silent = set()  # nodes that never answered a switch
+        self.refused = {}  # node -> its inventory: refused a switch, its state differs from the record
+        self.inventories = {}  # node -> latest inventory it reported in this run (None: unknown)
         self.lock = None
         self.release = None
         self.build = {}
@@ -429,6 +481,10 @@ class _Run:
                     out[node]["error"] = _first_error(data)
             else:
                 out[node] = {"ok": False, "error": str(data).replace("ERROR: ", "", 1)[:500]}
+        if fun.startswith("deploy."):
+            reported = {n: _reported_inventory(fun, res) for n, res in out.items()}
+            self.inventories.update({n: inv for n, inv in reported.items() if inv is not False})
+            _record_update(self.project, self.env, {n: inv for n, inv in reported.items() if inv is not False})
         return out
 
     def late_returns(self, jid, missing):
@@ -493,6 +549,8 @@ def _mirror_lock(project):
 
 
 def _mirror(project, repo_url):
+    import git  # pylint: disable=import-outside-toplevel
+
     path = os.path.join(_state_dir("git"), f"{project}.git")
     env = {"GIT_TERMINAL_PROMPT": "0"}
     try:
@@ -511,6 +569,8 @@ def _mirror(project, repo_url):
 
 
 def _resolve(repo, ref):
+    import git  # pylint: disable=import-outside-toplevel
+
     try:
         commit = repo.commit(ref)
     except (git.exc.BadName, git.exc.BadObject, ValueError, git.exc.GitCommandError):
@@ -701,7 +761,7 @@ def _prepare_everywhere(run, plan, build):
     started = time.monotonic()
     kwarg = {
         "project": run.project, "release": run.release, "source": build["source"], "checksum": build["checksum"],
-        "meta": {k: build[k] for k in ("version", "branch", "commit", "committer", "time")},
+        "meta": {k: build[k] for k in ("version", "branch", "commit", "committer", "time")}, "inventory": True,
     }
     ret = run.call(plan["nodes"], "deploy.prepare", kwarg)
     errors = {n: r["error"] for n, r in ret.items() if not r["ok"]}
@@ -719,17 +779,28 @@ def _prepare_everywhere(run, plan, build):
     return [n for n in plan["nodes"] if n not in errors]
 
 
-def _switch(run, nodes, release, mark_left=None, checks="gate"):
-    """One batched deploy.switch; returns the nodes that passed."""
-    kwarg = {"project": run.project, "release": release, "checks": checks}
+def _switch(run, nodes, release, mark_left=None, checks="gate", expect=None):
+    """One batched deploy.switch; returns the nodes that passed.
+
+    With ``expect`` (node -> fingerprint), a node in another state refuses: it lands in
+    ``run.refused`` with its inventory, unchanged, and is not counted as failed.
+    """
+    kwarg = {"project": run.project, "release": release, "checks": checks, "inventory": True}
     if mark_left:
         kwarg["mark_left"] = mark_left
+    if expect:
+        kwarg["expect"] = {n: expect[n] for n in nodes}
     ret = run.call(nodes, "deploy.switch", kwarg)
     passed = []
     for node, res in ret.items():
         out = res.get("ret") or {}
         if res.get("silent"):
             run.silent.add(node)
+        if out.get("refused") and isinstance(out.get("inventory"), dict):
+            run.refused[node] = out["inventory"]
+            run.nodes.setdefault(node, {}).update({"result": "refused", "old": out.get("current")})
+            run.progress(f"{node}: {res['error']}", node=node, result=None)
+            continue
         entry = run.nodes.setdefault(node, {})
         entry.setdefault("old", out.get("previous"))
         entry["new"] = out.get("current") if out else "unknown (no return)"
@@ -811,7 +882,7 @@ def _finish(run, plan, error=None, extra=None):
     """Record and report: cleanup, LB state of every node, history, events, summary."""
     reached = [n for n in plan["nodes"] if n not in run.failed] if plan else []
     if run.kind == "release" and reached and run.release and not error:
-        run.call(reached, "deploy.cleanup", {"project": run.project})
+        run.call(reached, "deploy.cleanup", {"project": run.project, "inventory": True})
     lb_states = {}
     if plan and run.has_lb and run.mode != "emergency":
         nodes = [n for s in plan["stages"] for b in s["batches"] for n in b]
@@ -1011,6 +1082,105 @@ def _rollback_target(run, inventories, to):
     )
 
 
+def _known_inventories(run, nodes):
+    """The master's record of every node (see ``_record_update``), or None if one is missing."""
+    record = _record_read(run.project, run.env)
+    known = {n: record.get(n) for n in nodes}
+    if all(isinstance(inv, dict) and inv.get("fingerprint") for inv in known.values()):
+        return known
+    return None
+
+
+def _target_or_none(run, inventories, to):
+    try:
+        return _rollback_target(run, inventories, to)
+    except DeployError:
+        return None
+
+
+def _fingerprints(inventories):
+    return {n: inv["fingerprint"] for n, inv in inventories.items()}
+
+
+def _emergency_target(run, nodes, to):
+    """The target from the master's record; the nodes are listed first only if the record cannot tell."""
+    known = _known_inventories(run, nodes)
+    target = _target_or_none(run, known, to) if known else None
+    if target:
+        return known, target, "record"
+    run.progress("the master's record does not cover every node or gives no target: listing releases first")
+    known = _inventories(run, nodes)
+    return known, _rollback_target(run, known, to), "listing"
+
+
+def _undo(run, nodes, known):
+    """Switch nodes back to the release the record says they served, and give it back its status."""
+    groups = []
+    for node in nodes:
+        prev = known[node]["current"]
+        status = next((r["status"] for r in known[node]["releases"] if r["name"] == prev), None)
+        group = next((g for g in groups if g[0] == (prev, status)), None)
+        if group is None:
+            groups.append(((prev, status), [node]))
+        else:
+            group[1].append(node)
+    for (prev, status), members in groups:
+        if not prev:
+            run.progress(f"{', '.join(members)}: served no release before; left on {run.release}")
+            continue
+        run.progress(f"{', '.join(members)}: back to {prev}")
+        _switch(run, members, prev, checks="report")
+        if status:
+            run.call(members, "deploy.mark", {"project": run.project, "release": prev, "status": status, "inventory": True})
+
+
+def _emergency(run, plan, to):
+    """Emergency rollback: every node at once, in one batched call, acting on the master's record.
+
+    The target comes from the record the runs keep of every node, so no listing round trip
+    is needed; each node checks that its state is the recorded one (``expect``) and refuses
+    before changing anything if not.  A refusal never leaves the env split: if the nodes'
+    true state gives the same target, the refused nodes follow; if not, the switched nodes
+    go back and the target is chosen again from the true state, once.
+    """
+    nodes = [n for n in plan["nodes"]]
+    known, target, source = _emergency_target(run, nodes, to)
+    run.release = target
+    run.fire("start", to=target)
+    run.progress(f"emergency rollback to {target}: one call to {len(nodes)} nodes (target from the {source}), "
+                 "no LB actions, checks reported")
+    changed = set()
+    for attempt in (1, 2):
+        run.refused = {}
+        _switch(run, nodes, target, mark_left="bad", checks="report", expect=_fingerprints(known))
+        if not run.refused:
+            break
+        refused = dict(run.refused)
+        changed.update(refused)
+        truth = {**known, **refused}
+        if _target_or_none(run, truth, to) == target:
+            run.progress(f"{', '.join(sorted(refused))}: changed since the master's record; "
+                         f"{target} is still the target there: switching them too")
+            run.refused = {}
+            _switch(run, sorted(refused), target, mark_left="bad", checks="report", expect=_fingerprints(refused))
+            _fail(run, sorted(run.refused), {n: "its releases changed again during the rollback: not switched"
+                                             for n in run.refused})
+            break
+        switched = [n for n in nodes if n not in refused and n not in run.silent]
+        _undo(run, switched, known)
+        if attempt == 2:
+            raise DeployError(
+                f"the releases on {', '.join(sorted(refused))} changed during the rollback: every switched node "
+                "was switched back; run the rollback again"
+            )
+        nodes = [n for n in nodes if n not in run.silent]
+        known = {n: run.inventories.get(n) or truth[n] for n in nodes}
+        target = run.release = _rollback_target(run, known, to)
+        run.progress(f"{', '.join(sorted(refused))}: changed since the master's record, which made "
+                     f"{target} the target: every node goes there instead")
+    return {"to": target, "target_from": source, "changed_since_record": sorted(changed)}
+
+
 def rollback(project, env, to=None, emergency=False, force=False, test=False):
     """
     Roll an environment back to the last good release (or ``to``).
@@ -1067,16 +1237,14 @@ def rollback(project, env, to=None, emergency=False, force=False, test=False):
 
     def body():
         plan.update(_plan(run))
-        inventories = _inventories(run, plan["nodes"])
-        run.release = _rollback_target(run, inventories, to)
-        run.fire("start", to=run.release)
-        run.progress(f"{mode} rollback to {run.release}")
         if emergency:
-            _switch(run, plan["nodes"], run.release, mark_left="bad", checks="report")
-        else:
-            _check_lb(run, plan)
-            _preprod(run, plan, run.release, mark_left="bad")
-            _stages(run, plan, run.release, mark_left="bad")
+            return _emergency(run, plan, to)
+        run.release = _rollback_target(run, _inventories(run, plan["nodes"]), to)
+        run.fire("start", to=run.release)
+        run.progress(f"normal rollback to {run.release}")
+        _check_lb(run, plan)
+        _preprod(run, plan, run.release, mark_left="bad")
+        _stages(run, plan, run.release, mark_left="bad")
         return {"to": run.release}
 
     return _guard(run, plan, body)

@@ -30,7 +30,10 @@ def test_releases_lists_newest_first_with_status(project):
 
 
 def test_releases_of_an_empty_project(project):
-    assert project.mod.releases(PROJECT) == {"current": None, "previous": None, "releases": []}
+    listing = project.mod.releases(PROJECT)
+    assert {k: listing[k] for k in ("current", "previous", "releases")} == {"current": None, "previous": None,
+                                                                          "releases": []}
+    assert len(listing["fingerprint"]) == 16
     assert project.mod.current(PROJECT) is None
     assert project.mod.info(PROJECT, "r1") is None
     assert project.mod.rollback_target(PROJECT) is None

@@ -143,3 +143,68 @@ def test_emergency_rollback_honours_the_lock(clean_cluster):
         assert ret.returncode == 1
         assert "is locked: release by root" in ret.data["error"]
         assert c.currents() == before
+
+
+def jobs_of(c, fun):
+    """The jids of the master's job cache that ran ``fun``."""
+    ret = c.run("jobs.list_jobs", search_function=fun)
+    assert ret.returncode == 0, ret.stdout[-2000:]
+    return set(ret.data)
+
+
+def test_emergency_rollback_is_one_call_on_the_masters_record(clean_cluster):
+    c = clean_cluster
+    c.set_pillar(project_extra={"keep_releases": 6})
+    oldest = release_new(c)
+    target = release_new(c)
+    release_new(c)
+    listings, switches = jobs_of(c, "deploy.releases"), jobs_of(c, "deploy.switch")
+    ret = c.run("deploy.rollback", project="rainbow", env="pro", emergency=True)
+    assert ret.returncode == 0, ret.stdout[-3000:]
+    assert (ret.data["to"], ret.data["target_from"], ret.data["changed_since_record"]) == (target, "record", [])
+    assert c.currents() == {n: target for n in NODES}
+    # the releases were not listed first: one batched deploy.switch to every node was the only node call
+    assert jobs_of(c, "deploy.releases") == listings
+    assert len(jobs_of(c, "deploy.switch") - switches) == 1
+    # a master without a record (new, or its cache wiped) lists the releases first, and gets it right
+    os.unlink(os.path.join(c.state_dir, "inventory", "rainbow_pro.json"))
+    listings = jobs_of(c, "deploy.releases")
+    ret = c.run("deploy.rollback", project="rainbow", env="pro", emergency=True)
+    assert ret.returncode == 0, ret.stdout[-3000:]
+    assert (ret.data["to"], ret.data["target_from"]) == (oldest, "listing")
+    assert len(jobs_of(c, "deploy.releases") - listings) == 1
+    assert c.currents() == {n: oldest for n in NODES}
+    assert releases_on(c, "web-1")[target]["status"] == "bad"
+
+
+def test_emergency_rollback_when_a_node_changed_behind_the_masters_record(clean_cluster):
+    c = clean_cluster
+    c.set_pillar(project_extra={"keep_releases": 6})
+    a = release_new(c)
+    b = release_new(c)
+    third = release_new(c)
+    # 1. an operator re-marks an old release on web-2 by hand: web-2 refuses the recorded
+    #    state, but its true state gives the same target, so it follows; no node is left behind
+    assert c.call("web-2", "deploy.mark", "rainbow", a, "prepared").returncode == 0
+    ret = c.run("deploy.rollback", project="rainbow", env="pro", emergency=True)
+    assert ret.returncode == 0, ret.stdout[-3000:]
+    assert (ret.data["to"], ret.data["changed_since_record"]) == (b, ["web-2"])
+    assert "still the target there" in ret.stdout
+    assert c.currents() == {n: b for n in NODES}
+    assert all(ret.data["nodes"][n]["result"] == "ok" for n in NODES)
+    assert releases_on(c, "web-2")[third]["status"] == "bad"
+    # 2. a new release, then someone marks the recorded target bad on web-2: the target changes.
+    #    The switched nodes go back, and every node goes to the new target (a): never a split env.
+    fourth = release_new(c)
+    assert c.call("web-2", "deploy.mark", "rainbow", b, "bad").returncode == 0
+    ret = c.run("deploy.rollback", project="rainbow", env="pro", emergency=True)
+    assert ret.returncode == 0, ret.stdout[-3000:]
+    assert (ret.data["to"], ret.data["changed_since_record"]) == (a, ["web-2"])
+    assert f"made {a} the target: every node goes there instead" in ret.stdout
+    assert c.currents() == {n: a for n in NODES}
+    for node in NODES:
+        statuses = releases_on(c, node)
+        assert statuses[fourth]["status"] == "bad", node  # left by the rollback
+        assert statuses[b]["status"] == ("bad" if node == "web-2" else "good"), node  # visited, unchanged
+    assert c.lb_states() == {n: "ready" for n in WEB}
+    assert history(c)[-1]["changed_since_record"] == ["web-2"]

@@ -103,3 +103,41 @@ def test_partial_release_failure_then_rollback():
     view = runner._cluster_view(nodes)
     assert (view["majority"], view["differ"]) == ("r3", ["web-3"])
     assert view["rollback_target"] == "r2"
+
+
+# --- the master's record of the nodes (what the emergency rollback acts on)
+
+INV = {"current": "r2", "previous": "r1", "releases": [], "fingerprint": "0123456789abcdef"}
+
+
+@pytest.mark.parametrize("fun,res,expected", [
+    ("deploy.switch", {"ok": True, "ret": {"result": True, "inventory": INV}}, INV),
+    ("deploy.switch", {"ok": False, "ret": {"result": False, "refused": True, "inventory": INV}}, INV),
+    ("deploy.prepare", {"ok": True, "ret": {"changed": False, "inventory": INV}}, INV),
+    ("deploy.releases", {"ok": True, "ret": INV}, INV),
+    # a state-changing call without an inventory: the node's state is unknown now
+    ("deploy.switch", {"ok": False, "silent": True, "error": "no response"}, None),
+    ("deploy.prepare", {"ok": False, "error": "disk full"}, None),
+    ("deploy.cleanup", {"ok": True, "ret": {"kept": [], "removed": []}}, None),
+    ("deploy.mark", {"ok": True, "ret": {"release": "r1", "status": "bad"}}, None),
+    # a read-only call says nothing
+    ("deploy.current", {"ok": True, "ret": "r2"}, False),
+    ("deploy.releases", {"ok": False, "error": "unknown project"}, False),
+    ("deploy.info", {"ok": True, "ret": {"name": "r1"}}, False),
+])
+def test_reported_inventory(fun, res, expected):
+    assert runner._reported_inventory(fun, res) == expected
+
+
+def test_record_keeps_the_latest_inventory_per_node_and_forgets_unknown_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "__opts__", {"deploy_state_dir": str(tmp_path), "cachedir": str(tmp_path)},
+                        raising=False)
+    assert runner._record_read("rainbow", "pro") == {}
+    one = {**INV, "fingerprint": "1111111111111111"}
+    runner._record_update("rainbow", "pro", {"web-1": INV, "web-2": INV})
+    runner._record_update("rainbow", "pro", {"web-1": one, "web-2": None})
+    assert runner._record_read("rainbow", "pro") == {"web-1": one}
+    assert runner._record_read("rainbow", "stg") == {}  # per env
+    (tmp_path / "inventory" / "rainbow_pro.json").write_text("{not json")
+    assert runner._record_read("rainbow", "pro") == {}  # a damaged record is no record: the nodes get listed
+    assert not [p for p in (tmp_path / "inventory").iterdir() if ".tmp" in p.name]
