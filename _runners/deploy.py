@@ -691,14 +691,15 @@ def _prune_artifacts(directory):
 # --------------------------------------------------------------------------- plan
 
 
-def _match(target):
-    return set(salt.utils.minions.CkMinions(__opts__).check_minions(target, "compound")["minions"])
-
-
 def _plan(run):
     """The env's nodes: preprod first, then stages of batches."""
     envc = run.envc
-    nodes = _match(envc["target"]) if envc.get("target") else set()
+    ckminions = salt.utils.minions.CkMinions(__opts__)
+
+    def match(target):
+        return set(ckminions.check_minions(target, "compound")["minions"])
+
+    nodes = match(envc["target"]) if envc.get("target") else set()
     preprod = envc.get("preprod")
     if preprod:
         nodes.add(preprod)
@@ -708,7 +709,8 @@ def _plan(run):
     stages = []
     for index, stage in enumerate(envc.get("stages") or [{"name": "all", "batch": "25%"}]):
         name = str(stage.get("name") or f"stage{index + 1}")
-        members = [n for n in remaining if n in _match(stage["target"])] if stage.get("target") else remaining
+        matched = match(stage["target"]) if stage.get("target") else None  # once per stage, not per node
+        members = [n for n in remaining if n in matched] if matched is not None else remaining
         remaining = [n for n in remaining if n not in members]
         size = _batch_size(stage.get("batch", "25%"), len(members), f"stage {name!r}")
         if members:
@@ -716,7 +718,7 @@ def _plan(run):
     if remaining:
         size = _batch_size("25%", len(remaining), "stage 'rest'")
         stages.append({"name": "rest", "batches": [remaining[i:i + size] for i in range(0, len(remaining), size)]})
-    connected = salt.utils.minions.CkMinions(__opts__).connected_ids()
+    connected = ckminions.connected_ids()
     return {
         "nodes": sorted(nodes),
         "preprod": preprod,

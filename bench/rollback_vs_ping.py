@@ -16,7 +16,13 @@ every node of the env.  Then, alternating, ``--reps`` times each:
 
 Before each rep (untimed) the target is checked with ``salt-run deploy.releases``: present
 and ``good`` on every node.  A rollback marks the release it leaves ``bad``, so the release
-left by the previous rep is marked good again with ``salt -L ... deploy.mark`` first.
+left by the previous rep is marked good again with ``salt -L ... deploy.mark`` first, then
+listed again: like the end of every deploy run, that leaves the master's record of the
+nodes up to date, so the rollback takes its target from the record (one Salt call).
+
+Then ``--listing-reps`` more rollbacks (default 3) with the master's record removed first:
+the path a master without a record takes (list every node's releases, then switch: two
+calls), measured the same way.
 
 Reported: medians (min/max) and the ratio rollback/ping (target <= 1.4), where the
 rollback's wall time goes (the runner's own ``seconds`` from its history record, the
@@ -101,7 +107,8 @@ def profile_rollback(bench, to):
         ("    LocalClient.__init__", "salt/client/__init__.py", "__init__"),
         ("  _take_lock", "_runners/deploy.py", "_take_lock"),
         ("  _plan (target matching, connected ids)", "_runners/deploy.py", "_plan"),
-        ("  _inventories (1 call: deploy.releases)", "_runners/deploy.py", "_inventories"),
+        ("  _emergency_target (the master's record)", "_runners/deploy.py", "_emergency_target"),
+        ("  _inventories (deploy.releases; 0 calls with a record)", "_runners/deploy.py", "_inventories"),
         ("  _switch (1 call: deploy.switch)", "_runners/deploy.py", "_switch"),
         ("  _finish (history, events)", "_runners/deploy.py", "_finish"),
         ("LocalClient.cmd (all calls)", "salt/client/__init__.py", "cmd"),
@@ -119,6 +126,8 @@ def profile_rollback(bench, to):
 def main(argv=None):
     parser = base_parser("rollback_vs_ping", __doc__, reps=7)
     parser.add_argument("--no-profile", action="store_true", help="skip the extra rollback under cProfile")
+    parser.add_argument("--listing-reps", type=int, default=3,
+                        help="rollbacks without the master's record (listing first), default 3")
     args = parser.parse_args(argv)
 
     bench = Bench("rollback_vs_ping", args, envs=batch_envs("34%"))
@@ -138,14 +147,17 @@ def main(argv=None):
         bench.run(floor_argv)
         bench.rtt(nodes)
 
-        reps = []
-        for i in range(args.reps):
+        record_path = os.path.join(box.base, "var", "master", "cache", "deploy", "inventory", f"{PROJECT}_pro.json")
+
+        def one_rep(i, total, without_record=False):
             cur = set(bench.currents(nodes).values())
             if len(cur) != 1 or cur.pop() not in releases:
                 raise RuntimeError(f"nodes do not all serve one of the two releases: {bench.currents(nodes)}")
             current = box.current(nodes[0])
             target = releases[1 - releases.index(current)]
             remarked = ensure_good(bench, nodes, target)
+            if without_record and os.path.exists(record_path):
+                os.unlink(record_path)
 
             def rollback():
                 kwargs = {"emergency": "True"}
@@ -182,6 +194,7 @@ def main(argv=None):
             rep = {
                 "rep": i + 1, "order": "ping first" if i % 2 == 0 else "rollback first",
                 "to": target, "with_to": i > 0, "remarked_good": remarked,
+                "target_from": record.get("target_from"),
                 "rollback_wall": round(r_wall, 3), "ping_wall": round(p_wall, 3), "runner_floor_wall": round(f_wall, 3),
                 "rtt_ping": round(rtt, 3),
                 "runner_seconds": record.get("seconds"),
@@ -191,10 +204,19 @@ def main(argv=None):
                 "slowest_node_switch": max((s for s in node_secs if s is not None), default=None),
                 "nodes_switched": len(node_secs),
             }
-            reps.append(rep)
-            say(f"rep {i + 1}/{args.reps} ({rep['order']}): rollback {r_wall:.2f}s (runner {record['seconds']}s) "
-                f"-> {target.split('_')[2]}, ping {p_wall:.2f}s, salt-run test.arg {f_wall:.2f}s, "
-                f"in-process round trip {rtt:.2f}s")
+            say(f"rep {i + 1}/{total} ({rep['order']}): rollback {r_wall:.2f}s (runner {record['seconds']}s, target "
+                f"from the {rep['target_from']}) -> {target.split('_')[2]}, ping {p_wall:.2f}s, salt-run test.arg "
+                f"{f_wall:.2f}s, in-process round trip {rtt:.2f}s")
+            return rep
+
+        reps = [one_rep(i, args.reps) for i in range(args.reps)]
+        from_record = sum(1 for r in reps if r["target_from"] == "record")
+        say(f"    target from the master's record in {from_record}/{len(reps)} reps")
+        if args.listing_reps:
+            say("==> without the master's record (removed before each rep): listing first")
+        listing = [one_rep(i + 1, args.listing_reps, without_record=True) for i in range(args.listing_reps)]
+        if any(r["target_from"] != "listing" for r in listing):
+            raise RuntimeError(f"a rollback without a record did not list first: {[r['target_from'] for r in listing]}")
 
         prof = None
         if not args.no_profile:
@@ -209,6 +231,8 @@ def main(argv=None):
                                                        "switch_call", "slowest_node_switch")}
         ratio = round(s["rollback_wall"]["median"] / s["ping_wall"]["median"], 2)
         ratios = stats([r["rollback_wall"] / r["ping_wall"] for r in reps])
+        ls = {k: stats([r[k] for r in listing]) for k in ("rollback_wall", "ping_wall", "planned_at")} if listing else {}
+        listing_ratio = round(ls["rollback_wall"]["median"] / ls["ping_wall"]["median"], 2) if listing else None
 
         say()
         say(f"==> emergency rollback of {len(nodes)} nodes vs `salt -L <same {len(nodes)} minions> test.ping`, "
@@ -221,21 +245,28 @@ def main(argv=None):
             stat_row("LocalClient.cmd(<env nodes>, test.ping) in-process (1 round trip)", s["rtt_ping"]),
             stat_row("  rollback: runner's own seconds (history)", s["runner_seconds"]),
             stat_row("  rollback: wall - runner seconds (start-up, pillar, exit)", s["outside_runner"]),
-            stat_row("  rollback: runner start -> 'rollback to' (plan + inventory call)", s["planned_at"]),
-            stat_row("  rollback: 'rollback to' -> end (switch call + record)", s["switch_call"]),
+            stat_row("  rollback: runner start -> 'rollback to' (lock, plan, target from the record)", s["planned_at"]),
+            stat_row("  rollback: 'rollback to' -> end (the switch call + record)", s["switch_call"]),
             stat_row("  rollback: slowest node's switch (switch+restart+checks)", s["slowest_node_switch"]),
+            *([stat_row("without a record: rollback (wall; lists, then switches)", ls["rollback_wall"]),
+               stat_row("without a record: test.ping (wall)", ls["ping_wall"]),
+               stat_row("  without a record: runner start -> 'rollback to' (incl. listing)", ls["planned_at"])]
+              if listing else []),
         ], STAT_HEADERS))
         verdict = "met" if ratio <= TARGET_RATIO else f"MISSED by {ratio - TARGET_RATIO:.2f}x " \
                   f"({(ratio / TARGET_RATIO - 1) * 100:.0f}% over)"
         say(f"ratio rollback/ping (medians): {ratio}x  (per-rep ratios: median {ratios['median']:.2f}, "
             f"min {ratios['min']:.2f}, max {ratios['max']:.2f}); target <= {TARGET_RATIO}x: {verdict}")
+        if listing:
+            say(f"without the master's record (listing first, {len(listing)} reps): {listing_ratio}x")
         if prof and "rows" in prof:
             say()
             say(f"==> cProfile of one emergency rollback (wall {prof['wall_seconds']}s under the profiler; "
                 f"cumulative seconds, inflated by profiling)")
             say(table([[r["step"], fmt(r["cumulative_seconds"]), r["calls"] if r["calls"] is not None else "-"]
                        for r in prof["rows"]], ["step", "cumulative", "calls"]))
-        bench.finish(reps=reps, summary=s, ratio=ratio, per_rep_ratio=ratios, target_ratio=TARGET_RATIO,
+        bench.finish(reps=reps, listing_reps=listing, listing_summary=ls, listing_ratio=listing_ratio,
+                     summary=s, ratio=ratio, per_rep_ratio=ratios, target_ratio=TARGET_RATIO,
                      target_met=ratio <= TARGET_RATIO, nodes=nodes, ping_target="-L " + ",".join(nodes),
                      releases=releases, profile=prof)
         say(f"runtime {bench.result['runtime_seconds']}s")
