@@ -646,17 +646,25 @@ def _build(run, ref, test=False):
     directory, url = _artifacts_dir(run.project)
     artifact = os.path.join(directory, f"{run.release}.tar.gz")
     record_path = os.path.join(directory, f"{run.release}.json")
+    # an artifact is reused for the same commit built by the same commands (records without a
+    # digest predate it, and were built by the commands of their time: taken as they are)
+    steps = hashlib.sha256(json.dumps(run.conf.get("build") or []).encode()).hexdigest()
     record = None
+    rebuilt = False
     if os.path.isfile(artifact) and os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as fh:
             record = json.load(fh)
-        if record.get("commit") != commit.hexsha or _sha256(artifact) != record.get("checksum"):
+        rebuilt = record.get("build", steps) != steps
+        if record.get("commit") != commit.hexsha or _sha256(artifact) != record.get("checksum") or rebuilt:
             record = None
     reused = record is not None
+    if rebuilt:
+        run.progress(f"build: the build commands changed since {run.release} was built: building it again "
+                     "(nodes that hold the old build refuse the new one: release a new commit)")
     if not reused:
         with tempfile.TemporaryDirectory(prefix="deploy-build-", dir=_state_dir("build")) as workdir:
             built = _package(run, repo, commit, workdir)
-            record = {"commit": commit.hexsha, "checksum": _sha256(built)}
+            record = {"commit": commit.hexsha, "checksum": _sha256(built), "build": steps}
             os.replace(built, artifact)
         os.chmod(artifact, 0o644)
         with open(record_path, "w", encoding="utf-8") as fh:

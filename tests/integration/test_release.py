@@ -84,6 +84,17 @@ def test_release_serves_new_version_everywhere(clean_cluster):
     again = c.run("deploy.release", project="rainbow", env="pro")
     assert again.returncode == 0, again.stdout
     assert "reused" in again.stdout and "(0 unpacked)" in again.stdout
+    # changed build commands: the same commit is built again, not reused; nodes holding the
+    # old build refuse the new one (a release name is one artifact), and nothing switches
+    before = c.currents()
+    c.set_pillar(project_extra={"build": ["echo rebuilt > BUILD.txt"]})
+    rebuilt = c.run("deploy.release", project="rainbow", env="pro")
+    assert rebuilt.returncode == 1
+    assert "the build commands changed" in rebuilt.stdout and "build: echo rebuilt" in rebuilt.stdout
+    assert "already exists on this node with a different checksum" in rebuilt.data["error"] + rebuilt.stdout
+    assert c.currents() == before
+    assert c.lb_states() == {n: "ready" for n in WEB}
+    new_version(c)  # move the branch on: later tests must not meet this commit's rebuilt artifact
 
 
 def test_broken_release_stops_at_preprod(clean_cluster):
