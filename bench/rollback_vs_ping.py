@@ -149,7 +149,7 @@ def main(argv=None):
 
         record_path = os.path.join(box.base, "var", "master", "cache", "deploy", "inventory", f"{PROJECT}_pro.json")
 
-        def one_rep(i, total, without_record=False):
+        def one_rep(i, total, without_record=False, number=None):
             cur = set(bench.currents(nodes).values())
             if len(cur) != 1 or cur.pop() not in releases:
                 raise RuntimeError(f"nodes do not all serve one of the two releases: {bench.currents(nodes)}")
@@ -204,7 +204,7 @@ def main(argv=None):
                 "slowest_node_switch": max((s for s in node_secs if s is not None), default=None),
                 "nodes_switched": len(node_secs),
             }
-            say(f"rep {i + 1}/{total} ({rep['order']}): rollback {r_wall:.2f}s (runner {record['seconds']}s, target "
+            say(f"rep {number or i + 1}/{total} ({rep['order']}): rollback {r_wall:.2f}s (runner {record['seconds']}s, target "
                 f"from the {rep['target_from']}) -> {target.split('_')[2]}, ping {p_wall:.2f}s, salt-run test.arg "
                 f"{f_wall:.2f}s, in-process round trip {rtt:.2f}s")
             return rep
@@ -214,7 +214,9 @@ def main(argv=None):
         say(f"    target from the master's record in {from_record}/{len(reps)} reps")
         if args.listing_reps:
             say("==> without the master's record (removed before each rep): listing first")
-        listing = [one_rep(i + 1, args.listing_reps, without_record=True) for i in range(args.listing_reps)]
+        # i + 1: with to= (the first rep of all is the only one without), and the ping order goes on alternating
+        listing = [one_rep(i + 1, args.listing_reps, without_record=True, number=i + 1)
+                   for i in range(args.listing_reps)]
         if any(r["target_from"] != "listing" for r in listing):
             raise RuntimeError(f"a rollback without a record did not list first: {[r['target_from'] for r in listing]}")
 
