@@ -1,0 +1,178 @@
+"""The emergency rollback's decisions (_runners/deploy.py ``_emergency``) against simulated nodes.
+
+Pure logic: the runner's own ``_emergency``, ``_switch`` and ``_undo`` run unchanged; only the
+Salt call is replaced by nodes simulated in memory, which refuse a switch whose ``expect``
+differs from their fingerprint (the node module's own ``_fingerprint``) just as the real module
+does.  The real thing on daemons is in tests/integration/test_rollback.py; here every branch,
+including a node that changes again during the retry, is checked for the one invariant that
+matters: never a split env.
+"""
+
+import copy
+
+import pytest
+from saltext_deploy._modules import deploy as node_module
+from saltext_deploy._runners import deploy as runner
+
+NODES = ("pre-1", "web-1", "web-2", "web-3")
+# name -> prepared_at: r1 oldest
+TIMES = {"r1": 100.0, "r2": 200.0, "r3": 300.0}
+
+
+def _inv(state):
+    releases = [
+        {"name": name, "status": status, "prepared_at": TIMES[name], "activated_at": TIMES[name] + 1,
+         "current": name == state["current"]}
+        for name, status in state["statuses"].items()
+    ]
+    return {"current": state["current"], "previous": None, "releases": releases,
+            "fingerprint": node_module._fingerprint(state["current"], releases)}
+
+
+class Cluster:
+    """Nodes in memory; ``call`` is what LocalClient would do with the deploy module."""
+
+    project, env, mode = "rainbow", "pro", "emergency"
+
+    def __init__(self, meddle=None):
+        self.state = {n: {"current": "r3", "statuses": {"r1": "good", "r2": "good", "r3": "good"}} for n in NODES}
+        self.meddle = meddle or {}  # switch call number -> function(state) run before that call
+        self.calls = []
+        # what _Run carries
+        self.refused, self.silent, self.inventories, self.nodes, self.failed = {}, set(), {}, {}, []
+        self.release, self.log = None, []
+
+    def progress(self, message, **data):
+        self.log.append(message)
+
+    def fire(self, *args, **kwargs):
+        pass
+
+    def call(self, nodes, fun, kwarg=None, timeout=None):
+        self.calls.append((fun, tuple(nodes), kwarg.get("release")))
+        if fun == "deploy.switch":
+            hook = self.meddle.get(sum(1 for c in self.calls if c[0] == fun))
+            if hook:
+                hook(self.state)
+        out = {}
+        for node in nodes:
+            st = self.state[node]
+            if fun == "deploy.releases":
+                out[node] = {"ok": True, "ret": _inv(st)}
+            elif fun == "deploy.mark":
+                st["statuses"][kwarg["release"]] = kwarg["status"]
+                out[node] = {"ok": True, "ret": {"inventory": _inv(st)}}
+            elif fun == "deploy.switch":
+                expect = (kwarg.get("expect") or {}).get(node)
+                if kwarg.get("expect") is not None and expect != _inv(st)["fingerprint"]:
+                    out[node] = {"ok": False, "error": "refused: changed", "ret": {
+                        "result": False, "refused": True, "current": st["current"], "inventory": _inv(st)}}
+                    continue
+                previous, st["current"] = st["current"], kwarg["release"]
+                if kwarg.get("mark_left") and previous != kwarg["release"]:
+                    st["statuses"][previous] = "bad"
+                out[node] = {"ok": True, "ret": {"result": True, "previous": previous, "current": st["current"],
+                                                 "steps": [], "seconds": 0.1, "inventory": _inv(st)}}
+        for node, res in out.items():
+            inv = runner._reported_inventory(fun, res)
+            if inv is not False:
+                self.inventories[node] = inv
+        return out
+
+    def currents(self):
+        return {n: s["current"] for n, s in self.state.items()}
+
+    def switches(self):
+        return [c for c in self.calls if c[0] == "deploy.switch"]
+
+
+def _run(cluster, record, to=None):
+    """_emergency with the master's record ``record`` (None: no record)."""
+    plan = {"nodes": list(NODES)}
+    original = runner._known_inventories
+    runner._known_inventories = lambda run, nodes: record
+    try:
+        return runner._emergency(cluster, plan, to)
+    finally:
+        runner._known_inventories = original
+
+
+def _record(cluster):
+    return {n: _inv(s) for n, s in copy.deepcopy(cluster.state).items()}
+
+
+def test_an_accurate_record_is_one_call():
+    c = Cluster()
+    out = _run(c, _record(c))
+    assert out == {"to": "r2", "target_from": "record", "changed_since_record": []}
+    assert c.calls == [("deploy.switch", NODES, "r2")]
+    assert set(c.currents().values()) == {"r2"}
+    assert all(s["statuses"]["r3"] == "bad" for s in c.state.values())
+
+
+def test_no_record_lists_first():
+    c = Cluster()
+    out = _run(c, None)
+    assert out["target_from"] == "listing" and out["to"] == "r2"
+    assert [f for f, _, _ in c.calls] == ["deploy.releases", "deploy.switch"]
+
+
+def test_a_changed_node_with_the_same_target_follows():
+    c = Cluster()
+    record = _record(c)
+    c.state["web-2"]["statuses"]["r1"] = "prepared"  # by hand, after the last run
+    out = _run(c, record)
+    assert out["to"] == "r2" and out["changed_since_record"] == ["web-2"]
+    assert c.switches() == [("deploy.switch", NODES, "r2"), ("deploy.switch", ("web-2",), "r2")]
+    assert set(c.currents().values()) == {"r2"}
+    assert c.failed == []
+
+
+def test_a_changed_node_that_changes_the_target_sends_everyone_to_the_new_one():
+    c = Cluster()
+    record = _record(c)
+    c.state["web-2"]["statuses"]["r2"] = "bad"
+    out = _run(c, record)
+    assert out["to"] == "r1" and out["changed_since_record"] == ["web-2"]
+    assert set(c.currents().values()) == {"r1"}
+    # the nodes that had gone to r2 came back to r3 first (status restored), then went to r1
+    assert ("deploy.switch", ("pre-1", "web-1", "web-3"), "r3") in c.calls
+    assert ("deploy.mark", ("pre-1", "web-1", "web-3"), "r3") in c.calls
+    for node, st in c.state.items():
+        assert st["statuses"]["r3"] == "bad"  # left by the rollback
+        assert st["statuses"]["r2"] == ("bad" if node == "web-2" else "good")
+    assert c.failed == []
+
+
+def test_a_node_changing_again_during_the_retry_leaves_every_node_where_it_was():
+    def again(state):
+        state["web-1"]["statuses"]["r1"] = "bad"  # someone keeps marking by hand
+
+    c = Cluster(meddle={3: again})
+    before = copy.deepcopy(c.state)
+    record = _record(c)
+    c.state["web-2"]["statuses"]["r2"] = "bad"
+    with pytest.raises(runner.DeployError, match="changed during the rollback: every switched node was switched back"):
+        _run(c, record)
+    assert c.currents() == {n: "r3" for n in NODES}  # nobody moved in the end: no split env
+    for node in NODES:
+        assert c.state[node]["statuses"]["r3"] == before[node]["statuses"]["r3"] == "good"
+
+
+def test_a_record_without_a_target_falls_back_to_the_listing():
+    c = Cluster()
+    record = _record(c)
+    for inv in record.values():  # the record says r1 and r2 are bad (stale: fixed by hand since)
+        for rel in inv["releases"]:
+            rel["status"] = "bad" if rel["name"] != "r3" else "good"
+    out = _run(c, record)
+    assert out["target_from"] == "listing" and out["to"] == "r2"
+    assert set(c.currents().values()) == {"r2"}
+
+
+@pytest.mark.parametrize("to,expected", [("r1", "r1"), ("r2", "r2")])
+def test_to_is_honoured_from_the_record(to, expected):
+    c = Cluster()
+    out = _run(c, _record(c), to=to)
+    assert out["to"] == expected and out["target_from"] == "record"
+    assert set(c.currents().values()) == {expected}
