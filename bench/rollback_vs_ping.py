@@ -11,6 +11,8 @@ every node of the env.  Then, alternating, ``--reps`` times each:
 - ``salt -c <conf> -L pre-1,web-1..web-10 test.ping``: the same 11 minions the rollback
   targets (the env's nodes; lb-1 is not part of an emergency rollback);
 - ``salt-run -c <conf> test.arg``: the floor of any salt-run command (CLI start-up);
+- ``salt-run -c <conf> salt.execute <the 11 minions> test.ping tgt_type=list``: Salt's own runner
+  making one batched call to the same minions: the floor of any runner that makes one Salt call;
 - one in-process ``LocalClient.cmd(<the 11 minions>, 'test.ping')``: one Salt round trip
   without any CLI start-up (the unit the runner pays per batched call).
 
@@ -143,6 +145,9 @@ def main(argv=None):
 
         ping_argv = [*box.salt_cmd("salt"), "-L", ",".join(nodes), "test.ping"]
         floor_argv = [*box.salt_cmd("salt-run"), "test.arg"]
+        # one batched call to the same minions from a runner (Salt's own salt.execute): the floor of any
+        # salt-run command that makes one Salt call, before the nodes do any work
+        runner_call_argv = [*box.salt_cmd("salt-run"), "salt.execute", ",".join(nodes), "test.ping", "tgt_type=list"]
         bench.run(ping_argv)  # warm-up (untimed)
         bench.run(floor_argv)
         bench.rtt(nodes)
@@ -177,6 +182,9 @@ def main(argv=None):
                 r_wall, record, proc = rollback()
                 p_wall, answered = ping()
             f_wall, _ = bench.run(floor_argv)
+            x_wall, x_proc = bench.run(runner_call_argv)
+            if x_proc.returncode != 0 or x_proc.stdout.count("True") != len(nodes):
+                raise RuntimeError(f"salt-run salt.execute: exit {x_proc.returncode}: {x_proc.stdout[-800:]}")
             rtt, rtt_answered = bench.rtt(nodes)
 
             now = bench.currents(nodes)
@@ -196,6 +204,7 @@ def main(argv=None):
                 "to": target, "with_to": i > 0, "remarked_good": remarked,
                 "target_from": record.get("target_from"),
                 "rollback_wall": round(r_wall, 3), "ping_wall": round(p_wall, 3), "runner_floor_wall": round(f_wall, 3),
+                "runner_call_wall": round(x_wall, 3),
                 "rtt_ping": round(rtt, 3),
                 "runner_seconds": record.get("seconds"),
                 "outside_runner": round(r_wall - record.get("seconds", 0), 3),
@@ -228,7 +237,7 @@ def main(argv=None):
             say("==> one more emergency rollback under cProfile")
             prof = profile_rollback(bench, target)
 
-        s = {k: stats([r[k] for r in reps]) for k in ("rollback_wall", "ping_wall", "runner_floor_wall",
+        s = {k: stats([r[k] for r in reps]) for k in ("rollback_wall", "ping_wall", "runner_floor_wall", "runner_call_wall",
                                                        "rtt_ping", "runner_seconds", "outside_runner", "planned_at",
                                                        "switch_call", "slowest_node_switch")}
         ratio = round(s["rollback_wall"]["median"] / s["ping_wall"]["median"], 2)
@@ -244,6 +253,8 @@ def main(argv=None):
             stat_row("salt-run deploy.rollback emergency=True (wall)", s["rollback_wall"]),
             stat_row("salt -L <env nodes> test.ping (wall)", s["ping_wall"]),
             stat_row("salt-run test.arg (wall: salt-run floor)", s["runner_floor_wall"]),
+            stat_row("salt-run salt.execute <env nodes> test.ping (wall: one call from a runner)",
+                     s["runner_call_wall"]),
             stat_row("LocalClient.cmd(<env nodes>, test.ping) in-process (1 round trip)", s["rtt_ping"]),
             stat_row("  rollback: runner's own seconds (history)", s["runner_seconds"]),
             stat_row("  rollback: wall - runner seconds (start-up, pillar, exit)", s["outside_runner"]),
@@ -261,13 +272,16 @@ def main(argv=None):
             f"min {ratios['min']:.2f}, max {ratios['max']:.2f}); target <= {TARGET_RATIO}x: {verdict}")
         if listing:
             say(f"without the master's record (listing first, {len(listing)} reps): {listing_ratio}x")
+        call_ratio = round(s["runner_call_wall"]["median"] / s["ping_wall"]["median"], 2)
+        say(f"one Salt call from any runner, no node work (salt-run salt.execute ... test.ping): {call_ratio}x "
+            f"the ping; the rollback adds {s['rollback_wall']['median'] - s['runner_call_wall']['median']:.2f}s to it")
         if prof and "rows" in prof:
             say()
             say(f"==> cProfile of one emergency rollback (wall {prof['wall_seconds']}s under the profiler; "
                 f"cumulative seconds, inflated by profiling)")
             say(table([[r["step"], fmt(r["cumulative_seconds"]), r["calls"] if r["calls"] is not None else "-"]
                        for r in prof["rows"]], ["step", "cumulative", "calls"]))
-        bench.finish(reps=reps, listing_reps=listing, listing_summary=ls, listing_ratio=listing_ratio,
+        bench.finish(runner_call_ratio=call_ratio, reps=reps, listing_reps=listing, listing_summary=ls, listing_ratio=listing_ratio,
                      summary=s, ratio=ratio, per_rep_ratio=ratios, target_ratio=TARGET_RATIO,
                      target_met=ratio <= TARGET_RATIO, nodes=nodes, ping_target="-L " + ",".join(nodes),
                      releases=releases, profile=prof)
