@@ -1153,7 +1153,7 @@ def _emergency(run, plan, to):
     true state gives the same target, the refused nodes follow; if not, the switched nodes
     go back and the target is chosen again from the true state, once.
     """
-    nodes = [n for n in plan["nodes"]]
+    nodes = list(plan["nodes"])
     known, target, source = _emergency_target(run, nodes, to)
     run.release = target
     run.fire("start", to=target)
