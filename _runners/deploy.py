@@ -346,9 +346,6 @@ def _history_read(project, env=None):
     return records
 
 
-# --------------------------------------------------------------------------- a run
-
-
 # --------------------------------------------------------------------------- record of the nodes
 # Every deploy.* call made by a run reports the node's inventory (releases, statuses, current and
 # their fingerprint); the master keeps the latest one per node and env.  The emergency rollback
@@ -483,8 +480,9 @@ class _Run:
                 out[node] = {"ok": False, "error": str(data).replace("ERROR: ", "", 1)[:500]}
         if fun.startswith("deploy."):
             reported = {n: _reported_inventory(fun, res) for n, res in out.items()}
-            self.inventories.update({n: inv for n, inv in reported.items() if inv is not False})
-            _record_update(self.project, self.env, {n: inv for n, inv in reported.items() if inv is not False})
+            reported = {n: inv for n, inv in reported.items() if inv is not False}
+            self.inventories.update(reported)
+            _record_update(self.project, self.env, reported)
         return out
 
     def late_returns(self, jid, missing):
@@ -1125,16 +1123,12 @@ def _emergency_target(run, nodes, to):
 
 def _undo(run, nodes, known):
     """Switch nodes back to the release the record says they served, and give it back its status."""
-    groups = []
+    groups = {}  # (release served before, its status then) -> nodes: one call per group
     for node in nodes:
         prev = known[node]["current"]
         status = next((r["status"] for r in known[node]["releases"] if r["name"] == prev), None)
-        group = next((g for g in groups if g[0] == (prev, status)), None)
-        if group is None:
-            groups.append(((prev, status), [node]))
-        else:
-            group[1].append(node)
-    for (prev, status), members in groups:
+        groups.setdefault((prev, status), []).append(node)
+    for (prev, status), members in groups.items():
         if not prev:
             run.progress(f"{', '.join(members)}: served no release before; left on {run.release}")
             continue
