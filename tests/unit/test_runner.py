@@ -1,7 +1,7 @@
-"""The emergency rollback's decisions (_runners/deploy.py ``_emergency``) against simulated nodes.
+"""The runner's flow (_runners/deploy.py): the emergency rollback's decisions (``_emergency``) against simulated nodes.
 
 Pure logic: the runner's own ``_emergency``, ``_switch`` and ``_undo`` run unchanged; only the
-Salt call is replaced by nodes simulated in memory, which refuse a switch whose ``expect``
+Salt call is replaced by nodes simulated in memory (and the store by one that keeps nothing), which refuse a switch whose ``expect``
 differs from their fingerprint (the node module's own ``_fingerprint``) just as the real module
 does.  The real thing on daemons is in tests/integration/test_rollback.py; here every branch,
 including a node that changes again during the retry, is checked for the one invariant that
@@ -29,10 +29,18 @@ def _inv(state):
             "fingerprint": node_module._fingerprint(state["current"], releases)}
 
 
+class NoStore:
+    """The store of a run, keeping nothing: the record is given to ``_run`` directly."""
+
+    def record_update(self, project, env, changes, lock=None):
+        pass
+
+
 class Cluster:
     """Nodes in memory; ``call`` is what LocalClient would do with the deploy module."""
 
     project, env, mode = "rainbow", "pro", "emergency"
+    store, lock = NoStore(), None
 
     def __init__(self, meddle=None):
         self.state = {n: {"current": "r3", "statuses": {"r1": "good", "r2": "good", "r3": "good"}} for n in NODES}
@@ -73,10 +81,6 @@ class Cluster:
                     st["statuses"][previous] = "bad"
                 out[node] = {"ok": True, "ret": {"result": True, "previous": previous, "current": st["current"],
                                                  "steps": [], "seconds": 0.1, "inventory": _inv(st)}}
-        for node, res in out.items():
-            inv = runner._reported_inventory(fun, res)
-            if inv is not False:
-                self.inventories[node] = inv
         return out
 
     def currents(self):

@@ -1,0 +1,24 @@
+"""
+The master side of salt-deploy, as a plain package: what the ``deploy`` runner uses.
+
+One module per concern, every function takes what it needs (``opts``, the project's
+pillar dict) as arguments, as saltext-vault keeps ``utils/vault/*.py``:
+
+``names``   names, their validation, the release name, who and when
+``config``  the project/env definition from the master's pillar, master options
+``plan``    batch sizes and stages (pure)
+``policy``  the rollback target and the cluster view (pure)
+``source``  where code comes from: one module per VCS behind one interface
+``archive`` the tar member checks the nodes use, and a safe unpack
+``build``   build, package, and place an artifact on the master's fileserver
+``store``   the master's state: lock, detached list, history, the record of the nodes
+
+Importable on both install routes: ``pip install`` (a top-level package of the
+distribution) and the classic route (``_utils/`` synced by ``saltutil.sync_utils``, which
+Salt keeps on ``sys.path``).  Salt's utils loader also sees this folder; nothing here is
+meant for ``__utils__``, and importing this file imports nothing else.
+"""
+
+
+class DeployError(Exception):
+    """A release or rollback stopped: the message says why."""

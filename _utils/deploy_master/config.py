@@ -1,0 +1,88 @@
+"""The project and env definition (pillar ``deploy:projects``), validated; the master options."""
+
+import os
+
+from salt.exceptions import SaltInvocationError
+
+from deploy_master import names, plan
+
+LB_DRIVERS = ("none", "haproxy", "nginx")
+
+
+def state_dir(opts, *parts):
+    """A folder under ``deploy_state_dir`` (default ``<cachedir>/deploy``), created 0700."""
+    base = opts.get("deploy_state_dir") or os.path.join(opts["cachedir"], "deploy")
+    path = os.path.join(base, *parts)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def timeout(opts):
+    """Seconds to wait for a silent minion (``deploy_timeout``, default 15)."""
+    return int(opts.get("deploy_timeout", 15))
+
+
+def master_pillar(opts):
+    """The pillar compiled for the master's own id, as ``state.orchestrate`` reads it."""
+    import salt.pillar  # pylint: disable=import-outside-toplevel
+
+    return salt.pillar.get_pillar(
+        opts,
+        {"id": opts["id"]},
+        opts["id"],
+        saltenv=opts.get("saltenv"),
+        pillarenv=opts.get("pillarenv"),
+    ).compile_pillar()
+
+
+def load(opts, project, env=None):
+    """:func:`project_env` read from the master's pillar."""
+    return project_env(master_pillar(opts), project, env)
+
+
+def project_env(pillar, project, env=None):
+    """``(conf, envc)``: the project (and env, else None) definition from ``pillar``, validated."""
+    names.valid(project, names.PROJECT_RE, "project name")
+    if env is not None:
+        names.valid(env, names.ENV_RE, "env name")
+    projects = (pillar.get("deploy") or {}).get("projects") or {}
+    conf = projects.get(project)
+    if not isinstance(conf, dict):
+        known = ", ".join(sorted(projects)) or "none"
+        raise SaltInvocationError(
+            f"unknown project {project!r}: the master's pillar deploy:projects has {known}"
+        )
+    for key in ("repo", "root", "envs"):
+        if not conf.get(key):
+            raise SaltInvocationError(f"project {project!r}: pillar is missing {key!r}")
+    root = conf["root"]
+    if not isinstance(root, str) or not os.path.isabs(root) or os.path.realpath(root) == "/":
+        raise SaltInvocationError(f"project {project!r}: root {root!r} must be an absolute path other than '/'")
+    if env is None:
+        return conf, None
+    envc = conf["envs"].get(env)
+    if not isinstance(envc, dict):
+        raise SaltInvocationError(
+            f"unknown env {env!r} for project {project!r}: pillar has {', '.join(sorted(conf['envs']))}"
+        )
+    if not envc.get("target") and not envc.get("preprod"):
+        raise SaltInvocationError(f"project {project!r} env {env!r}: give a 'target' (and optionally 'preprod')")
+    for index, stage in enumerate(envc.get("stages") or []):
+        if not isinstance(stage, dict):
+            raise SaltInvocationError(f"env {env!r}: stage {index + 1} must be a dict with name, target, batch")
+        plan.batch_size(stage.get("batch", plan.DEFAULT_BATCH), 1, f"env {env!r} stage {stage.get('name') or index + 1!r}")
+    lb = load_balancer(conf, envc)
+    if lb.get("driver", "none") not in LB_DRIVERS:
+        raise SaltInvocationError(f"project {project!r}: unknown lb driver {lb.get('driver')!r}")
+    if lb.get("driver", "none") != "none" and not lb.get("minion"):
+        raise SaltInvocationError(f"project {project!r}: lb needs the 'minion' that runs the load balancer")
+    try:
+        int(envc.get("max_failures", 0))
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"env {env!r}: max_failures must be a whole number") from None
+    return conf, envc
+
+
+def load_balancer(conf, envc):
+    """The env's load balancer (an env may have its own), ``{"driver": "none"}`` if none."""
+    return envc.get("lb") or conf.get("lb") or {"driver": "none"}

@@ -1,0 +1,89 @@
+"""Which release a rollback goes to, and the cluster view behind it (pure functions).
+
+Inventories are what ``deploy.releases`` returns per node: ``{current, previous, releases:
+[{name, status, prepared_at, activated_at, current, ...}], fingerprint}``.
+"""
+
+from deploy_master import DeployError, names
+
+
+def node_target(inventory):
+    """One node's rule: its newest good release other than ``current`` (releases come newest first).
+
+    The node module keeps a copy of this rule (``deploy.rollback_target``) to stay
+    self-contained: tests/unit/test_policy.py pins that the two agree.
+    """
+    for rel in inventory["releases"]:
+        if rel["status"] == "good" and not rel["current"]:
+            return rel["name"]
+    return None
+
+
+def _stamp(rels):
+    # a release's age is when it was first prepared (released), not when it was last activated:
+    # a node switched back to r2 after r3 failed there must not make r2 look newer than r3
+    return min((r.get("prepared_at") or r.get("activated_at") or 0) for r in rels.values())
+
+
+def cluster_view(inventories):
+    """Which release is current where, who differs, and the release a rollback goes to."""
+    currents = {n: inv["current"] for n, inv in inventories.items()}
+    counts = {}
+    for cur in currents.values():
+        counts[cur] = counts.get(cur, 0) + 1
+    majority = max(counts, key=counts.get) if counts else None
+    by_name = {}
+    for node, inv in inventories.items():
+        for rel in inv["releases"]:
+            by_name.setdefault(rel["name"], {})[node] = rel
+    newest_current = max(
+        (c for c in set(currents.values()) if c and c in by_name), key=lambda c: _stamp(by_name[c]), default=None
+    )
+    candidates = [
+        name for name, rels in by_name.items()
+        if len(rels) == len(inventories)
+        and name != newest_current
+        and not any(r["status"] == "bad" for r in rels.values())
+        and any(r["status"] == "good" for r in rels.values())
+        and (newest_current is None or _stamp(rels) < _stamp(by_name[newest_current]))
+    ]
+    target = max(candidates, key=lambda c: _stamp(by_name[c]), default=None)
+    return {
+        "current": currents,
+        "majority": majority,
+        "differ": sorted(n for n, c in currents.items() if c != majority),
+        "rollback_target": target,
+    }
+
+
+def rollback_target(inventories, to=None):
+    """The release a rollback of these nodes goes to: ``to`` if every node has it and none marks it
+    bad, else the cluster view's target; DeployError if there is none."""
+    if to:
+        names.valid(to, names.RELEASE_RE, "release")
+        missing = sorted(n for n, inv in inventories.items() if to not in {r["name"] for r in inv["releases"]})
+        if missing:
+            raise DeployError(f"release {to} is not on {', '.join(missing)}: refusing (nothing was changed)")
+        bad = sorted(n for n, inv in inventories.items() for r in inv["releases"] if r["name"] == to and r["status"] == "bad")
+        if bad:
+            raise DeployError(f"release {to} is marked bad on {', '.join(bad)}: refusing to roll back to it")
+        return to
+    view = cluster_view(inventories)
+    if view["rollback_target"]:
+        return view["rollback_target"]
+    have = "; ".join(
+        f"{n}: current {inv['current']}, good {[r['name'] for r in inv['releases'] if r['status'] == 'good' and not r['current']] or 'none'}"
+        for n, inv in sorted(inventories.items())
+    )
+    raise DeployError(
+        f"no good release older than the current one is present on every node ({have}); "
+        "choose one with to=<release>"
+    )
+
+
+def target_or_none(inventories, to=None):
+    """:func:`rollback_target`, or None where it would refuse."""
+    try:
+        return rollback_target(inventories, to)
+    except DeployError:
+        return None

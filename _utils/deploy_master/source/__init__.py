@@ -1,0 +1,61 @@
+"""Where a release's code comes from: one module per VCS behind one small interface.
+
+A source is made for one project (``Source(opts, project, url)``) and does two things:
+
+- :meth:`Source.resolve`: a ref (branch, tag, revision) to a :class:`Revision`, fetching
+  what it needs first;
+- :meth:`Source.export`: a revision's tree into an empty folder, nothing else (no VCS
+  metadata), with every path inside that folder.
+
+The pillar's ``vcs`` key picks the module (``git`` by default); :func:`get` maps it.
+Errors are :class:`deploy_master.DeployError` with a message that starts with the VCS name.
+"""
+
+import dataclasses
+import datetime
+import importlib
+
+from salt.exceptions import SaltInvocationError
+
+KINDS = ("git",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Revision:
+    """One revision of the repository, with what a release name and its metadata need."""
+
+    id: str  # the commit sha (git) or revision number (svn)
+    version: str  # ``git describe --tags --always``; ``r<revision>`` for svn
+    author: str  # the committer
+    time: datetime.datetime  # the commit's time, timezone-aware
+    branch: str  # the branch field of the release name: the released ref or path
+
+
+class Source:
+    """The interface every VCS module implements (see the module docstring)."""
+
+    kind = None
+
+    def __init__(self, opts, project, url):
+        self.opts, self.project, self.url = opts, project, url
+
+    def resolve(self, ref):
+        """The :class:`Revision` ``ref`` names now; DeployError if it names none."""
+        raise NotImplementedError
+
+    def export(self, revision, dest):
+        """Write the tree of ``revision`` into the empty folder ``dest``."""
+        raise NotImplementedError
+
+
+def get(vcs=None):
+    """The :class:`Source` class for ``vcs`` (pillar ``vcs``, default ``git``)."""
+    kind = vcs or "git"
+    if kind not in KINDS:
+        raise SaltInvocationError(f"unknown vcs {kind!r}: use one of {', '.join(KINDS)}")
+    return importlib.import_module(f"deploy_master.source.{kind}").SOURCE
+
+
+# every VCS module is imported here, once, while the runner loads: on the classic install route
+# Salt has this package on sys.path for sure only then (at the end: they import Source)
+from deploy_master.source import git  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position

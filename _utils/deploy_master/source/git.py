@@ -1,0 +1,81 @@
+"""git as a source: a cached mirror per project on the master, ``git describe`` for the version.
+
+gitpython is imported only when a git source is used, so that the runner's rollback,
+history and unlock work (and pay no import time) without it.
+"""
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+
+from deploy_master import DeployError, archive, config
+from deploy_master.source import Revision, Source
+
+
+def _git():
+    try:
+        import git  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise DeployError("git: the master needs gitpython (salt-pip install gitpython)") from None
+    return git
+
+
+class GitSource(Source):
+    """A bare mirror in ``<deploy_state_dir>/git/<project>.git``, fetched before each resolve."""
+
+    kind = "git"
+
+    def __init__(self, opts, project, url):
+        super().__init__(opts, project, url)
+        self.path = os.path.join(config.state_dir(opts, "git"), f"{project}.git")
+        self.repo = None
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """Runs of different envs share a project's mirror: one clone/fetch at a time."""
+        with open(os.path.join(config.state_dir(self.opts, "git"), f"{self.project}.lock"), "w", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
+    def _mirror(self):
+        git = _git()
+        env = {"GIT_TERMINAL_PROMPT": "0"}
+        try:
+            if os.path.isdir(self.path):
+                repo = git.Repo(self.path)
+                with repo.git.custom_environment(**env):
+                    repo.git.remote("set-url", "origin", self.url)  # follow the pillar's `repo`
+                    repo.git.fetch("--prune", "origin")
+            else:
+                repo = git.Repo.clone_from(self.url, self.path, mirror=True, env=env)
+        except git.GitCommandError as exc:
+            if not os.path.isfile(os.path.join(self.path, "HEAD")):
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise DeployError(f"git: cannot fetch {self.url}: {(exc.stderr or str(exc)).strip()[-300:]}") from None
+        return repo
+
+    def resolve(self, ref):
+        git = _git()
+        with self._lock():
+            self.repo = self._mirror()
+            try:
+                commit = self.repo.commit(ref)
+            except (git.exc.BadName, git.exc.BadObject, ValueError, git.exc.GitCommandError):
+                raise DeployError(f"git: unknown ref {ref!r}: not a branch, tag or commit of the repository") from None
+            version = self.repo.git.describe("--tags", "--always", commit.hexsha)
+        return Revision(id=commit.hexsha, version=version, author=commit.committer.name,
+                        time=commit.committed_datetime, branch=ref)
+
+    def export(self, revision, dest):
+        """``git archive`` of the commit, unpacked with the nodes' member checks."""
+        repo = self.repo or _git().Repo(self.path)
+        with tempfile.TemporaryDirectory(prefix="git-archive-", dir=os.path.dirname(dest)) as tmp:
+            tar = os.path.join(tmp, "git.tar")
+            with open(tar, "wb") as fh:
+                repo.archive(fh, treeish=revision.id, format="tar")
+            archive.unpack(tar, dest)
+
+
+SOURCE = GitSource

@@ -1,0 +1,323 @@
+"""The master's state behind one interface: the lock, the detached list, the history, the record of the nodes.
+
+:class:`Store` and :class:`Lock` are the interface; :class:`LocalStore` keeps everything on
+the master's disk under ``deploy_state_dir`` (default ``<cachedir>/deploy``):
+
+- ``locks/<project>_<env>.lock``: the lock (JSON: kind, user, host, jid, pid, created, since);
+- ``locks/<project>_<env>.detached.json``: the nodes a run took out of the load balancer;
+- ``history/<project>.jsonl``: one JSON record per run;
+- ``inventory/<project>_<env>.json``: the latest inventory each node reported.
+
+A shared backend (etcd) implements the same interface: a lock is then a lease taken by a
+compare-and-set; the writes a run makes while holding it are passed the run's ``lock``
+(``history_append``, ``record_update``, ``Lock.set_detached``) so that the backend can fence
+them with the lock's revision.  The local store has one holder per master and needs no fence.
+"""
+
+import fcntl
+import json
+import os
+
+from deploy_master import DeployError, names
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover
+    psutil = None
+
+# the deploy.* functions that change a node: a return of theirs without an inventory means
+# the node's state is unknown now
+MUTATING = ("deploy.prepare", "deploy.switch", "deploy.cleanup", "deploy.mark")
+
+
+def reported_inventory(fun, res):
+    """What a deploy.* return says of the node: its inventory, None (unknown), or False (nothing)."""
+    data = res.get("ret")
+    if isinstance(data, dict):
+        if isinstance(data.get("inventory"), dict) and data["inventory"].get("fingerprint"):
+            return data["inventory"]
+        if fun == "deploy.releases" and res["ok"] and data.get("fingerprint"):
+            return data
+    return None if fun in MUTATING else False
+
+
+class Lock:
+    """One release or rollback per project+env at a time (interface).
+
+    ``info`` (after :meth:`acquire`): the holder record: kind, user, host, jid, pid, since.
+    ``warnings``: what taking over a stale lock did, for the run's summary.
+    """
+
+    def __init__(self, store, project, env, kind):
+        self.store, self.project, self.env, self.kind = store, project, env, kind
+        self.info = None
+        self.warnings = []
+
+    def holder(self):
+        """The holder record; None if unlocked; ``{}`` if a lock is being written or unreadable."""
+        raise NotImplementedError
+
+    def alive(self, info):
+        """Whether the run that holds ``info`` still lives."""
+        raise NotImplementedError
+
+    def acquire(self, jid):
+        """Take the lock (over a stale one); DeployError naming the holder if it is held."""
+        raise NotImplementedError
+
+    def take_over(self, held):
+        """Remove the stale lock ``held`` and record its run as interrupted."""
+        raise NotImplementedError
+
+    def release(self):
+        """Give the lock back, if this run still holds it."""
+        raise NotImplementedError
+
+    def detached(self):
+        """The nodes a run has taken out of the load balancer and not yet put back."""
+        raise NotImplementedError
+
+    def set_detached(self, nodes):
+        """Replace that list; written before detaching, emptied after restoring."""
+        raise NotImplementedError
+
+    @staticmethod
+    def describe(info):
+        """The holder, for people."""
+        return (
+            f"{info.get('kind', 'a run')} by {info.get('user', '?')} from {info.get('host', '?')} "
+            f"(jid {info.get('jid', '?')}, pid {info.get('pid', '?')}) since {info.get('since', '?')}"
+        )
+
+    def _locked(self, held):
+        return DeployError(
+            f"{self.project}/{self.env} is locked: "
+            + (self.describe(held) if held else "a lock is being written")
+            + f"; see salt-run deploy.unlock project={self.project} env={self.env}"
+        )
+
+    def _interrupted(self, held):
+        """After taking over ``held``: say so, and record its run as interrupted."""
+        message = f"took over a stale lock of {self.describe(held)}"
+        self.warnings.append(message)
+        self.store.log.warning("deploy: %s", message)
+        self.store.history_append(
+            self.project,
+            {
+                "kind": held.get("kind", "release"),
+                "env": self.env,
+                "result": "interrupted",
+                "user": held.get("user"),
+                "host": held.get("host"),
+                "jid": held.get("jid"),
+                "started": held.get("since"),
+                "finished": names.now(),
+            },
+        )
+
+
+class Store:
+    """Where the master keeps its state (interface)."""
+
+    def __init__(self, log=None):
+        import logging  # pylint: disable=import-outside-toplevel
+
+        self.log = log or logging.getLogger(__name__)
+
+    def lock(self, project, env, kind):
+        """The :class:`Lock` of project+env, for a run of ``kind``; not taken yet."""
+        raise NotImplementedError
+
+    def history_append(self, project, record, lock=None):
+        """Add one run's record (``project`` is added to it)."""
+        raise NotImplementedError
+
+    def history_read(self, project, env=None):
+        """Every record of the project (of ``env`` only, if given), oldest first."""
+        raise NotImplementedError
+
+    def record_read(self, project, env):
+        """The record of the nodes: node -> its latest inventory; ``{}`` if none or unreadable."""
+        raise NotImplementedError
+
+    def record_update(self, project, env, changes, lock=None):
+        """``changes``: node -> its inventory, or None when its state is unknown now (forget it)."""
+        raise NotImplementedError
+
+
+class LocalLock(Lock):
+    """A lock file created with ``link()`` (atomic); a holder is alive while its pid (and start time) lives."""
+
+    def __init__(self, store, project, env, kind):
+        super().__init__(store, project, env, kind)
+        self.path = os.path.join(store.dir("locks"), f"{project}_{env}.lock")
+        self.detached_path = os.path.join(store.dir("locks"), f"{project}_{env}.detached.json")
+
+    def holder(self):
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+
+    def alive(self, info):
+        pid = info.get("pid")
+        if not pid or psutil is None:
+            return bool(pid) and os.path.exists(f"/proc/{pid}")
+        try:
+            proc = psutil.Process(pid)
+            return abs(proc.create_time() - info.get("created", 0)) < 1
+        except psutil.Error:
+            return False
+
+    def acquire(self, jid):
+        user, host = names.caller()
+        info = {
+            "kind": self.kind,
+            "user": user,
+            "host": host,
+            "jid": jid,
+            "pid": os.getpid(),
+            "created": psutil.Process().create_time() if psutil else 0,
+            "since": names.now(),
+        }
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)  # atomic: fails if a lock exists
+                    self.info = info
+                    return self
+                except FileExistsError:
+                    held = self.holder()
+                    if held is None:
+                        continue
+                    if held == {} or self.alive(held):
+                        raise self._locked(held) from None
+                    self.take_over(held)
+            raise DeployError(f"could not take the lock {self.path}")
+        finally:
+            os.unlink(tmp)
+
+    def take_over(self, held):
+        """A stale lock: its run died.  Remove it and record the run as interrupted (the caller
+        puts back what it left out of the LB)."""
+        stale = f"{self.path}.stale-{os.getpid()}"
+        try:
+            os.rename(self.path, stale)
+        except FileNotFoundError:
+            return
+        os.unlink(stale)
+        self._interrupted(held)
+
+    def release(self):
+        try:
+            if self.holder() == self.info:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def detached(self):
+        try:
+            with open(self.detached_path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except FileNotFoundError:
+            return []
+
+    def set_detached(self, nodes):
+        if not nodes:
+            if os.path.exists(self.detached_path):
+                os.unlink(self.detached_path)
+            return
+        tmp = f"{self.detached_path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(sorted(nodes), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.detached_path)
+
+
+class LocalStore(Store):
+    """Everything in files under one folder on the master (see the module docstring)."""
+
+    def __init__(self, base, log=None):
+        super().__init__(log)
+        self.base = base
+
+    def dir(self, *parts):
+        path = os.path.join(self.base, *parts)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    def lock(self, project, env, kind):
+        return LocalLock(self, project, env, kind)
+
+    def _history_path(self, project):
+        return os.path.join(self.dir("history"), f"{project}.jsonl")
+
+    def history_append(self, project, record, lock=None):
+        record = {"project": project, **record}
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self._history_path(project), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def history_read(self, project, env=None):
+        records = []
+        try:
+            with open(self._history_path(project), encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if env is None or rec.get("env") == env:
+                        records.append(rec)
+        except FileNotFoundError:
+            pass
+        return records
+
+    def _record_path(self, project, env):
+        return os.path.join(self.dir("inventory"), f"{project}_{env}.json")
+
+    def record_read(self, project, env):
+        try:
+            with open(self._record_path(project, env), encoding="utf-8") as fh:
+                return json.load(fh).get("nodes") or {}
+        except (FileNotFoundError, ValueError, AttributeError):
+            return {}
+
+    def record_update(self, project, env, changes, lock=None):
+        if not changes:
+            return
+        path = self._record_path(project, env)
+        with open(f"{path}.lock", "w", encoding="utf-8") as flock:
+            fcntl.flock(flock, fcntl.LOCK_EX)
+            nodes = self.record_read(project, env)
+            for node, inv in changes.items():
+                if inv is None:
+                    nodes.pop(node, None)
+                else:
+                    nodes[node] = inv
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump({"updated": names.now(), "nodes": nodes}, fh, sort_keys=True)
+            os.replace(tmp, path)
+
+
+BACKENDS = ("local",)
+
+
+def get(opts, log=None):
+    """The store the master options choose (``deploy_store``, default ``local``)."""
+    kind = opts.get("deploy_store") or "local"
+    if kind not in BACKENDS:
+        raise DeployError(f"unknown deploy_store {kind!r}: use one of {', '.join(BACKENDS)}")
+    base = opts.get("deploy_state_dir") or os.path.join(opts["cachedir"], "deploy")
+    return LocalStore(base, log)

@@ -1,0 +1,124 @@
+"""The master's state (deploy_master.store): the record of the nodes, the history, the lock, the detached list.
+
+The local-disk store, on a temporary folder: no Salt globals, no daemons.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from deploy_master import DeployError, store
+
+
+
+INV = {"current": "r2", "previous": "r1", "releases": [], "fingerprint": "0123456789abcdef"}
+
+
+@pytest.mark.parametrize("fun,res,expected", [
+    ("deploy.switch", {"ok": True, "ret": {"result": True, "inventory": INV}}, INV),
+    ("deploy.switch", {"ok": False, "ret": {"result": False, "refused": True, "inventory": INV}}, INV),
+    ("deploy.prepare", {"ok": True, "ret": {"changed": False, "inventory": INV}}, INV),
+    ("deploy.releases", {"ok": True, "ret": INV}, INV),
+    # a state-changing call without an inventory: the node's state is unknown now
+    ("deploy.switch", {"ok": False, "silent": True, "error": "no response"}, None),
+    ("deploy.prepare", {"ok": False, "error": "disk full"}, None),
+    ("deploy.cleanup", {"ok": True, "ret": {"kept": [], "removed": []}}, None),
+    ("deploy.mark", {"ok": True, "ret": {"release": "r1", "status": "bad"}}, None),
+    # a read-only call says nothing
+    ("deploy.current", {"ok": True, "ret": "r2"}, False),
+    ("deploy.releases", {"ok": False, "error": "unknown project"}, False),
+    ("deploy.info", {"ok": True, "ret": {"name": "r1"}}, False),
+])
+def test_reported_inventory(fun, res, expected):
+    assert store.reported_inventory(fun, res) == expected
+
+
+def test_record_keeps_the_latest_inventory_per_node_and_forgets_unknown_ones(tmp_path, monkeypatch):
+    local = store.get({"deploy_state_dir": str(tmp_path), "cachedir": str(tmp_path)})
+    assert local.record_read("rainbow", "pro") == {}
+    one = {**INV, "fingerprint": "1111111111111111"}
+    local.record_update("rainbow", "pro", {"web-1": INV, "web-2": INV})
+    local.record_update("rainbow", "pro", {"web-1": one, "web-2": None})
+    assert local.record_read("rainbow", "pro") == {"web-1": one}
+    assert local.record_read("rainbow", "stg") == {}  # per env
+    (tmp_path / "inventory" / "rainbow_pro.json").write_text("{not json")
+    assert local.record_read("rainbow", "pro") == {}  # a damaged record is no record: the nodes get listed
+    assert not [p for p in (tmp_path / "inventory").iterdir() if ".tmp" in p.name]
+
+
+# --- history
+
+def test_history_is_appended_and_read_per_env(tmp_path):
+    local = store.LocalStore(str(tmp_path))
+    assert local.history_read("rainbow") == []
+    local.history_append("rainbow", {"env": "pro", "result": "success"})
+    local.history_append("rainbow", {"env": "stg", "result": "failure"})
+    with open(tmp_path / "history" / "rainbow.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("{torn line\n")
+    local.history_append("rainbow", {"env": "pro", "result": "failure"})
+    assert [r["result"] for r in local.history_read("rainbow", "pro")] == ["success", "failure"]
+    assert [r["env"] for r in local.history_read("rainbow")] == ["pro", "stg", "pro"]
+    assert all(r["project"] == "rainbow" for r in local.history_read("rainbow"))
+    assert oct(os.stat(tmp_path / "history" / "rainbow.jsonl").st_mode & 0o777) == "0o600"
+
+
+# --- the lock and the detached list
+
+def _dead_pid():
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
+
+
+def test_lock_is_taken_once_and_given_back(tmp_path):
+    local = store.LocalStore(str(tmp_path))
+    first = local.lock("rainbow", "pro", "release").acquire("20261129000000000001")
+    assert first.holder()["jid"] == "20261129000000000001" and first.holder()["pid"] == os.getpid()
+    with pytest.raises(DeployError, match=r"rainbow/pro is locked: release by .* \(jid 20261129000000000001, pid "
+                                          r"\d+\) since .*; see salt-run deploy.unlock project=rainbow env=pro"):
+        local.lock("rainbow", "pro", "rollback (normal)").acquire("2")
+    other_env = local.lock("rainbow", "stg", "release").acquire("3")  # envs release side by side
+    first.release()
+    assert first.holder() is None
+    local.lock("rainbow", "pro", "release").acquire("4")
+    first.release()  # not the holder any more: leaves the new lock alone
+    assert local.lock("rainbow", "pro", "x").holder()["jid"] == "4"
+    other_env.release()
+    assert sorted(os.listdir(tmp_path / "locks")) == ["rainbow_pro.lock"]
+
+
+def test_a_lock_being_written_is_not_taken_over(tmp_path):
+    local = store.LocalStore(str(tmp_path))
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "rainbow_pro.lock").write_text("{half")
+    with pytest.raises(DeployError, match="rainbow/pro is locked: a lock is being written"):
+        local.lock("rainbow", "pro", "release").acquire("1")
+
+
+def test_a_stale_lock_is_taken_over_and_its_run_recorded_as_interrupted(tmp_path):
+    local = store.LocalStore(str(tmp_path))
+    dead = {"kind": "release", "user": "alice", "host": "10.0.0.5", "jid": "1", "pid": _dead_pid(), "created": 1.0,
+            "since": "2026-11-29T00:00:00+00:00"}
+    lock = local.lock("rainbow", "pro", "release")
+    assert lock.alive(dead) is False and lock.alive({**dead, "pid": os.getpid()}) is False  # same pid, other start
+    (tmp_path / "locks" / "rainbow_pro.lock").write_text(json.dumps(dead))
+    lock.set_detached(["web-2", "web-1"])
+    lock.acquire("2")
+    assert lock.holder()["jid"] == "2"
+    assert lock.warnings == ["took over a stale lock of release by alice from 10.0.0.5 (jid 1, pid "
+                             f"{dead['pid']}) since 2026-11-29T00:00:00+00:00"]
+    (rec,) = local.history_read("rainbow", "pro")
+    assert {k: rec[k] for k in ("kind", "result", "user", "host", "jid", "started")} == {
+        "kind": "release", "result": "interrupted", "user": "alice", "host": "10.0.0.5", "jid": "1",
+        "started": "2026-11-29T00:00:00+00:00"}
+    assert lock.detached() == ["web-1", "web-2"]  # what the dead run left out of the LB: the runner restores it
+    lock.set_detached([])
+    assert lock.detached() == [] and not os.path.exists(lock.detached_path)
+
+
+def test_an_unknown_store_is_refused(tmp_path):
+    with pytest.raises(DeployError, match="unknown deploy_store 'zookeeper': use one of local"):
+        store.get({"deploy_store": "zookeeper", "cachedir": str(tmp_path)})
+    assert store.get({"cachedir": str(tmp_path)}).base == os.path.join(str(tmp_path), "deploy")
