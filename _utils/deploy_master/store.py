@@ -18,6 +18,8 @@ import fcntl
 import json
 import os
 
+from salt.exceptions import SaltInvocationError
+
 from deploy_master import DeployError, names
 
 try:
@@ -318,6 +320,6 @@ def get(opts, log=None):
     """The store the master options choose (``deploy_store``, default ``local``)."""
     kind = opts.get("deploy_store") or "local"
     if kind not in BACKENDS:
-        raise DeployError(f"unknown deploy_store {kind!r}: use one of {', '.join(BACKENDS)}")
+        raise SaltInvocationError(f"unknown deploy_store {kind!r}: use one of {', '.join(BACKENDS)}")
     base = opts.get("deploy_state_dir") or os.path.join(opts["cachedir"], "deploy")
     return LocalStore(base, log)

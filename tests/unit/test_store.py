@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from salt.exceptions import SaltInvocationError
 from deploy_master import DeployError, store
 
 
@@ -119,6 +120,6 @@ def test_a_stale_lock_is_taken_over_and_its_run_recorded_as_interrupted(tmp_path
 
 
 def test_an_unknown_store_is_refused(tmp_path):
-    with pytest.raises(DeployError, match="unknown deploy_store 'zookeeper': use one of local"):
+    with pytest.raises(SaltInvocationError, match="unknown deploy_store 'zookeeper': use one of local"):
         store.get({"deploy_store": "zookeeper", "cachedir": str(tmp_path)})
     assert store.get({"cachedir": str(tmp_path)}).base == os.path.join(str(tmp_path), "deploy")

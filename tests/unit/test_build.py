@@ -1,0 +1,81 @@
+"""The build (deploy_master.build) through the source interface, on a real git repository; no Salt daemons."""
+
+import os
+import subprocess
+import tarfile
+
+import pytest
+from salt.exceptions import SaltInvocationError
+from deploy_master import DeployError, build, source
+
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Xu Liangwei", "GIT_AUTHOR_EMAIL": "x@example.com",
+           "GIT_COMMITTER_NAME": "Xu Liangwei", "GIT_COMMITTER_EMAIL": "x@example.com",
+           "GIT_COMMITTER_DATE": "2016-08-11T19:11:05+08:00", "GIT_AUTHOR_DATE": "2016-08-11T19:11:05+08:00"}
+
+
+def _git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo(tmp_path):
+    path = tmp_path / "repo"
+    path.mkdir()
+    _git(path, "init", "-q", "-b", "master")
+    (path / "index.php").write_text("<?php echo 'rainbow';")
+    os.symlink("index.php", path / "home.php")
+    _git(path, "add", ".")
+    _git(path, "commit", "-q", "-m", "one")
+    _git(path, "tag", "v1.0.0")
+    return str(path)
+
+
+def _opts(tmp_path):
+    roots = tmp_path / "file_roots"
+    roots.mkdir(exist_ok=True)
+    return {"cachedir": str(tmp_path / "cache"), "file_roots": {"base": [str(roots)]}}
+
+
+def test_build_names_packages_publishes_and_reuses(repo, tmp_path):
+    opts, lines = _opts(tmp_path), []
+    conf = {"repo": repo, "build": ["echo built > BUILD_$DEPLOY_ENV"]}
+    info = build.build(opts, "rainbow", "pro", conf, "master", lines.append)
+    assert info["release"] == "rainbow_pro_v1.0.0_master_2016-08-11_11-11-05_Xu-Liangwei"
+    assert info["version"] == "v1.0.0" and info["committer"] == "Xu Liangwei" and not info["reused"]
+    assert info["time"] == "2016-08-11T19:11:05+08:00" and len(info["commit"]) == 40
+    assert info["source"] == f"salt://deploy_artifacts/rainbow/{info['release']}.tar.gz"
+    artifact = tmp_path / "file_roots" / "deploy_artifacts" / "rainbow" / f"{info['release']}.tar.gz"
+    assert build.sha256(str(artifact)) == info["checksum"]
+    with tarfile.open(artifact) as tar:
+        assert sorted(tar.getnames()) == ["BUILD_pro", "home.php", "index.php"]
+    assert lines == ["build: echo built > BUILD_$DEPLOY_ENV"]
+    again = build.build(opts, "rainbow", "pro", conf, "master", lines.append)
+    assert again["reused"] and again["checksum"] == info["checksum"]
+    test = build.build(opts, "rainbow", "pro", conf, "v1.0.0", lines.append, test=True)
+    assert test["release"].startswith("rainbow_pro_v1.0.0_v1.0.0_") and "source" not in test
+
+
+def test_unknown_ref_and_failing_build_command(repo, tmp_path):
+    opts = _opts(tmp_path)
+    with pytest.raises(DeployError, match="git: unknown ref 'nope': not a branch, tag or commit"):
+        build.build(opts, "rainbow", "pro", {"repo": repo}, "nope", print)
+    with pytest.raises(DeployError, match=r"build command failed \(exit 2\): exit 2"):
+        build.build(opts, "rainbow", "pro", {"repo": repo, "build": ["exit 2"]}, "master", print)
+    with pytest.raises(DeployError, match="git: cannot fetch /nonexistent"):
+        build.build(opts, "rainbow", "pro", {"repo": "/nonexistent"}, "master", print)
+
+
+def test_a_tree_with_a_link_outside_is_refused_before_packaging(repo, tmp_path):
+    os.symlink("../../../../etc", os.path.join(repo, "etc"))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "link out")
+    with pytest.raises(DeployError, match=r"archive member 'etc' links to '\.\./\.\./\.\./\.\./etc', outside the release"):
+        build.build(_opts(tmp_path), "rainbow", "pro", {"repo": repo}, "master", print)
+    assert not os.listdir(tmp_path / "file_roots" / "deploy_artifacts" / "rainbow")
+
+
+def test_the_source_interface():
+    assert source.get() is source.get("git")
+    assert issubclass(source.get("git"), source.Source)
+    with pytest.raises(SaltInvocationError, match="unknown vcs 'cvs': use one of git"):
+        source.get("cvs")
