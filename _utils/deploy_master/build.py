@@ -81,7 +81,7 @@ def build(opts, project, env, conf, ref, progress, test=False):
     ``checksum``, ``reused`` and ``bytes`` when not ``test``.  An artifact is reused for the same
     commit built by the same commands.
     """
-    src = source.get(conf.get("vcs"))(opts, project, conf["repo"])
+    src = source.get(conf.get("vcs"))(opts, project, conf)
     revision = src.resolve(ref)
     release = names.release_name(project, env, revision)
     info = {

@@ -1,6 +1,7 @@
 """Where a release's code comes from: one module per VCS behind one small interface.
 
-A source is made for one project (``Source(opts, project, url)``) and does two things:
+A source is made for one project (``Source(opts, project, conf)``, ``conf`` the project's pillar
+dict: ``repo`` is its URL; a VCS module reads its own keys, e.g. credentials) and does two things:
 
 - :meth:`Source.resolve`: a ref (branch, tag, revision) to a :class:`Revision`, fetching
   what it needs first;
@@ -8,6 +9,8 @@ A source is made for one project (``Source(opts, project, url)``) and does two t
   metadata), with every path inside that folder.
 
 The pillar's ``vcs`` key picks the module (``git`` by default); :func:`get` maps it.
+To add a VCS: a module here with a :class:`Source` subclass named ``SOURCE``, its name in
+:data:`KINDS`, and its import at the end of this file.
 Errors are :class:`deploy_master.DeployError` with a message that starts with the VCS name.
 """
 
@@ -36,8 +39,9 @@ class Source:
 
     kind = None
 
-    def __init__(self, opts, project, url):
-        self.opts, self.project, self.url = opts, project, url
+    def __init__(self, opts, project, conf):
+        self.opts, self.project, self.conf = opts, project, conf
+        self.url = conf["repo"]
 
     def resolve(self, ref):
         """The :class:`Revision` ``ref`` names now; DeployError if it names none."""

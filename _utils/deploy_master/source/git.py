@@ -27,8 +27,8 @@ class GitSource(Source):
 
     kind = "git"
 
-    def __init__(self, opts, project, url):
-        super().__init__(opts, project, url)
+    def __init__(self, opts, project, conf):
+        super().__init__(opts, project, conf)
         self.path = os.path.join(config.state_dir(opts, "git"), f"{project}.git")
         self.repo = None
 
