@@ -1,8 +1,8 @@
 """The runner's flow (_runners/deploy.py): the emergency rollback's decisions (``_emergency``) against simulated nodes.
 
 Pure logic: the runner's own ``_emergency``, ``_switch`` and ``_undo`` run unchanged; only the
-Salt call is replaced by nodes simulated in memory (and the store by one that keeps nothing), which refuse a switch whose ``expect``
-differs from their fingerprint (the node module's own ``_fingerprint``) just as the real module
+Salt call is replaced by nodes simulated in memory (and the store by one that keeps nothing),
+which refuse a switch whose ``expect`` differs from their fingerprint (the node module's own ``_fingerprint``) just as the real module
 does.  The real thing on daemons is in tests/integration/test_rollback.py; here every branch,
 including a node that changes again during the retry, is checked for the one invariant that
 matters: never a split env.
@@ -180,3 +180,20 @@ def test_to_is_honoured_from_the_record(to, expected):
     out = _run(c, _record(c), to=to)
     assert out["to"] == expected and out["target_from"] == "record"
     assert set(c.currents().values()) == {expected}
+
+
+def test_the_runner_loads_without_gitpython_and_only_a_git_build_needs_it(tmp_path):
+    probe = r"""
+import sys
+sys.modules["git"] = None  # gitpython not installed
+from saltext_deploy._runners import deploy as runner
+assert runner.__virtual__() == "deploy"
+from deploy_master import DeployError, source
+try:
+    source.get("git")({"cachedir": sys.argv[1]}, "rainbow", {"repo": "/srv/git/rainbow.git"}).resolve("master")
+except DeployError as exc:
+    print(exc)
+"""
+    out = __import__("subprocess").run([__import__("sys").executable, "-c", probe, str(tmp_path)],
+                                       capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "git: the master needs gitpython (salt-pip install gitpython)"
