@@ -397,6 +397,9 @@ class Sandbox:
                 "publish_port": self.ports["publish"],
                 "pki_dir": f"{b}/var/{mid}/pki",
                 "cachedir": f"{b}/var/{mid}/cache",
+                # every path Salt derives from root_dir is the minion's own: a shared default
+                # (extmods) made minions race to create it at start
+                "extension_modules": f"{b}/var/{mid}/extmods",
                 "sock_dir": f"{b}/run/{mid}",
                 "pidfile": self.pidfile(mid),
                 "log_file": f"{b}/logs/{mid}.log",
