@@ -605,8 +605,9 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
 
     Fetches the artifact (``salt://`` from the master's fileserver), verifies its
     sha256, unpacks it into a temporary directory beside the releases, links the
-    ``shared`` paths, renders the ``config`` templates with this node's pillar and
-    grains, writes the per-node ``files``, hands everything to the project's
+    ``shared`` paths, renders the ``config`` templates in Jinja's sandbox with the pillar
+    keys and grains the project declares (``template_pillar``, ``template_grains``),
+    writes the per-node ``files``, hands everything to the project's
     ``user``/``group`` and renames the directory into ``<root>/releases/<release>``.
     Nothing is left behind on failure.  If the release is already prepared with the
     same checksum nothing is done.
@@ -911,7 +912,8 @@ def restart(project):
     - ``{service: NAME, action: reload}``: Salt's service module (start/stop/restart/reload)
     - ``{cmd: 'COMMAND'}``: a shell command run as the project's ``user``, in ``current``,
       with ``DEPLOY_ROOT``/``DEPLOY_CURRENT`` in its environment
-    - ``{clear: [DIR, ...]}``: directories emptied but kept (Tomcat ``work``/``temp``)
+    - ``{clear: [DIR, ...]}``: directories emptied but kept (Tomcat ``work``/``temp``); a
+      symlink another user could change, at the path, above it or inside it, is never followed
 
     project
         Project name.
@@ -1037,6 +1039,8 @@ def check(project):
     a check passes when the status matches and the body contains ``contains``.  In
     ``contains``, ``{release}`` stands for the release ``current`` points to, so a check
     can prove the node serves the new code (not a stale OPcache or JSP cache).
+    ``timeout`` bounds each attempt as a whole; redirects are followed on the same scheme,
+    host and port only.
 
     project
         Project name.
