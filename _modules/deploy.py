@@ -56,6 +56,7 @@ OUTPUT_TAIL = 400
 TEMPLATE_GRAINS = ("id", "host", "nodename", "fqdn", "domain", "os", "os_family", "osrelease", "oscodename",
                    "num_cpus", "mem_total", "ipv4", "ipv6")
 MAX_REDIRECTS = 5
+BACKOFF_FIRST = 0.05  # seconds before a check's second attempt; doubled after each one, up to its delay
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -999,6 +1000,15 @@ def _get(url, headers, timeout, expected):
 
 
 def _one_check(check, release=None):
+    """
+    Run one check: the first attempt at once, then again after 50 ms, 100 ms, 200 ms … (at most
+    ``delay`` apart) while the check's window lasts, and at least ``retries`` attempts in all.
+
+    The window (``deadline``, seconds from the first attempt) defaults to ``(retries - 1) * delay``:
+    the time the earlier fixed-delay retries spanned, so a failing check still fails about as soon
+    as before, and a passing one passes as soon as the service answers.  Each attempt is bounded by
+    ``timeout`` as a whole.
+    """
     url = check.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return {"url": url, "ok": False, "error": "check needs an http(s) url"}
@@ -1008,11 +1018,15 @@ def _one_check(check, release=None):
         # "{release}" checks that the node serves the release just switched to, not a cached one
         contains = str(contains).replace("{release}", release)
     retries = max(int(check.get("retries", 3)), 1)
-    delay = float(check.get("delay", 1))
+    delay = max(float(check.get("delay", 1)), 0.0)
     timeout = float(check.get("timeout", 5))
+    window = float(check.get("deadline", (retries - 1) * delay))
+    cap = max(delay, BACKOFF_FIRST)
     headers = {str(k): str(v) for k, v in (check.get("headers") or {}).items()}
     result = {"url": url, "expected": expected, "ok": False}
-    for attempt in range(1, retries + 1):
+    started, pause, attempt = time.monotonic(), BACKOFF_FIRST, 0
+    while True:
+        attempt += 1
         status, body, error = _get(url, headers, timeout, expected)
         result.update({"status": status, "attempts": attempt})
         if error is None and status == expected and (not contains or contains.encode() in body):
@@ -1025,8 +1039,15 @@ def _one_check(check, release=None):
             result["error"] = f"status {status}, expected {expected}"
         else:
             result["error"] = f"response does not contain {contains!r}"
-        if attempt < retries:
-            time.sleep(delay)
+        left = window - (time.monotonic() - started)
+        if attempt >= retries and left <= 0:
+            break
+        wait = min(pause, cap)
+        if attempt >= retries:
+            wait = min(wait, left)  # the last attempt at the window's end, not after it
+        time.sleep(wait)
+        pause *= 2
+    result["seconds"] = round(time.monotonic() - started, 3)
     return result
 
 
@@ -1035,7 +1056,9 @@ def check(project):
     Run the project's smoke checks from this node (key pages, API, admin).
 
     Each check (pillar ``deploy:projects:<project>:checks``) is
-    ``{url: ..., status: 200, contains: TEXT, retries: 3, delay: 1, timeout: 5, headers: {}}``;
+    ``{url: ..., status: 200, contains: TEXT, retries: 3, delay: 1, timeout: 5, headers: {}}``
+    (``deadline`` optional): attempts start at once and back off from 50 ms, doubling up to
+    ``delay``, for ``deadline`` seconds (default ``(retries - 1) * delay``), at least ``retries`` times;
     a check passes when the status matches and the body contains ``contains``.  In
     ``contains``, ``{release}`` stands for the release ``current`` points to, so a check
     can prove the node serves the new code (not a stale OPcache or JSP cache).
