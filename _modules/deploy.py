@@ -17,23 +17,29 @@ good release.  Everything it needs about the project comes from the node's pilla
 :depends: jinja2 (ships with Salt)
 """
 
+import copy
 import datetime
+import errno
 import grp
 import hashlib
+import http.client
 import json
 import logging
 import os
 import pwd
 import re
 import shutil
+import socket
+import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 import jinja2
+import jinja2.sandbox
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,12 @@ STATUSES = ("prepared", "good", "bad")
 RESTART_ACTIONS = ("start", "stop", "restart", "reload")
 STALE_TMP_SECONDS = 600
 OUTPUT_TAIL = 400
+# what a config template sees of the grains unless the project lists its own (template_grains)
+TEMPLATE_GRAINS = ("id", "host", "nodename", "fqdn", "domain", "os", "os_family", "osrelease", "oscodename",
+                   "num_cpus", "mem_total", "ipv4", "ipv6")
+MAX_REDIRECTS = 5
+BACKOFF_FIRST = 0.05  # seconds before a check's second attempt; doubled after each one, up to its delay
+REDIRECTS = (301, 302, 303, 307, 308)
 
 
 def __virtual__():
@@ -115,14 +127,67 @@ def _fresh_pillar():
 
 
 def _paths(conf):
+    """The project's paths on this node, after refusing a layout root does not control alone."""
     root = conf["root"]
-    return {
+    paths = {
         "root": root,
         "releases": os.path.join(root, "releases"),
         "shared": os.path.join(root, "shared"),
         "meta": os.path.join(root, "meta"),
         "current": os.path.join(root, "current"),
     }
+    _check_layout(paths)
+    return paths
+
+
+def _root_only(st, sticky_ok=False):
+    """Why a folder (its lstat) can be changed by someone other than root, or None."""
+    if st.st_uid != 0:
+        return f"is owned by uid {st.st_uid}", "chown root:root"
+    sticky = sticky_ok and st.st_mode & stat.S_ISVTX
+    if st.st_mode & 0o002 and not sticky:
+        return f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})", "chmod go-w"
+    if st.st_mode & 0o020 and st.st_gid != 0 and not sticky:
+        return f"is writable by group {st.st_gid} (mode {stat.S_IMODE(st.st_mode):04o})", "chmod go-w"
+    return None
+
+
+def _check_layout(paths):
+    """
+    Refuse a project whose root, releases/, meta/ or a folder above the root is a symlink or can
+    be changed by anyone but root: whoever can swap releases/ or meta/ (forged metadata, a
+    releases/ link) makes root serve, chown or delete what they want.  Folders not created yet
+    are skipped (prepare creates them root-owned).  A root-owned sticky folder above the root
+    (like /tmp, mode 1777) is accepted: nobody else can rename or remove what root made in it.
+    """
+    root = paths["root"]
+    checks = [(a, True) for a in _ancestors(root)] + [(root, False), (paths["releases"], False), (paths["meta"], False)]
+    for path, is_ancestor in checks:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if is_ancestor or path == root:
+                break  # nothing below a missing folder exists yet
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            fix = (f"give the real path of the project root in pillar (deploy:projects:<project>:root)"
+                   if is_ancestor or path == root else "make it a real directory owned by root, mode 0755")
+            raise CommandExecutionError(f"{path} is a symlink: refusing the project layout; {fix}")
+        if not stat.S_ISDIR(st.st_mode):
+            raise CommandExecutionError(f"{path} is not a directory: refusing the project layout")
+        why = _root_only(st, sticky_ok=is_ancestor)
+        if why:
+            raise CommandExecutionError(
+                f"{path} {why[0]}: the project root, releases/, meta/ and every folder above them must be "
+                f"writable by root only, or another user could swap releases or metadata and make root act "
+                f"on them; fix it with: {why[1]} {path} (salt/deploy/init.sls lays the root out right)"
+            )
+
+
+def _ancestors(path):
+    """'/a/b/c' -> ['/', '/a', '/a/b']."""
+    parts = [p for p in path.split("/") if p]
+    return ["/" + "/".join(parts[:i]) for i in range(len(parts))]
 
 
 def _ids(conf):
@@ -286,15 +351,51 @@ def _inside(base, relpath, what):
     return full
 
 
+def _make_shared(paths, rel, uid, gid):
+    """
+    Create ``shared/<rel>`` if missing, each new folder handed to the project user.
+
+    shared/ belongs to the project user, so it is walked with ``openat``/``O_NOFOLLOW``: a
+    symlink there is refused, never followed, and only a folder this call has just made (still
+    empty and root's) is chowned, through its descriptor.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(paths["shared"], flags)  # its parent, the root, is root's only (_check_layout)
+    done = ["shared"]
+    try:
+        for name in rel.split("/"):
+            done.append(name)
+            try:
+                os.mkdir(name, 0o755, dir_fd=fd)
+                created = True
+            except FileExistsError:
+                created = False
+            try:
+                sub = os.open(name, flags, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise CommandExecutionError(
+                        f"shared path {rel!r}: {'/'.join(done)} is a symlink or not a directory: the project "
+                        "user can write shared/, so root never follows a link there; make it a real directory"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = sub
+            if created:
+                st = os.fstat(fd)
+                if st.st_uid == 0 and st.st_nlink == 2:  # still the empty folder made above
+                    os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+
+
 def _link_shared(conf, paths, tmp, uid, gid):
     for rel in conf.get("shared") or []:
         _check_relpath(rel, "shared path")
         if os.path.dirname(rel):  # 'storage/logs' under a shared 'storage' is the shared dir itself: never rmtree it
             _inside(tmp, os.path.dirname(rel), f"shared path {rel!r}: its parent")
+        _make_shared(paths, rel, uid, gid)
         target = os.path.join(paths["shared"], rel)
-        if not os.path.isdir(target):
-            os.makedirs(target, exist_ok=True)
-            _chown_tree(target, uid, gid)
         link = os.path.join(tmp, rel)
         if os.path.lexists(link):
             if os.path.isdir(link) and not os.path.islink(link):
@@ -345,26 +446,109 @@ def _template_source(spec, dest, tmp):
         return fh.read()
 
 
+def _declared(conf, key, default):
+    """A project's list of pillar or grains keys its templates may read (``a:b:c`` for nested keys)."""
+    value = conf.get(key, default)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(k, str) and k and ".." not in k for k in value):
+        raise CommandExecutionError(
+            f"project {conf.get('name')!r}: {key} must be a list of keys, e.g. [{conf.get('name')}_secrets, 'a:b']"
+        )
+    return value
+
+
+def _subset(data, keys):
+    """Only the declared keys of ``data`` (pillar or grains), nested as in ``data``.
+
+    The folders on the way to a declared key are there even when the key itself is missing, so
+    that ``{{ pillar.a.b.c | default('x') }}`` works for a declared ``a:b:c``.
+    """
+    out = {}
+    for key in keys:
+        parts = key.split(":")
+        src, dst = data, out
+        for i, part in enumerate(parts):
+            if not isinstance(src, dict) or part not in src or not isinstance(dst, dict):
+                break
+            if i == len(parts) - 1:
+                dst[part] = copy.deepcopy(src[part])
+            else:
+                src = src[part]
+                dst = dst.setdefault(part, {})
+    return out
+
+
+class _TemplateEnvironment(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Jinja's sandbox: no attribute starting with '_', no mutation of the data, and no
+    product of a string or list of more than 1 MB (``'x' * 10**10`` would fill the node's memory)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise jinja2.sandbox.SecurityError("power too large")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > 1 << 20:
+                    raise jinja2.sandbox.SecurityError("result too large")
+        return super().call_binop(context, operator, left, right)
+
+
+def _template_line(exc):
+    """The template line an exception was raised on (Jinja rewrites the traceback), or None."""
+    line = getattr(exc, "lineno", None)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+_TEMPLATE_HINTS = {
+    "UndefinedError": "an undefined variable, or pillar or grains the project does not list in "
+                      "template_pillar / template_grains",
+    "SecurityError": "the sandbox refused it (attributes starting with '_', changing data, huge results)",
+    "TemplateSyntaxError": "syntax error",
+}
+
+
+def _render(env, dest, source, context):
+    """Render one template; a failure names the file, the line and the exception type, never a value."""
+    failure = None
+    try:
+        return env.from_string(source).render(context)
+    except Exception as exc:  # pylint: disable=broad-except
+        kind = type(exc).__name__
+        line = _template_line(exc)
+        hint = _TEMPLATE_HINTS.get(kind)
+        failure = (f"config {dest}: template error at line {line if line else '?'}: {kind}"
+                   f"{f' ({hint})' if hint else ''}; values are never shown")
+        del exc  # its traceback holds the template's context
+    raise CommandExecutionError(failure)  # outside the handler: no chained exception carries a value
+
+
 def _render_config(conf, pillar, tmp, release, uid, gid):
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    """Render the ``config`` templates in Jinja's sandbox, with only what the project declares.
+
+    A template sees ``pillar`` (the keys listed in ``template_pillar``), ``grains`` (those in
+    ``template_grains``, default :data:`TEMPLATE_GRAINS`), ``project``, ``release`` and ``root``.
+    """
+    configs = conf.get("config") or {}
+    if not configs:
+        return
+    grains = __grains__.value() if hasattr(__grains__, "value") else dict(__grains__)
+    env = _TemplateEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     context = {
-        "pillar": pillar,
-        "grains": __grains__.value() if hasattr(__grains__, "value") else dict(__grains__),
+        "pillar": _subset(pillar, _declared(conf, "template_pillar", [])),
+        "grains": _subset(grains, _declared(conf, "template_grains", TEMPLATE_GRAINS)),
         "project": conf.get("name"),
         "release": release,
         "root": conf["root"],
     }
-    for dest, spec in (conf.get("config") or {}).items():
+    for dest, spec in configs.items():
         path = _inside(tmp, dest, "config file")
         source = _template_source(spec, dest, tmp)
-        try:
-            text = env.from_string(source).render(context)
-        except jinja2.UndefinedError as exc:
-            raise CommandExecutionError(
-                f"config {dest}: undefined template variable: {exc.message}"
-            ) from None
-        except jinja2.TemplateError as exc:
-            raise CommandExecutionError(f"config {dest}: template error: {exc.message}") from None
+        text = _render(env, dest, source, context)
         _write_file(path, text, _mode(spec.get("mode"), 0o640, f"config {dest}"), uid, gid)
 
 
@@ -422,8 +606,9 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
 
     Fetches the artifact (``salt://`` from the master's fileserver), verifies its
     sha256, unpacks it into a temporary directory beside the releases, links the
-    ``shared`` paths, renders the ``config`` templates with this node's pillar and
-    grains, writes the per-node ``files``, hands everything to the project's
+    ``shared`` paths, renders the ``config`` templates in Jinja's sandbox with the pillar
+    keys and grains the project declares (``template_pillar``, ``template_grains``),
+    writes the per-node ``files``, hands everything to the project's
     ``user``/``group`` and renames the directory into ``<root>/releases/<release>``.
     Nothing is left behind on failure.  If the release is already prepared with the
     same checksum nothing is done.
@@ -598,20 +783,82 @@ def _run_cmd(command, conf, paths, timeout):
     return proc.returncode, (proc.stderr or proc.stdout or "")[-OUTPUT_TAIL:]
 
 
+def _trusted_link(dir_st, link_st):
+    """A symlink only root can change: root's own, in a folder only root may write (or sticky)."""
+    return link_st.st_uid == 0 and _root_only(dir_st, sticky_ok=True) is None
+
+
+def _open_real_dir(path, what):
+    """
+    Open the directory ``path`` without following a symlink anyone but root could change.
+
+    Walks from '/' one name at a time (``openat`` with ``O_NOFOLLOW``): a symlink is followed
+    only if root owns it and its folder (see :func:`_trusted_link`), any other one is refused.
+    Returns (fd, real path).  FileNotFoundError if a part is missing.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    todo, hops = os.path.normpath(path), 0
+    while True:
+        fd, real = os.open("/", flags), []
+        try:
+            parts = [p for p in todo.split("/") if p]
+            for i, name in enumerate(parts):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                here = "/" + "/".join(real + [name])
+                if stat.S_ISLNK(st.st_mode):
+                    if not _trusted_link(os.fstat(fd), st):
+                        raise CommandExecutionError(
+                            f"{what}: {here} is a symlink that a user other than root can change: "
+                            "refusing to follow it"
+                        )
+                    target = os.readlink(name, dir_fd=fd)
+                    base = "/" if target.startswith("/") else "/" + "/".join(real)
+                    todo = os.path.normpath(os.path.join(base, target, *parts[i + 1:]))
+                    break
+                if not stat.S_ISDIR(st.st_mode):
+                    raise CommandExecutionError(f"{what}: {here} is not a directory")
+                try:
+                    sub = os.open(name, flags, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a link since the stat
+                        raise CommandExecutionError(f"{what}: {here} changed while it was opened: refused") from None
+                    raise
+                os.close(fd)
+                fd = sub
+                real.append(name)
+            else:
+                return fd, "/" + "/".join(real)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        hops += 1
+        if hops > 40:
+            raise CommandExecutionError(f"{what}: too many symlinks")
+
+
 def _clear_dir(path):
-    if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) == "/":
+    """Empty a directory, keep it.  Never leaves the real directory it was given: no symlink an
+    ordinary user controls is followed, on the way or inside (removal is relative to open fds)."""
+    if not isinstance(path, str) or not os.path.isabs(path):
         raise CommandExecutionError(f"clear: {path!r} must be an absolute directory other than '/'")
-    if not os.path.isdir(path):
+    try:
+        fd, real = _open_real_dir(path, f"clear {path}")
+    except FileNotFoundError:
         return 0
-    count = 0
-    for name in os.listdir(path):
-        full = os.path.join(path, name)
-        if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full)
-        else:
-            os.unlink(full)
-        count += 1
-    return count
+    try:
+        if real == "/":
+            raise CommandExecutionError(f"clear: {path!r} must be an absolute directory other than '/' (it is '/')")
+        count = 0
+        for name in os.listdir(fd):
+            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                shutil.rmtree(name, dir_fd=fd)  # fd-based, refuses symlinks (shutil.rmtree.avoids_symlink_attacks)
+            else:
+                os.unlink(name, dir_fd=fd)
+            count += 1
+        return count
+    finally:
+        os.close(fd)
 
 
 def _restart_steps(conf, paths):
@@ -666,7 +913,8 @@ def restart(project):
     - ``{service: NAME, action: reload}``: Salt's service module (start/stop/restart/reload)
     - ``{cmd: 'COMMAND'}``: a shell command run as the project's ``user``, in ``current``,
       with ``DEPLOY_ROOT``/``DEPLOY_CURRENT`` in its environment
-    - ``{clear: [DIR, ...]}``: directories emptied but kept (Tomcat ``work``/``temp``)
+    - ``{clear: [DIR, ...]}``: directories emptied but kept (Tomcat ``work``/``temp``); a
+      symlink another user could change, at the path, above it or inside it, is never followed
 
     project
         Project name.
@@ -685,7 +933,82 @@ def restart(project):
     return {"result": result, "steps": steps}
 
 
+def _origin(url):
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _get(url, headers, timeout, expected):
+    """
+    One check attempt: GET ``url`` and read up to 1 MiB of the answer, all within ``timeout``
+    seconds (a watchdog shuts the socket down at the deadline, so a slow-drip answer cannot
+    hold the check longer).  Redirects are followed on the same scheme, host and port only
+    (the check's headers may carry credentials), unless the check expects the redirect itself.
+
+    Returns (status, body, error).
+    """
+    deadline = time.monotonic() + timeout
+    origin = _origin(url)
+    status, body = None, b""
+    for _ in range(MAX_REDIRECTS + 1):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, b"", f"timed out after {timeout:g}s"
+        parts = urllib.parse.urlsplit(url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname, parts.port, timeout=left)
+        expired, socks = threading.Event(), []
+
+        def _expire(expired=expired, socks=socks):
+            expired.set()
+            for sock in socks:  # the response keeps reading from it after conn lets go of it
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(left, _expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.connect()  # bounded by timeout=left
+            socks.append(conn.sock)
+            if expired.is_set():
+                raise TimeoutError
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.request("GET", target, headers=headers)
+            resp = conn.getresponse()
+            status, body = resp.status, resp.read(1 << 20)
+            location = resp.getheader("Location")
+        except (http.client.HTTPException, OSError, ValueError) as exc:
+            if expired.is_set() or isinstance(exc, TimeoutError):
+                return None, b"", f"timed out after {timeout:g}s"
+            return None, b"", str(exc) or type(exc).__name__
+        finally:
+            watchdog.cancel()
+            conn.close()
+        if expired.is_set():
+            return None, b"", f"timed out after {timeout:g}s"
+        if status not in REDIRECTS or status == expected or not location:
+            return status, body, None
+        url = urllib.parse.urljoin(url, location)
+        if _origin(url) != origin:
+            scheme, host, port = _origin(url)
+            return status, body, (f"status {status}: redirect to another host ({scheme}://{host}:{port}) refused; "
+                                  "checks follow redirects on the same scheme, host and port only")
+    return status, body, f"status {status}: more than {MAX_REDIRECTS} redirects"
+
+
 def _one_check(check, release=None):
+    """
+    Run one check: the first attempt at once, then again after 50 ms, 100 ms, 200 ms … (at most
+    ``delay`` apart) while the check's window lasts, and at least ``retries`` attempts in all.
+
+    The window (``deadline``, seconds from the first attempt) defaults to ``(retries - 1) * delay``:
+    the time the earlier fixed-delay retries spanned, so a failing check still fails about as soon
+    as before, and a passing one passes as soon as the service answers.  Each attempt is bounded by
+    ``timeout`` as a whole.
+    """
     url = check.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return {"url": url, "ok": False, "error": "check needs an http(s) url"}
@@ -695,33 +1018,36 @@ def _one_check(check, release=None):
         # "{release}" checks that the node serves the release just switched to, not a cached one
         contains = str(contains).replace("{release}", release)
     retries = max(int(check.get("retries", 3)), 1)
-    delay = float(check.get("delay", 1))
+    delay = max(float(check.get("delay", 1)), 0.0)
     timeout = float(check.get("timeout", 5))
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    window = float(check.get("deadline", (retries - 1) * delay))
+    cap = max(delay, BACKOFF_FIRST)
+    headers = {str(k): str(v) for k, v in (check.get("headers") or {}).items()}
     result = {"url": url, "expected": expected, "ok": False}
-    for attempt in range(1, retries + 1):
-        request = urllib.request.Request(url, headers=check.get("headers") or {})
-        try:
-            with opener.open(request, timeout=timeout) as resp:
-                status, body = resp.status, resp.read(1 << 20)
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read(1 << 20)
-        except (urllib.error.URLError, OSError) as exc:
-            status, body = None, b""
-            result["error"] = str(getattr(exc, "reason", exc))
+    started, pause, attempt = time.monotonic(), BACKOFF_FIRST, 0
+    while True:
+        attempt += 1
+        status, body, error = _get(url, headers, timeout, expected)
         result.update({"status": status, "attempts": attempt})
-        if status == expected and (not contains or contains.encode() in body):
+        if error is None and status == expected and (not contains or contains.encode() in body):
             result["ok"] = True
             result.pop("error", None)
             break
-        if status is not None:
-            result["error"] = (
-                f"status {status}, expected {expected}"
-                if status != expected
-                else f"response does not contain {contains!r}"
-            )
-        if attempt < retries:
-            time.sleep(delay)
+        if error is not None:
+            result["error"] = error
+        elif status != expected:
+            result["error"] = f"status {status}, expected {expected}"
+        else:
+            result["error"] = f"response does not contain {contains!r}"
+        left = window - (time.monotonic() - started)
+        if attempt >= retries and left <= 0:
+            break
+        wait = min(pause, cap)
+        if attempt >= retries:
+            wait = min(wait, left)  # the last attempt at the window's end, not after it
+        time.sleep(wait)
+        pause *= 2
+    result["seconds"] = round(time.monotonic() - started, 3)
     return result
 
 
@@ -730,10 +1056,14 @@ def check(project):
     Run the project's smoke checks from this node (key pages, API, admin).
 
     Each check (pillar ``deploy:projects:<project>:checks``) is
-    ``{url: ..., status: 200, contains: TEXT, retries: 3, delay: 1, timeout: 5, headers: {}}``;
+    ``{url: ..., status: 200, contains: TEXT, retries: 3, delay: 1, timeout: 5, headers: {}}``
+    (``deadline`` optional): attempts start at once and back off from 50 ms, doubling up to
+    ``delay``, for ``deadline`` seconds (default ``(retries - 1) * delay``), at least ``retries`` times;
     a check passes when the status matches and the body contains ``contains``.  In
     ``contains``, ``{release}`` stands for the release ``current`` points to, so a check
     can prove the node serves the new code (not a stale OPcache or JSP cache).
+    ``timeout`` bounds each attempt as a whole; redirects are followed on the same scheme,
+    host and port only.
 
     project
         Project name.

@@ -29,7 +29,9 @@ import logging
 import os
 import re
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 
 from salt.exceptions import CommandExecutionError
@@ -228,6 +230,7 @@ class _Nginx:
         raise CommandExecutionError(f"nginx driver: no 'server {self.addrs[server]}' line in {self.file}")
 
     def states(self, servers):
+        self._check_owner()
         lines = self._read()
         result = {}
         for server in servers:
@@ -254,14 +257,61 @@ class _Nginx:
             self._write(original)  # nginx still runs the old configuration: keep the file saying so
             raise CommandExecutionError(f"nginx reload failed, upstream file restored: {reload.stderr.strip()[-300:]}")
 
+    def _check_owner(self):
+        """
+        Refuse an upstream file that anyone but root could change, or whose folder (or a folder
+        above it) anyone but root could write: root rewrites the file, and a user who can write
+        the folder could plant links or files there for root to write through or hand over.
+        The same rule as the project root (deploy module); a root-owned sticky folder above the
+        file's folder (like /tmp) is accepted.
+        """
+        folder = os.path.dirname(self.file)
+        parts = [p for p in folder.split("/") if p]
+        checks = [("/" + "/".join(parts[:i]), "a folder above it", True) for i in range(len(parts))]
+        checks += [(folder, "its folder", False), (self.file, "the file", False)]
+        for path, what, sticky_ok in checks:
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise CommandExecutionError(f"nginx driver: cannot read {path}: {exc.strerror}") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise CommandExecutionError(
+                    f"nginx driver: lb:upstream_file {self.file}: {what} {path} is a symlink; give the real path"
+                )
+            sticky = sticky_ok and st.st_mode & stat.S_ISVTX
+            if st.st_uid != 0:
+                why = f"is owned by uid {st.st_uid}, not root"
+            elif st.st_mode & 0o002 and not sticky:
+                why = f"is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+            elif st.st_mode & 0o020 and st.st_gid != 0 and not sticky:
+                why = f"is writable by group {st.st_gid} (mode {stat.S_IMODE(st.st_mode):04o})"
+            else:
+                continue
+            raise CommandExecutionError(
+                f"nginx driver: lb:upstream_file {self.file}: {what} {path} {why}; root rewrites this file, so "
+                f"it and its folder must be root's only (chown root:root {path}; chmod go-w {path})"
+            )
+
     def _write(self, text):
-        tmp = f"{self.file}.deploy-tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        """Replace the upstream file: a fresh temp file (mkstemp) in its folder, owner and mode
+        set on the descriptor, renamed over the file."""
+        self._check_owner()
         st = os.stat(self.file)
-        os.chown(tmp, st.st_uid, st.st_gid)
-        os.chmod(tmp, st.st_mode & 0o777)
-        os.replace(tmp, self.file)
+        fd, tmp = tempfile.mkstemp(prefix=".deploy-", dir=os.path.dirname(self.file))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                os.fchown(fh.fileno(), st.st_uid, st.st_gid)
+                os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode))
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.file)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
 
     def take_out(self, servers, wait):
         """mark down, nginx -t, graceful reload (in-flight requests finish on the old workers)."""

@@ -192,6 +192,24 @@ def _tail(path, lines=15):
         return "(no log)\n"
 
 
+def _not_root_only(path):
+    """The first folder on the way to ``path`` (itself included) that is a symlink or that someone
+    other than root can change (a root-owned sticky folder such as /tmp is fine), or None.
+    The deploy module refuses a project root below such a folder (README, "Trust model")."""
+    parts = [p for p in os.path.abspath(path).split("/") if p]
+    for i in range(len(parts) + 1):
+        d = "/" + "/".join(parts[:i])
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            break
+        sticky = st.st_mode & stat.S_ISVTX and d != os.path.abspath(path)
+        if (stat.S_ISLNK(st.st_mode) or st.st_uid != 0 or (st.st_mode & 0o002 and not sticky)
+                or (st.st_mode & 0o020 and st.st_gid != 0 and not sticky)):
+            return d
+    return None
+
+
 def _reachable_by(user, path):
     """The first directory on the way to ``path`` that ``user`` cannot enter, or None."""
     pw = pwd.getpwnam(user)
@@ -334,6 +352,11 @@ class Sandbox:
         problems = missing_requirements()
         if problems:
             raise SandboxError("this machine cannot run the sandbox yet:\n  " + "\n  ".join(problems))
+        unsafe = _not_root_only(self.path) if os.geteuid() == 0 else None
+        if unsafe:
+            raise SandboxError(
+                f"{unsafe} is a symlink or can be changed by someone other than root: the deploy module refuses "
+                f"project roots below it (README, \"Trust model\"): choose another folder, e.g. --path /tmp/sandbox")
         blocked = _reachable_by(USER, os.path.dirname(self.path))
         if blocked:
             raise SandboxError(

@@ -77,7 +77,7 @@ def default_envs(preprod="pre-1", project="rainbow", gray="G@region:east", batch
 
 
 def project_pillar(repo, lb: dict, envs: dict | None = None, user=USER, group=None,
-                   root="/data/www/rainbow", overrides: dict | None = None, **extra) -> dict:
+                   root="/data/www/rainbow", overrides: dict | None = None, project="rainbow", **extra) -> dict:
     """The project definition (``deploy:projects:<project>``), as in pillar/deploy/rainbow.sls.
 
     repo
@@ -88,6 +88,10 @@ def project_pillar(repo, lb: dict, envs: dict | None = None, user=USER, group=No
         ``{env: {...}}``; default :func:`default_envs`.
     root
         default project root; a sandbox's nodes override it in their own pillar.
+    project
+        the project's name: its config template (sandbox/apps/php/config/app.ini.example) reads
+        ``<project>_secrets`` and ``deploy:projects:<project>:greeting``, which it declares in
+        ``template_pillar`` (a template sees nothing else of the pillar).
     extra
         deep-merged on top (e.g. ``keep_releases=5``, ``greeting='hi'``).
     overrides
@@ -103,6 +107,7 @@ def project_pillar(repo, lb: dict, envs: dict | None = None, user=USER, group=No
         "build": [],
         "shared": ["storage/logs", "public/uploads"],
         "config": {"config/app.ini": {"source": "config/app.ini.example", "mode": "0640"}},
+        "template_pillar": [f"{project}_secrets", f"deploy:projects:{project}:greeting"],
         "files": {},
         "lb": dict(lb),
         "envs": copy.deepcopy(envs) if envs is not None else default_envs(),

@@ -1060,6 +1060,10 @@ class NginxLB(_Service):
     per server, ``    server 127.0.1.1:8080;  # web-1``; the deploy system edits
     that file (comment out / mark ``down``), runs :meth:`nginx_test_command` and
     :meth:`reload_command`.  Responses carry ``X-Upstream-Addr``.
+
+    The upstream file is root's, in a root-owned folder beside the workdir
+    (``<workdir>-upstream/``): the deploy module (root) rewrites it and refuses a file or
+    folder anyone else could change.  nginx (the service user) only reads it.
     """
 
     kind = "nginx-lb"
@@ -1078,9 +1082,11 @@ class NginxLB(_Service):
         self.host, self.port = host, port
         self.url = "http://%s:%d/" % (host, port)
         self.conf_file = os.path.join(self.workdir, "nginx.conf")
-        self.upstream_file = os.path.join(self.workdir, "upstream-%s.conf" % upstream)
+        self.upstream_dir = self.workdir + "-upstream"
+        self.upstream_file = os.path.join(self.upstream_dir, "upstream-%s.conf" % upstream)
         self.pid_file = os.path.join(self.workdir, "nginx.pid")
         self._mkdir(self.workdir)
+        self._mkdir(self.upstream_dir, owned=False)
         self.write_upstream()  # a new object starts from its own server list
         self.write_config()
 
@@ -1094,7 +1100,7 @@ class NginxLB(_Service):
         return "upstream %s {\n%s\n}\n" % (self.upstream, body)
 
     def write_upstream(self, servers=None):
-        self._write(self.upstream_file, self.upstream_text(servers))
+        self._write(self.upstream_file, self.upstream_text(servers), owned=False)
 
     def write_config(self):
         self._mkdir(self.workdir)

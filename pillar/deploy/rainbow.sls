@@ -10,6 +10,9 @@ deploy:
       shared: [storage/logs, public/uploads]
       config:                         # rendered per node into each release (real config stays out of git)
         config/app.ini: {source: config/app.ini.example, mode: '0640'}
+      # What the config templates may read (they render in Jinja's sandbox and see nothing else):
+      # pillar keys, 'a:b:c' for a nested one. Grains: template_grains (default: id, host, fqdn, os, ipv4, ...).
+      template_pillar: [rainbow_secrets]
       files: {}                       # extra per-node files, see deploy/rainbow_job.sls
       restart:                        # after the switch, in order
         # PHP-FPM reload (a graceful restart of the workers) drops OPcache and the

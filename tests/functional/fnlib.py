@@ -98,6 +98,7 @@ class Project:
             "files": {"config/crontab.xml": {"contents": "<crontab/>\n", "mode": "0644"}},
             "restart": [],
             "checks": [],
+            "template_pillar": ["rainbow_secrets"],  # what the config templates may read
         }
         self.extra_pillar = {"rainbow_secrets": {"sms_key": SECRET}}
         self.write_pillar()

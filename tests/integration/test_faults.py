@@ -1035,3 +1035,36 @@ def test_secrets_never_leak(fresh, event_listener):
             assert path.startswith(os.path.join(root, "releases") + "/") and "/config/" in path, path
             assert st.st_mode & 0o137 == 0, (path, oct(st.st_mode))
             assert st.st_uid == www, path
+
+
+def test_secrets_never_leak_from_a_failing_template(fresh, event_listener):
+    """Issue 10 item 7: a committed template that fails on a secret's value (as a dict key) makes
+    prepare fail on every node; the secret is in no output, event, history record or log."""
+    c = fresh
+    started = time.time()
+    original = subprocess.run(["git", "--git-dir", c.repo, "show", "master:config/app.ini.example"],
+                              capture_output=True, text=True, check=True).stdout
+    leaky = "; leaks\nx = {{ {}[pillar.rainbow_secrets.sms_key] }}\ny = {{ 'a'.encode(pillar.rainbow_secrets.pay_key) }}\n"
+    before = c.currents()
+    new_version(c, files={"config/app.ini.example": leaky})
+    try:
+        ret = run(c, "deploy.release", project="rainbow", env="pro")
+        assert ret.returncode != 0, ret.stdout[-2000:]
+        assert "config config/app.ini: template error at line 2: UndefinedError" in ret.stdout, ret.stdout[-2000:]
+        secrets = list(SECRETS.values())
+        needles = [s.encode() for s in secrets]
+        assert not any(s in ret.stdout or s in ret.stderr for s in secrets)
+        events = event_listener.get_events([(c.master.id, "*")], after_time=started)
+        assert events
+        assert not [e.tag for e in events if any(s in json.dumps(e.full_data, default=str) for s in secrets)]
+        master = c.master.config
+        hits = [h for p in (os.path.join(master["cachedir"], "jobs"), os.path.join(c.state_dir, "history"))
+                for h in _files_with(p, needles)]
+        for log_file in [master["log_file"]] + [m.config["log_file"] for m in c.minions.values()]:
+            with open(log_file, "rb") as fh:
+                if any(n in fh.read() for n in needles):
+                    hits.append(log_file)
+        assert not hits, hits
+        assert c.currents() == before  # nothing switched
+    finally:
+        new_version(c, files={"config/app.ini.example": original})

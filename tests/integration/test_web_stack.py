@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import jinja2
+import jinja2.sandbox
 import pytest
 
 from sandbox.repo import activate_release, add_release, export_release, git, make_sample_repo
@@ -125,7 +126,8 @@ def test_sample_repo_history_and_template(ws, php_repo):
             "config/crontab.xml", "storage/logs/.gitkeep"} <= files
 
     tmpl = git("show", "v1.0.0:config/app.ini.example", cwd=php_repo)
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    # as the deploy module renders it: Jinja's sandbox, only the keys the project declares
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
     pillar = {"deploy": {"projects": {"rainbow": {"greeting": "hola"}}}, "rainbow_secrets": {"sms_key": "s3cr3t"}}
     out = env.from_string(tmpl).render(pillar=pillar)
     assert re.search(r'^greeting = "hola"$', out, re.M), out
