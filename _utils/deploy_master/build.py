@@ -74,15 +74,16 @@ def prune_artifacts(opts, directory):
                 os.unlink(victim)
 
 
-def build(opts, project, env, conf, ref, progress, test=False):
+def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     """Resolve ``ref``, name the release, and (unless ``test``) build and publish its artifact.
 
     Returns ``{release, commit, version, branch, committer, time}``, plus ``source`` (salt://),
     ``checksum``, ``reused`` and ``bytes`` when not ``test``.  An artifact is reused for the same
-    commit built by the same commands.
+    commit built by the same commands.  ``branch=True``: ``ref`` is the env's default branch
+    (resolved only as a branch).
     """
     src = source.get(conf.get("vcs"))(opts, project, conf)
-    revision = src.resolve(ref)
+    revision = src.resolve(ref, branch=branch)
     release = names.release_name(project, env, revision)
     info = {
         "release": release, "commit": revision.id, "version": revision.version, "branch": revision.branch,

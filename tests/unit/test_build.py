@@ -79,3 +79,35 @@ def test_the_source_interface():
     assert issubclass(source.get("git"), source.Source)
     with pytest.raises(SaltInvocationError, match="unknown vcs 'cvs': use one of git"):
         source.get("cvs")
+
+
+# --- refs: a tag named like the branch (issue 11 item 5)
+
+def test_the_envs_branch_is_the_branch_even_if_a_tag_has_its_name(repo, tmp_path):
+    opts = _opts(tmp_path)
+    branch_head = _git(repo, "rev-parse", "HEAD").strip()
+    _git(repo, "checkout", "-q", "-b", "side")
+    (os.path.join(repo, "evil.php") and open(os.path.join(repo, "evil.php"), "w")).write("<?php // unreviewed")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "unreviewed")
+    _git(repo, "tag", "master")  # someone who may push tags, not to the branch
+    _git(repo, "checkout", "-q", "master")
+    tag_commit = _git(repo, "rev-parse", "refs/tags/master").strip()
+    assert tag_commit != branch_head
+    info = build.build(opts, "rainbow", "pro", {"repo": repo}, "master", print, test=True, branch=True)
+    assert info["commit"] == branch_head and info["branch"] == "master"
+    # an explicit short ref that is both: refused, naming the candidates
+    with pytest.raises(DeployError, match=r"git: ref 'master' is ambiguous: heads/master \(branch, "
+                                          + branch_head[:10] + r"\), tags/master \(tag, " + tag_commit[:10]
+                                          + r"\): give one of them"):
+        build.build(opts, "rainbow", "pro", {"repo": repo}, "master", print, test=True)
+    assert build.build(opts, "rainbow", "pro", {"repo": repo}, "heads/master", print, test=True)["commit"] == branch_head
+    tagged = build.build(opts, "rainbow", "pro", {"repo": repo}, "tags/master", print, test=True)
+    assert tagged["commit"] == tag_commit and "_tags-master_" in tagged["release"]
+    # unambiguous short refs, and commits, resolve as before
+    assert build.build(opts, "rainbow", "pro", {"repo": repo}, "side", print, test=True)["commit"] == tag_commit
+    assert build.build(opts, "rainbow", "pro", {"repo": repo}, "v1.0.0", print, test=True)["commit"] == branch_head
+    assert build.build(opts, "rainbow", "pro", {"repo": repo}, branch_head, print, test=True)["commit"] == branch_head
+    # the env's branch must be a branch
+    with pytest.raises(DeployError, match="git: unknown branch 'v1.0.0'"):
+        build.build(opts, "rainbow", "pro", {"repo": repo}, "v1.0.0", print, test=True, branch=True)
