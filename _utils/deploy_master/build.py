@@ -11,6 +11,8 @@ import subprocess
 import tarfile
 import tempfile
 
+from salt.exceptions import SaltInvocationError
+
 from deploy_master import DeployError, config, names, source
 
 
@@ -85,6 +87,10 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     src = source.get(conf.get("vcs"))(opts, project, conf)
     revision = src.resolve(ref, branch=branch)
     release = names.release_name(project, env, revision)
+    try:
+        names.check_release(release)  # the nodes' own rule, before anything is built
+    except SaltInvocationError as exc:
+        raise DeployError(f"{exc}: nothing was built") from None
     info = {
         "release": release, "commit": revision.id, "version": revision.version, "branch": revision.branch,
         "committer": revision.author, "time": revision.time.isoformat(),

@@ -111,3 +111,30 @@ def test_the_envs_branch_is_the_branch_even_if_a_tag_has_its_name(repo, tmp_path
     # the env's branch must be a branch
     with pytest.raises(DeployError, match="git: unknown branch 'v1.0.0'"):
         build.build(opts, "rainbow", "pro", {"repo": repo}, "v1.0.0", print, test=True, branch=True)
+
+
+@pytest.mark.parametrize("committer", ["..", "x" * 300])
+def test_a_commit_by_an_odd_committer_still_builds_a_name_the_nodes_accept(committer, repo, tmp_path):
+    import git
+    from saltext_deploy._modules import deploy as node_module
+
+    # git itself refuses such a committer on the command line; gitpython writes the commit as given
+    odd = git.Actor(committer, "odd@example.com")
+    (tmp_path / "repo" / "odd.txt").write_text("odd")
+    r = git.Repo(repo)
+    r.index.add(["odd.txt"])
+    r.index.commit("odd", author=odd, committer=odd)
+    assert r.head.commit.committer.name == committer
+    info = build.build(_opts(tmp_path), "rainbow", "pro", {"repo": repo}, "master", print)
+    node_module._check_release(info["release"])  # raises if the nodes would refuse it
+    assert info["committer"] == committer and os.path.exists(
+        tmp_path / "file_roots" / "deploy_artifacts" / "rainbow" / f"{info['release']}.tar.gz")
+
+
+def test_a_name_too_long_for_the_nodes_is_refused_before_building(repo, tmp_path):
+    _git(repo, "branch", "feature-" + "b" * 60)
+    opts = _opts(tmp_path)
+    with pytest.raises(DeployError, match=r"invalid release name 'p{64}_e{64}_v1.0.0_feature-b{40}_.*: nothing was built"):
+        build.build(opts, "p" * 64, "e" * 64, {"repo": repo, "build": ["touch /nonexistent/built"]},
+                    "feature-" + "b" * 60, print)
+    assert not os.listdir(tmp_path / "file_roots")
