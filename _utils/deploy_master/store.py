@@ -21,7 +21,7 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import DeployError, names
+from deploy_master import DeployError, Locked, names
 
 try:
     import psutil
@@ -93,7 +93,7 @@ class Lock:
         )
 
     def _locked(self, held):
-        return DeployError(
+        return Locked(
             f"{self.project}/{self.env} is locked: "
             + (self.describe(held) if held else "a lock is being written")
             + f"; see salt-run deploy.unlock project={self.project} env={self.env}"
