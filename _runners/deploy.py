@@ -436,7 +436,7 @@ def _finish(run, plan, error=None, extra=None, aborted=False):
         nodes = planning.behind_lb(plan)
         try:
             lb_states = run.lb_call("status", nodes)["states"]
-        except DeployError as exc:
+        except Exception as exc:  # pylint: disable=broad-except  # e.g. the master not answering: still record the run
             lb_states = {n: f"unknown ({exc})" for n in nodes}
     for node, state in lb_states.items():
         run.nodes.setdefault(node, {})["lb"] = state
