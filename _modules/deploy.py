@@ -1353,7 +1353,8 @@ def mark(project, release, status, inventory=False):
 
 def rollback_target(project):
     """
-    The release this node would roll back to: the newest good release other than ``current``.
+    The release this node would roll back to: of the good releases prepared before ``current``
+    whose commit differs from ``current``'s, the newest (by prepare time); None if none.
 
     project
         Project name.
@@ -1364,11 +1365,19 @@ def rollback_target(project):
 
         salt '*' deploy.rollback_target rainbow
     """
-    inv = _inventory(_paths(_project(project)))
-    for rel in inv["releases"]:
-        if rel["status"] == "good" and not rel["current"]:
-            return rel["name"]
-    return None
+    # a copy of the master's rule (deploy_master.policy.node_target; tests/unit/test_policy.py pins them)
+    releases = _inventory(_paths(_project(project)))["releases"]
+
+    def age(rel):
+        return rel.get("prepared_at") or rel.get("activated_at") or 0
+
+    cur = next((r for r in releases if r["current"]), None)
+    candidates = [
+        r for r in releases
+        if r["status"] == "good" and not r["current"]
+        and (cur is None or (age(r) < age(cur) and not (r.get("commit") and r.get("commit") == cur.get("commit"))))
+    ]
+    return max(candidates, key=lambda r: (age(r), r["name"]))["name"] if candidates else None
 
 
 def rollback(project, to=None, checks="gate"):

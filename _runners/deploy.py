@@ -38,6 +38,7 @@ Master options (all optional):
 
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -52,7 +53,9 @@ try:
 except ImportError:  # a source checkout whose editable install predates _utils/: the package is beside us
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_utils"))
     import deploy_master
-from deploy_master import DeployError, build, config, names, plan as planning, policy, store  # noqa: E402
+from deploy_master import (  # noqa: E402
+    Aborted, DeployError, Locked, build, config, contract, names, plan as planning, policy, store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,13 @@ class _Run:
         self.lock = None
         self.release = None
         self.build = {}
+        self.aborted = None  # the signal's name once SIGTERM/SIGINT arrived
+
+    def check_abort(self, where):
+        """Stop here (no new step or batch) if a signal asked the run to stop."""
+        if self.aborted:
+            raise Aborted(f"aborted by {self.aborted} {where}: no new batch was started; nodes not reached stay "
+                          "on their release, every detached node is back in its prior LB state")
 
     def close(self):
         self.event.destroy()
@@ -113,10 +123,13 @@ class _Run:
     def progress(self, message, **data):
         line = f"[{time.monotonic() - self.started:6.1f}s] {self.project}/{self.env}: {message}"
         log.info("deploy: %s", line)
-        try:
-            __jid_event__.fire_event({"message": line, "outputter": "deploy_progress"}, "progress")
-        except (NameError, ReferenceError):
-            pass
+        if _progress_to_stderr():
+            print(line, file=sys.stderr, flush=True)
+        else:
+            try:
+                __jid_event__.fire_event({"message": line, "outputter": "deploy_progress"}, "progress")
+            except (NameError, ReferenceError):
+                pass
         if data:
             self.fire("node" if "node" in data else "step", message=message, **data)
 
@@ -183,11 +196,29 @@ class _Run:
         return ret["ret"]
 
 
-def _failed(ret):
-    """Mark a runner return as failed: salt-run exits with ``retcode`` (as state.orchestrate does)."""
-    __context__["retcode"] = 1
-    ret["retcode"] = 1
+def _failed(ret, code=contract.FAILED):
+    """Mark a runner return as failed: salt-run exits with ``retcode`` (as state.orchestrate does);
+    the codes are in ``deploy_master.contract``."""
+    __context__["retcode"] = code
+    ret["retcode"] = code
     return ret
+
+
+def _refused(exc):
+    """A refusal before anything changed: bad input (2) or locked (3); anything else failed (1)."""
+    if isinstance(exc, SaltInvocationError):
+        code = contract.BAD_INPUT
+    elif isinstance(exc, Locked):
+        code = contract.LOCKED
+    else:
+        code = contract.FAILED
+    return _failed({"result": "refused", "error": str(exc)}, code)
+
+
+def _progress_to_stderr():
+    """With an outputter chosen (``--out=json``, ``yaml``...), stdout is the return alone: progress
+    lines go to stderr.  Otherwise they are progress events, which salt-run prints as they come."""
+    return (__opts__.get("output") or "deploy_progress") != "deploy_progress"
 
 
 def _no_return(got):
@@ -219,10 +250,10 @@ def _node_call(run, nodes, fun, kwarg):
 # --------------------------------------------------------------------------- build
 
 
-def _build(run, ref, test=False):
+def _build(run, ref, test=False, branch=False):
     """Step 1-4 of the article: latest code, build, package, place it on the fileserver."""
     started = time.monotonic()
-    info = build.build(__opts__, run.project, run.env, run.conf, ref, run.progress, test=test)
+    info = build.build(__opts__, run.project, run.env, run.conf, ref, run.progress, test=test, branch=branch)
     run.release = info["release"]
     if test:
         return info
@@ -332,6 +363,7 @@ def _switch(run, nodes, release, mark_left=None, checks="gate", expect=None):
 
 def _preprod(run, plan, release, **switch_args):
     node = plan["preprod"]
+    run.check_abort("before the pre-production node")
     if not node:
         return
     if node in run.failed:
@@ -382,6 +414,7 @@ def _stages(run, plan, release, **switch_args):
     for stage in plan["stages"]:
         for index, batch in enumerate(stage["batches"], 1):
             nodes = [n for n in batch if n not in run.failed]
+            run.check_abort(f"before stage {stage['name']} batch {index}")
             if nodes:
                 _batch(run, stage, index, nodes, release, **switch_args)
             if len(run.failed) > run.max_failures:
@@ -393,7 +426,7 @@ def _stages(run, plan, release, **switch_args):
         run.progress(f"stage {stage['name']} done")
 
 
-def _finish(run, plan, error=None, extra=None):
+def _finish(run, plan, error=None, extra=None, aborted=False):
     """Record and report: cleanup, LB state of every node, history, events, summary."""
     reached = [n for n in plan["nodes"] if n not in run.failed] if plan else []
     if run.kind == "release" and reached and run.release and not error:
@@ -403,11 +436,11 @@ def _finish(run, plan, error=None, extra=None):
         nodes = planning.behind_lb(plan)
         try:
             lb_states = run.lb_call("status", nodes)["states"]
-        except DeployError as exc:
+        except Exception as exc:  # pylint: disable=broad-except  # e.g. the master not answering: still record the run
             lb_states = {n: f"unknown ({exc})" for n in nodes}
     for node, state in lb_states.items():
         run.nodes.setdefault(node, {})["lb"] = state
-    result = "failure" if error or run.failed else "success"
+    result = "aborted" if aborted else "failure" if error or run.failed else "success"
     seconds = round(time.monotonic() - run.started, 3)
     user, host = names.caller()
     record = {
@@ -424,7 +457,9 @@ def _finish(run, plan, error=None, extra=None):
         summary["error"] = error
     if run.lock and run.lock.warnings:
         summary["warnings"] = run.lock.warnings
-    return summary if result == "success" else _failed(summary)
+    if result == "success":
+        return summary
+    return _failed(summary, contract.ABORTED if aborted else contract.FAILED)
 
 
 def _take_lock(run):
@@ -444,29 +479,55 @@ def _recover(run):
         run.progress(message)
 
 
+def _on_signals(run):
+    """SIGTERM/SIGINT while a run holds the lock: finish the step or batch in flight (its LB restore
+    included), start nothing new, record the run as aborted.  Returns the handlers to put back."""
+
+    def handler(signum, frame):  # pylint: disable=unused-argument
+        name = signal.Signals(signum).name
+        if not run.aborted:
+            run.aborted = name
+            run.progress(f"{name} received: finishing the step in flight, then stopping (no new batch)")
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (an embedding caller): its own handling stays
+            pass
+    return previous
+
+
 def _guard(run, plan, body):
     """Run body(); whatever happens, release the lock and write the summary."""
     error = None
     extra = {}
+    previous = _on_signals(run)
     try:
-        extra = body() or {}
-    except DeployError as exc:
-        error = str(exc)
-    except Exception as exc:  # pylint: disable=broad-except
-        log.exception("deploy: unexpected error")
-        error = f"unexpected error: {exc}"
-    try:
-        return _finish(run, plan, error, extra)
+        try:
+            extra = body() or {}
+        except DeployError as exc:
+            error = str(exc)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.exception("deploy: unexpected error")
+            error = f"unexpected error: {exc}"
+        if run.aborted and error and not error.startswith("aborted"):
+            error = f"aborted by {run.aborted}: {error}"
+        try:
+            return _finish(run, plan, error, extra, aborted=bool(run.aborted) and error is not None)
+        finally:
+            if run.lock:
+                run.lock.release()
+            run.close()
     finally:
-        if run.lock:
-            run.lock.release()
-        run.close()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # --------------------------------------------------------------------------- public: release
 
 
-def release(project, env, ref=None, test=False):
+def release(project=None, env=None, ref=None, test=False, **kwargs):
     """
     Release a project to an environment: build, prepare everywhere, preprod, stages and
     batches behind the load balancer, record.
@@ -480,8 +541,9 @@ def release(project, env, ref=None, test=False):
     test
         ``True``: print the release name and the plan, change nothing.
 
-    Exit code 0 on success, 1 on any failure.  Progress lines while it runs; the
-    summary lists every node (old -> new release, result, time out of the LB, LB state).
+    Exit code 0 on success, 1 on a failure, 2 bad input, 3 locked, 4 aborted (SIGTERM/SIGINT).
+    Progress lines while it runs (on stderr with ``--out=...``); the summary lists every node
+    (old -> new release, result, time out of the LB, LB state).  Any other argument is refused.
 
     CLI Example:
 
@@ -492,28 +554,31 @@ def release(project, env, ref=None, test=False):
         salt-run deploy.release project=rainbow env=pro test=True
     """
     try:
+        contract.check_arguments("deploy.release", ("project", "env", "ref", "test"), kwargs, project=project, env=env)
         run = _Run(project, env, "release")
     except SaltInvocationError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)
+    default_branch = ref is None
     try:
         ref = names.valid(str(ref or run.envc.get("branch") or "master"), names.REF_RE, "ref")
         if test:
             with run:
-                return _release_plan(run, ref)
+                return _release_plan(run, ref, default_branch)
         _take_lock(run)
     except (DeployError, SaltInvocationError) as exc:
         run.close()
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)
     plan = {}
 
     def body():
         nonlocal plan
         run.fire("start", ref=ref)
-        build = _build(run, ref)
+        build = _build(run, ref, branch=default_branch)
         plan.update(_plan(run))
         for line in _describe_plan(run, plan):
             run.progress(f"plan: {line}")
         _check_lb(run, plan)
+        run.check_abort("before prepare")
         ready = _prepare_everywhere(run, plan, build)
         _preprod(run, plan, run.release)
         _stages(run, {**plan, "nodes": ready}, run.release)
@@ -522,8 +587,8 @@ def release(project, env, ref=None, test=False):
     return _guard(run, plan, body)
 
 
-def _release_plan(run, ref):
-    build = _build(run, ref, test=True)
+def _release_plan(run, ref, default_branch=False):
+    build = _build(run, ref, test=True, branch=default_branch)
     plan = _plan(run)
     return {"result": None, "comment": "test=True: nothing was changed", "release": run.release,
             "commit": build["commit"], "plan": _describe_plan(run, plan), "down": plan["down"]}
@@ -628,7 +693,7 @@ def _emergency(run, plan, to):
     return {"to": target, "target_from": source, "changed_since_record": sorted(changed)}
 
 
-def rollback(project, env, to=None, emergency=False, force=False, test=False):
+def rollback(project=None, env=None, to=None, emergency=False, force=False, test=False, **kwargs):
     """
     Roll an environment back to the last good release (or ``to``).
 
@@ -642,8 +707,8 @@ def rollback(project, env, to=None, emergency=False, force=False, test=False):
     env
         Environment.
     to
-        Release to go to (default: the newest good release older than the current one
-        that is present on every node of the env).
+        Release to go to (default: the newest good release older than the current one,
+        with another commit, that is present on every node of the env).
     emergency
         ``True`` for the emergency path.
     force
@@ -661,13 +726,15 @@ def rollback(project, env, to=None, emergency=False, force=False, test=False):
     """
     mode = "emergency" if emergency else "normal"
     try:
+        contract.check_arguments("deploy.rollback", ("project", "env", "to", "emergency", "force", "test"), kwargs,
+                                 project=project, env=env)
         if to is not None:
             names.valid(to, names.RELEASE_RE, "release")
         if force and not emergency:
             raise SaltInvocationError("force=True is only for emergency=True")
         run = _Run(project, env, "rollback", mode)
     except SaltInvocationError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)
     try:
         if test:
             with run:
@@ -679,7 +746,7 @@ def rollback(project, env, to=None, emergency=False, force=False, test=False):
             _take_lock(run)
     except (DeployError, SaltInvocationError) as exc:
         run.close()
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)
     plan = {}
 
     def body():
@@ -700,7 +767,7 @@ def rollback(project, env, to=None, emergency=False, force=False, test=False):
 # --------------------------------------------------------------------------- public: views
 
 
-def releases(project, env):
+def releases(project=None, env=None, **kwargs):
     """
     List the releases on every node of an environment, and the cluster view: which
     release is current where, the nodes that differ from the majority, and the release
@@ -718,10 +785,11 @@ def releases(project, env):
         salt-run deploy.releases project=rainbow env=pro
     """
     try:
+        contract.check_arguments("deploy.releases", ("project", "env"), kwargs, project=project, env=env)
         with _Run(project, env, "list") as run:
             inventories = _inventories(run, _plan(run)["nodes"])
     except (DeployError, SaltInvocationError) as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)
     nodes = {
         node: [
             {k: r.get(k) for k in ("name", "version", "commit", "committer", "time", "status", "current")}
@@ -732,7 +800,7 @@ def releases(project, env):
     return {"nodes": nodes, "cluster": policy.cluster_view(inventories)}
 
 
-def history(project, env=None, limit=20):
+def history(project=None, env=None, limit=20, **kwargs):
     """
     The release and rollback history of a project (newest last): who, when, ref, commit,
     release, result per node, durations.
@@ -750,12 +818,20 @@ def history(project, env=None, limit=20):
 
         salt-run deploy.history project=rainbow env=pro limit=5
     """
-    names.valid(project, names.PROJECT_RE, "project name")
+    try:
+        contract.check_arguments("deploy.history", ("project", "env", "limit"), kwargs, project=project)
+        names.valid(project, names.PROJECT_RE, "project name")
+        try:
+            limit = int(limit)
+        except (TypeError, ValueError):
+            raise SaltInvocationError(f"deploy.history: limit={limit!r} must be a whole number") from None
+    except SaltInvocationError as exc:
+        return _refused(exc)
     records = store.get(__opts__, log).history_read(project, env)
-    return records[-int(limit):] if int(limit) > 0 else records
+    return records[-limit:] if limit > 0 else records
 
 
-def stats(project, env=None):
+def stats(project=None, env=None, **kwargs):
     """
     Deployment statistics (the article's 部署统计): successful and failed releases,
     rollbacks (normal / emergency), interrupted runs, mean durations.
@@ -772,10 +848,14 @@ def stats(project, env=None):
         salt-run deploy.stats project=rainbow
         salt-run deploy.stats project=rainbow env=pro
     """
-    names.valid(project, names.PROJECT_RE, "project name")
+    try:
+        contract.check_arguments("deploy.stats", ("project", "env"), kwargs, project=project)
+        names.valid(project, names.PROJECT_RE, "project name")
+    except SaltInvocationError as exc:
+        return _refused(exc)
     out = {
-        "releases": {"success": 0, "failure": 0, "interrupted": 0},
-        "rollbacks": {"normal": 0, "emergency": 0, "failure": 0, "interrupted": 0},
+        "releases": {"success": 0, "failure": 0, "interrupted": 0, "aborted": 0},
+        "rollbacks": {"normal": 0, "emergency": 0, "failure": 0, "interrupted": 0, "aborted": 0},
     }
     durations = {"release": [], "rollback": []}
     for rec in store.get(__opts__, log).history_read(project, env):
@@ -786,14 +866,14 @@ def stats(project, env=None):
         elif result == "success":
             out["rollbacks"][rec.get("mode", "normal")] += 1
         else:
-            out["rollbacks"]["interrupted" if result == "interrupted" else "failure"] += 1
+            out["rollbacks"][result if result in ("interrupted", "aborted") else "failure"] += 1
         if rec.get("seconds") is not None:
             durations[kind[:-1]].append(rec["seconds"])
     out["mean_seconds"] = {k: round(sum(v) / len(v), 3) if v else None for k, v in durations.items()}
     return out
 
 
-def unlock(project, env, force=False, show=False):
+def unlock(project=None, env=None, force=False, show=False, **kwargs):
     """
     Show or clear the lock of a project+env.  A lock whose run is gone (stale) is cleared
     and the nodes that run left out of the load balancer are put back in their prior
@@ -816,9 +896,10 @@ def unlock(project, env, force=False, show=False):
         salt-run deploy.unlock project=rainbow env=pro
     """
     try:
+        contract.check_arguments("deploy.unlock", ("project", "env", "force", "show"), kwargs, project=project, env=env)
         _config(project, env)
     except SaltInvocationError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)
     lock = store.get(__opts__, log).lock(project, env, "unlock")
     held = lock.holder()
     if held is None:
@@ -828,11 +909,14 @@ def unlock(project, env, force=False, show=False):
     if show:
         return info
     if alive and not force:
-        return _failed({**info, "result": "refused", "error": f"the lock is held by a running {lock.describe(held)}; use force=True"})
+        return _failed({**info, "result": "refused", "error": f"the lock is held by a running {lock.describe(held)}; use force=True"},
+                       contract.LOCKED)
     try:
         with _Run(project, env, "unlock") as run:
             run.lock = lock
-            lock.take_over(held)
+            if not lock.take_over(held):
+                return _failed({**info, "result": "refused", "error": "the lock changed while it was being cleared: "
+                                "another run took it; see deploy.unlock show=True"}, contract.LOCKED)
             _recover(run)
     except DeployError as exc:
         return _failed({**info, "result": "failure", "error": str(exc)})

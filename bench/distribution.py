@@ -145,8 +145,8 @@ def main(argv=None):
         dirs_after = {n: os.stat(os.path.join(box.node_root(n), "releases", last)).st_ino for n in nodes}
         if r_record["release"] != last:
             raise RuntimeError(f"the redeploy released {r_record['release']}, not {last}")
-        reused = "reused" in r_proc.stdout
-        unpacked = next((ln for ln in r_proc.stdout.splitlines() if "prepare:" in ln and "nodes ready" in ln), "")
+        reused = "reused" in r_proc.stdout + r_proc.stderr  # progress: stderr with --out=json
+        unpacked = next((ln for ln in (r_proc.stdout + r_proc.stderr).splitlines() if "prepare:" in ln and "nodes ready" in ln), "")
         redeploy = {
             "release": last, "wall": round(r_wall, 3), "build": r_record["timings"].get("build"),
             "prepare": r_record["timings"].get("prepare"), "bytes": r_moved, "artifact_reused": reused,

@@ -12,6 +12,7 @@ pillar dict) as arguments, as saltext-vault keeps ``utils/vault/*.py``:
 ``archive`` the tar member checks the nodes use, and a safe unpack
 ``build``   build, package, and place an artifact on the master's fileserver
 ``store``   the master's state: lock, detached list, history, the record of the nodes
+``contract`` exit codes and the arguments of the runner's public functions
 
 Importable on both install routes: ``pip install`` (a top-level package of the
 distribution) and the classic route (``_utils/`` synced by ``saltutil.sync_utils``, which
@@ -22,3 +23,11 @@ meant for ``__utils__``, and importing this file imports nothing else.
 
 class DeployError(Exception):
     """A release or rollback stopped: the message says why."""
+
+
+class Locked(DeployError):
+    """Refused: the project+env is locked by another run (the message names the holder)."""
+
+
+class Aborted(DeployError):
+    """The run was stopped by a signal (SIGTERM, SIGINT)."""

@@ -11,6 +11,8 @@ import subprocess
 import tarfile
 import tempfile
 
+from salt.exceptions import SaltInvocationError
+
 from deploy_master import DeployError, config, names, source
 
 
@@ -74,16 +76,21 @@ def prune_artifacts(opts, directory):
                 os.unlink(victim)
 
 
-def build(opts, project, env, conf, ref, progress, test=False):
+def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     """Resolve ``ref``, name the release, and (unless ``test``) build and publish its artifact.
 
     Returns ``{release, commit, version, branch, committer, time}``, plus ``source`` (salt://),
     ``checksum``, ``reused`` and ``bytes`` when not ``test``.  An artifact is reused for the same
-    commit built by the same commands.
+    commit built by the same commands.  ``branch=True``: ``ref`` is the env's default branch
+    (resolved only as a branch).
     """
     src = source.get(conf.get("vcs"))(opts, project, conf)
-    revision = src.resolve(ref)
+    revision = src.resolve(ref, branch=branch)
     release = names.release_name(project, env, revision)
+    try:
+        names.check_release(release)  # the nodes' own rule, before anything is built
+    except SaltInvocationError as exc:
+        raise DeployError(f"{exc}: nothing was built") from None
     info = {
         "release": release, "commit": revision.id, "version": revision.version, "branch": revision.branch,
         "committer": revision.author, "time": revision.time.isoformat(),

@@ -15,6 +15,9 @@ ENV_RE = PROJECT_RE
 REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 FIELD_RE = re.compile(r"[^A-Za-z0-9.-]+")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+DOTS_RE = re.compile(r"\.{2,}")
+FIELD_MAX = 48  # characters per field of a release name (version, branch, committer)
 
 
 def valid(value, regex, what):
@@ -26,9 +29,23 @@ def valid(value, regex, what):
     return value
 
 
-def field(value):
-    """One field of a release name, reduced to ``[A-Za-z0-9.-]``."""
-    return FIELD_RE.sub("-", str(value)).strip("-") or "none"
+def field(value, cap=FIELD_MAX):
+    """One field of a release name, reduced to ``[A-Za-z0-9.-]``: control characters dropped, other
+    characters become ``-``, runs of dots collapse to one, no ``.``/``-`` at either end, at most
+    ``cap`` characters (None: no cap; project and env are validated names); ``none`` if nothing is left.  An odd committer (``..``, 300 characters)
+    still gives a name the nodes accept."""
+    text = DOTS_RE.sub(".", FIELD_RE.sub("-", CONTROL_RE.sub("", str(value)))).strip(".-")
+    return (text[:cap].rstrip(".-") if cap else text) or "none"
+
+
+def check_release(name):
+    """``name`` if the nodes accept it as a release name (their own rule: ``RELEASE_RE``, no ``..``,
+    not ``switch``); else SaltInvocationError.  tests/unit/test_names.py pins it to the node's rule."""
+    if not isinstance(name, str) or not RELEASE_RE.fullmatch(name) or ".." in name or name == "switch":
+        raise SaltInvocationError(
+            f"invalid release name {name!r}: the nodes accept {RELEASE_RE.pattern} without '..' (not 'switch')"
+        )
+    return name
 
 
 def release_name(project, env, revision):
@@ -37,9 +54,8 @@ def release_name(project, env, revision):
     ``revision`` is a :class:`deploy_master.source.Revision`.
     """
     when = revision.time.astimezone(datetime.timezone.utc)
-    fields = [project, env, revision.version, revision.branch, when.strftime("%Y-%m-%d"),
-              when.strftime("%H-%M-%S"), revision.author]
-    return "_".join(field(f) for f in fields)
+    fields = [revision.version, revision.branch, when.strftime("%Y-%m-%d"), when.strftime("%H-%M-%S"), revision.author]
+    return "_".join([field(project, None), field(env, None)] + [field(f) for f in fields])
 
 
 def now():

@@ -7,26 +7,44 @@ Inventories are what ``deploy.releases`` returns per node: ``{current, previous,
 from deploy_master import DeployError, names
 
 
+def age(rel):
+    """When a release was first prepared (released): the one ordering of releases.
+
+    Not when it was last activated: a node switched back to r2 after r3 failed there must not
+    make r2 look newer than r3.  Releases without a prepare time fall back to their activation.
+    """
+    return rel.get("prepared_at") or rel.get("activated_at") or 0
+
+
 def node_target(inventory):
-    """One node's rule: its newest good release other than ``current`` (releases come newest first).
+    """One node's rule: of the good releases prepared before ``current`` whose commit differs from
+    ``current``'s, the newest (by :func:`age`); None if there is none.
 
     The node module keeps a copy of this rule (``deploy.rollback_target``) to stay
     self-contained: tests/unit/test_policy.py pins that the two agree.
     """
-    for rel in inventory["releases"]:
-        if rel["status"] == "good" and not rel["current"]:
-            return rel["name"]
-    return None
+    cur = next((r for r in inventory["releases"] if r["current"]), None)
+    candidates = [
+        r for r in inventory["releases"]
+        if r["status"] == "good" and not r["current"]
+        and (cur is None or (age(r) < age(cur) and not (r.get("commit") and r.get("commit") == cur.get("commit"))))
+    ]
+    return max(candidates, key=lambda r: (age(r), r["name"]))["name"] if candidates else None
 
 
 def _stamp(rels):
-    # a release's age is when it was first prepared (released), not when it was last activated:
-    # a node switched back to r2 after r3 failed there must not make r2 look newer than r3
-    return min((r.get("prepared_at") or r.get("activated_at") or 0) for r in rels.values())
+    # a release's age across nodes: the earliest it was prepared anywhere
+    return min(age(r) for r in rels.values())
+
+
+def _commits(rels):
+    return {r.get("commit") for r in rels.values() if r.get("commit")}
 
 
 def cluster_view(inventories):
-    """Which release is current where, who differs, and the release a rollback goes to."""
+    """Which release is current where, who differs, and the release a rollback goes to: the node
+    rule across nodes: of the releases older than the newest current one (by :func:`age`), present
+    on every node, good on one and bad on none, whose commit differs from that current one's, the newest."""
     currents = {n: inv["current"] for n, inv in inventories.items()}
     counts = {}
     for cur in currents.values():
@@ -45,9 +63,10 @@ def cluster_view(inventories):
         and name != newest_current
         and not any(r["status"] == "bad" for r in rels.values())
         and any(r["status"] == "good" for r in rels.values())
-        and (newest_current is None or _stamp(rels) < _stamp(by_name[newest_current]))
+        and (newest_current is None or (_stamp(rels) < _stamp(by_name[newest_current])
+                                        and not _commits(rels) & _commits(by_name[newest_current])))
     ]
-    target = max(candidates, key=lambda c: _stamp(by_name[c]), default=None)
+    target = max(candidates, key=lambda c: (_stamp(by_name[c]), c), default=None)
     return {
         "current": currents,
         "majority": majority,
@@ -76,7 +95,7 @@ def rollback_target(inventories, to=None):
         for n, inv in sorted(inventories.items())
     )
     raise DeployError(
-        f"no good release older than the current one is present on every node ({have}); "
+        f"no good release older than the current one, with another commit, is present on every node ({have}); "
         "choose one with to=<release>"
     )
 

@@ -14,13 +14,14 @@ compare-and-set; the writes a run makes while holding it are passed the run's ``
 them with the lock's revision.  The local store has one holder per master and needs no fence.
 """
 
+import contextlib
 import fcntl
 import json
 import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import DeployError, names
+from deploy_master import DeployError, Locked, names
 
 try:
     import psutil
@@ -92,7 +93,7 @@ class Lock:
         )
 
     def _locked(self, held):
-        return DeployError(
+        return Locked(
             f"{self.project}/{self.env} is locked: "
             + (self.describe(held) if held else "a lock is being written")
             + f"; see salt-run deploy.unlock project={self.project} env={self.env}"
@@ -189,32 +190,48 @@ class LocalLock(Lock):
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(info, fh)
         try:
-            for _ in range(3):
-                try:
-                    os.link(tmp, self.path)  # atomic: fails if a lock exists
-                    self.info = info
-                    return self
-                except FileExistsError:
-                    held = self.holder()
-                    if held is None:
-                        continue
-                    if held == {} or self.alive(held):
-                        raise self._locked(held) from None
-                    self.take_over(held)
+            with self._guard():  # one taker at a time: the stale lock it read is the one it removes
+                for _ in range(3):
+                    try:
+                        os.link(tmp, self.path)  # atomic: fails if a lock exists
+                        self.info = info
+                        return self
+                    except FileExistsError:
+                        held = self.holder()
+                        if held is None:
+                            continue
+                        if held == {} or self.alive(held):
+                            raise self._locked(held) from None
+                        self._take_over(held)
             raise DeployError(f"could not take the lock {self.path}")
         finally:
             os.unlink(tmp)
 
+    @contextlib.contextmanager
+    def _guard(self):
+        """A kernel lock (flock) beside the lock file, held while a lock is taken or taken over."""
+        with open(f"{self.path}.guard", "a", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
     def take_over(self, held):
-        """A stale lock: its run died.  Remove it and record the run as interrupted (the caller
-        puts back what it left out of the LB)."""
+        """A stale lock: its run died.  Remove it, if it is still ``held`` (read again under the
+        guard: another taker may have replaced it meanwhile), and record the run as interrupted
+        (the caller puts back what it left out of the LB).  True if this call took it over."""
+        with self._guard():
+            return self._take_over(held)
+
+    def _take_over(self, held):
+        if self.holder() != held:
+            return False
         stale = f"{self.path}.stale-{os.getpid()}"
         try:
             os.rename(self.path, stale)
         except FileNotFoundError:
-            return
+            return False
         os.unlink(stale)
         self._interrupted(held)
+        return True
 
     def release(self):
         try:

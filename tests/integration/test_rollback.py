@@ -51,7 +51,7 @@ def test_rollback_goes_to_the_last_good_release_skipping_a_bad_one(clean_cluster
     assert ret.data["to"] == a
     assert c.currents() == {n: a for n in NODES}
     assert releases_on(c, "web-1")[b]["status"] == "bad"
-    assert "out of the LB" in ret.stdout
+    assert "out of the LB" in (ret.stdout + ret.stderr)
     assert c.lb_states() == {n: "ready" for n in WEB}
     # a new good release, then roll back: b is bad, so the target is a again
     c_rel = release_new(c)
@@ -86,7 +86,7 @@ def test_rollback_to_a_release_missing_on_one_node_is_refused(clean_cluster):
     view = c.run("deploy.releases", project="rainbow", env="pro").data
     assert view["cluster"]["rollback_target"] != old
     bad = c.run("deploy.rollback", project="rainbow", env="pro", to="x;touch /tmp/dpl-pwned")
-    assert bad.returncode == 1 and "invalid release" in bad.data["error"]
+    assert bad.returncode == 2 and "invalid release" in bad.data["error"]
     assert not os.path.exists("/tmp/dpl-pwned")
     assert c.currents() == before
 
@@ -122,7 +122,7 @@ def test_emergency_rollback_switches_every_node_at_once_and_restarts(clean_clust
     assert c.currents() == {n: target for n in NODES}
     assert all(count_marks(marks, n) == before[n] + 1 for n in NODES)
     # no LB actions at all, checks reported
-    assert "out of the LB" not in ret.stdout
+    assert "out of the LB" not in (ret.stdout + ret.stderr)
     assert c.lb_states() == {n: "ready" for n in WEB}
     assert all(ret.data["nodes"][n]["result"] == "ok" for n in NODES)
     assert releases_on(c, "web-3")[current]["status"] == "bad"
@@ -140,7 +140,7 @@ def test_emergency_rollback_honours_the_lock(clean_cluster):
     sample_repo.add_release(c.repo, "v4.99.0")
     with release_holding_the_lock(c):
         ret = c.run("deploy.rollback", project="rainbow", env="pro", emergency=True)
-        assert ret.returncode == 1
+        assert ret.returncode == 3
         assert "is locked: release by root" in ret.data["error"]
         assert c.currents() == before
 
@@ -189,7 +189,7 @@ def test_emergency_rollback_when_a_node_changed_behind_the_masters_record(clean_
     ret = c.run("deploy.rollback", project="rainbow", env="pro", emergency=True)
     assert ret.returncode == 0, ret.stdout[-3000:]
     assert (ret.data["to"], ret.data["changed_since_record"]) == (b, ["web-2"])
-    assert "still the target there" in ret.stdout
+    assert "still the target there" in (ret.stdout + ret.stderr)
     assert c.currents() == {n: b for n in NODES}
     assert all(ret.data["nodes"][n]["result"] == "ok" for n in NODES)
     assert releases_on(c, "web-2")[third]["status"] == "bad"
@@ -200,7 +200,7 @@ def test_emergency_rollback_when_a_node_changed_behind_the_masters_record(clean_
     ret = c.run("deploy.rollback", project="rainbow", env="pro", emergency=True)
     assert ret.returncode == 0, ret.stdout[-3000:]
     assert (ret.data["to"], ret.data["changed_since_record"]) == (a, ["web-2"])
-    assert f"made {a} the target: every node goes there instead" in ret.stdout
+    assert f"made {a} the target: every node goes there instead" in (ret.stdout + ret.stderr)
     assert c.currents() == {n: a for n in NODES}
     for node in NODES:
         statuses = releases_on(c, node)

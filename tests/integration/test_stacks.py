@@ -526,7 +526,7 @@ def test_zero_downtime_rolling_release_and_normal_rollback(clean_cluster, record
 
     ret, load = under_load(c, record_property, "normal rollback", lambda: rollback(c))
     assert ret.data["to"] == base and c.currents() == {n: base for n in NODES}
-    assert "out of the LB" in ret.stdout
+    assert "out of the LB" in (ret.stdout + ret.stderr)
     assert_no_failures(load, "normal rollback")
     assert c.lb_states() == {n: "ready" for n in WEB}
 
@@ -572,7 +572,7 @@ def test_without_the_lb_step_the_same_failure_reaches_users(clean_cluster, recor
     ret, load = under_load(c, record_property, "same failure without the LB step",
                            lambda: release(c, expect_ok=False))
     assert ret.returncode == 1 and ret.data["nodes"]["web-2"]["result"] == "failed", ret.stdout[-3000:]
-    assert "out of the LB" not in ret.stdout
+    assert "out of the LB" not in (ret.stdout + ret.stderr)
     assert c.currents() == {**before, "pre-1": ret.data["release"], "web-1": ret.data["release"]}
     assert load.failures > 0, load.summary()
     assert set(load.summary()["non_2xx_or_bad_body"]) == {"HTTP 500"}, load.summary()
@@ -593,7 +593,7 @@ def test_emergency_rollback_under_load_is_recorded(clean_cluster, record_propert
     ret, load = under_load(c, record_property, "emergency rollback", lambda: rollback(c, emergency=True))
     assert ret.data["to"] == target and current != target
     assert c.currents() == {n: target for n in NODES}
-    assert "out of the LB" not in ret.stdout
+    assert "out of the LB" not in (ret.stdout + ret.stderr)
     assert load.requests > 0
     record_property("emergency_rollback_failures", load.failures)
     # after it every node serves the target (the FPM reloads are done)

@@ -79,3 +79,62 @@ def test_the_source_interface():
     assert issubclass(source.get("git"), source.Source)
     with pytest.raises(SaltInvocationError, match="unknown vcs 'cvs': use one of git"):
         source.get("cvs")
+
+
+# --- refs: a tag named like the branch (issue 11 item 5)
+
+def test_the_envs_branch_is_the_branch_even_if_a_tag_has_its_name(repo, tmp_path):
+    opts = _opts(tmp_path)
+    branch_head = _git(repo, "rev-parse", "HEAD").strip()
+    _git(repo, "checkout", "-q", "-b", "side")
+    (os.path.join(repo, "evil.php") and open(os.path.join(repo, "evil.php"), "w")).write("<?php // unreviewed")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "unreviewed")
+    _git(repo, "tag", "master")  # someone who may push tags, not to the branch
+    _git(repo, "checkout", "-q", "master")
+    tag_commit = _git(repo, "rev-parse", "refs/tags/master").strip()
+    assert tag_commit != branch_head
+    info = build.build(opts, "rainbow", "pro", {"repo": repo}, "master", print, test=True, branch=True)
+    assert info["commit"] == branch_head and info["branch"] == "master"
+    # an explicit short ref that is both: refused, naming the candidates
+    with pytest.raises(DeployError, match=r"git: ref 'master' is ambiguous: heads/master \(branch, "
+                                          + branch_head[:10] + r"\), tags/master \(tag, " + tag_commit[:10]
+                                          + r"\): give one of them"):
+        build.build(opts, "rainbow", "pro", {"repo": repo}, "master", print, test=True)
+    assert build.build(opts, "rainbow", "pro", {"repo": repo}, "heads/master", print, test=True)["commit"] == branch_head
+    tagged = build.build(opts, "rainbow", "pro", {"repo": repo}, "tags/master", print, test=True)
+    assert tagged["commit"] == tag_commit and "_tags-master_" in tagged["release"]
+    # unambiguous short refs, and commits, resolve as before
+    assert build.build(opts, "rainbow", "pro", {"repo": repo}, "side", print, test=True)["commit"] == tag_commit
+    assert build.build(opts, "rainbow", "pro", {"repo": repo}, "v1.0.0", print, test=True)["commit"] == branch_head
+    assert build.build(opts, "rainbow", "pro", {"repo": repo}, branch_head, print, test=True)["commit"] == branch_head
+    # the env's branch must be a branch
+    with pytest.raises(DeployError, match="git: unknown branch 'v1.0.0'"):
+        build.build(opts, "rainbow", "pro", {"repo": repo}, "v1.0.0", print, test=True, branch=True)
+
+
+@pytest.mark.parametrize("committer", ["..", "x" * 300])
+def test_a_commit_by_an_odd_committer_still_builds_a_name_the_nodes_accept(committer, repo, tmp_path):
+    import git
+    from saltext_deploy._modules import deploy as node_module
+
+    # git itself refuses such a committer on the command line; gitpython writes the commit as given
+    odd = git.Actor(committer, "odd@example.com")
+    (tmp_path / "repo" / "odd.txt").write_text("odd")
+    r = git.Repo(repo)
+    r.index.add(["odd.txt"])
+    r.index.commit("odd", author=odd, committer=odd)
+    assert r.head.commit.committer.name == committer
+    info = build.build(_opts(tmp_path), "rainbow", "pro", {"repo": repo}, "master", print)
+    node_module._check_release(info["release"])  # raises if the nodes would refuse it
+    assert info["committer"] == committer and os.path.exists(
+        tmp_path / "file_roots" / "deploy_artifacts" / "rainbow" / f"{info['release']}.tar.gz")
+
+
+def test_a_name_too_long_for_the_nodes_is_refused_before_building(repo, tmp_path):
+    _git(repo, "branch", "feature-" + "b" * 60)
+    opts = _opts(tmp_path)
+    with pytest.raises(DeployError, match=r"invalid release name 'p{64}_e{64}_v1.0.0_feature-b{40}_.*: nothing was built"):
+        build.build(opts, "p" * 64, "e" * 64, {"repo": repo, "build": ["touch /nonexistent/built"]},
+                    "feature-" + "b" * 60, print)
+    assert not os.listdir(tmp_path / "file_roots")

@@ -68,3 +68,24 @@ def test_release_name_is_the_articles_pattern_in_utc():
     name = names.release_name("rainbow", "pro", rev)
     assert name == "rainbow_pro_v1.1.1_release-1.1_2016-08-11_11-11-05_xu-liangwei"
     assert _accepts(node_module._check_release, name)
+
+
+# --- odd committer names (issue 11 item 7): reduced, and the whole name checked with the nodes' rule
+
+@pytest.mark.parametrize("author", ["..", "...", ".", "a..b", "x" * 300, "Li\x00Lei\x1b[31m", "\t\n", "-..-", "a" * 300 + ".."])
+def test_odd_committers_still_give_a_name_the_nodes_accept(author):
+    rev = Revision(id="0" * 40, version="v1.1.1", author=author,
+                   time=datetime.datetime(2016, 8, 11, 11, 11, 5, tzinfo=datetime.timezone.utc), branch="master")
+    name = names.release_name("rainbow", "pro", rev)
+    assert name.startswith("rainbow_pro_v1.1.1_master_2016-08-11_11-11-05_")
+    assert _accepts(node_module._check_release, name), name
+    assert names.check_release(name) == name
+    committer = name.rsplit("_", 1)[1]
+    assert len(committer) <= names.FIELD_MAX and ".." not in committer and not committer.startswith(".")
+
+
+def test_a_name_the_nodes_would_refuse_is_refused_on_the_master():
+    for name in ["a" * 201, "a..b", "switch", "-x", "a b"]:
+        with pytest.raises(SaltInvocationError, match="invalid release name"):
+            names.check_release(name)
+        assert not _accepts(node_module._check_release, name)

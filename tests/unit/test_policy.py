@@ -5,13 +5,14 @@ from deploy_master import DeployError, policy
 from saltext_deploy._modules import deploy as node_module
 
 
-def _node(current, *releases):
-    """One node's inventory; releases are (name, status, activated_at[, prepared_at]) (activated_at None: never)."""
+def _node(current, *releases, commits=None):
+    """One node's inventory; releases are (name, status, activated_at[, prepared_at]) (activated_at None: never);
+    ``commits``: release name -> its commit (default: each release its own commit)."""
     rels = []
     for name, status, activated, *prepared in releases:
         prepared_at = prepared[0] if prepared else (activated or 1000.0) - 50
         rels.append({"name": name, "status": status, "activated_at": activated, "prepared_at": prepared_at,
-                     "current": name == current})
+                     "current": name == current, "commit": (commits or {}).get(name, f"c-{name}")})
     rels.sort(key=lambda r: r["activated_at"] or r["prepared_at"], reverse=True)
     return {"current": current, "previous": None, "releases": rels}
 
@@ -89,6 +90,31 @@ def test_partial_release_failure_then_rollback():
     assert view["rollback_target"] == "r2"
 
 
+# --- the same commit under another name is not a rollback (issue 11 item 6)
+
+SAME = {"r2": "c1", "r3": "c1"}  # r3: the commit of r2 released again under its tag
+
+
+def test_rollback_target_is_the_newest_good_release_with_another_commit():
+    nodes = {n: _node("r3", *HISTORY, commits=SAME) for n in ("web-1", "web-2")}
+    assert policy.cluster_view(nodes)["rollback_target"] == "r1"
+    assert policy.rollback_target(nodes) == "r1"
+    assert policy.rollback_target(nodes, "r2") == "r2"  # to= may still pick any good release
+    only = {n: _node("r3", ("r2", "good", 200.0), ("r3", "good", 300.0), commits=SAME) for n in ("a", "b")}
+    with pytest.raises(DeployError, match="no good release older than the current one"):
+        policy.rollback_target(only)
+
+
+def test_one_ordering_prepare_time_not_activation_time():
+    # r2 was prepared before r3 but activated after it (a node switched back to r2 by hand):
+    # the node's rule and the cluster's agree that r2 is older, and r1 is the one before r3
+    inv = _node("r3", ("r1", "good", 100.0, 10.0), ("r2", "good", 500.0, 20.0), ("r3", "good", 300.0, 30.0))
+    assert policy.node_target(inv) == "r2"
+    inv = _node("r2", ("r1", "good", 100.0, 10.0), ("r2", "good", 500.0, 20.0), ("r3", "good", 300.0, 30.0))
+    assert policy.node_target(inv) == "r1"  # never forward to r3
+    assert policy.cluster_view({"a": inv})["rollback_target"] == "r1"
+
+
 # --- the explicit target and the refusals
 
 def test_to_must_be_on_every_node_and_not_bad():
@@ -119,6 +145,11 @@ NODE_CASES = [
     _node(None, ("r1", "good", 100.0)),
     _node("r1", ("r1", "good", 100.0)),
     {"current": None, "previous": None, "releases": []},
+    _node("r3", *HISTORY, commits=SAME),
+    _node("r3", ("r2", "good", 200.0), ("r3", "good", 300.0), commits=SAME),
+    _node("r3", *HISTORY, ("r4", "good", 400.0)),
+    _node("r3", ("r1", "good", 100.0, 10.0), ("r2", "good", 500.0, 20.0), ("r3", "good", 300.0, 30.0)),
+    _node("r2", ("r1", "good", 100.0, 10.0), ("r2", "good", 500.0, 20.0), ("r3", "good", 300.0, 30.0)),
 ]
 
 
@@ -128,3 +159,6 @@ def test_the_nodes_rollback_target_is_the_masters_node_rule(inventory, monkeypat
     monkeypatch.setattr(node_module, "_paths", lambda conf: {})
     monkeypatch.setattr(node_module, "_inventory", lambda paths: inventory)
     assert node_module.rollback_target("rainbow") == policy.node_target(inventory)
+    # and the cluster's rule on a one-node cluster is the node's rule
+    if inventory["current"]:
+        assert policy.cluster_view({"a": inventory})["rollback_target"] == policy.node_target(inventory)

@@ -87,7 +87,9 @@ def test_lock_is_taken_once_and_given_back(tmp_path):
     first.release()  # not the holder any more: leaves the new lock alone
     assert local.lock("rainbow", "pro", "x").holder()["jid"] == "4"
     other_env.release()
-    assert sorted(os.listdir(tmp_path / "locks")) == ["rainbow_pro.lock"]
+    # the lock, and the guard files taken with flock while a lock is taken (kept: they hold nothing)
+    assert sorted(os.listdir(tmp_path / "locks")) == ["rainbow_pro.lock", "rainbow_pro.lock.guard",
+                                                      "rainbow_stg.lock.guard"]
 
 
 def test_a_lock_being_written_is_not_taken_over(tmp_path):
@@ -123,3 +125,53 @@ def test_an_unknown_store_is_refused(tmp_path):
     with pytest.raises(SaltInvocationError, match="unknown deploy_store 'zookeeper': use one of local"):
         store.get({"deploy_store": "zookeeper", "cachedir": str(tmp_path)})
     assert store.get({"cachedir": str(tmp_path)}).base == os.path.join(str(tmp_path), "deploy")
+
+
+# --- two runs racing to take over one stale lock (issue 11 item 4)
+
+def _race_one(base, barrier, queue):
+    local = store.LocalStore(base)
+    lock = local.lock("rainbow", "pro", "release")
+    barrier.wait()
+    try:
+        lock.acquire(str(os.getpid()))
+        queue.put(("won", os.getpid()))
+        barrier.wait()  # hold the lock until every taker has tried
+        lock.release()
+    except DeployError as exc:
+        queue.put(("refused", str(exc)))
+        barrier.wait()
+
+
+def test_takers_racing_for_one_stale_lock_exactly_one_wins(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    takers, rounds = 8, 25
+    for round_ in range(rounds):
+        base = str(tmp_path / f"r{round_}")
+        local = store.LocalStore(base)
+        dead = {"kind": "release", "user": "alice", "host": "h", "jid": "0", "pid": _dead_pid(), "created": 1.0,
+                "since": "2026-11-29T00:00:00+00:00"}
+        (tmp_path / f"r{round_}" / "locks").mkdir(parents=True)
+        (tmp_path / f"r{round_}" / "locks" / "rainbow_pro.lock").write_text(json.dumps(dead))
+        barrier, queue = ctx.Barrier(takers), ctx.Queue()
+        procs = [ctx.Process(target=_race_one, args=(base, barrier, queue)) for _ in range(takers)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        results = [queue.get(timeout=5) for _ in procs]
+        won = [r for r in results if r[0] == "won"]
+        assert len(won) == 1, (round_, results)
+        assert all("is locked" in r[1] for r in results if r[0] == "refused"), results
+        assert [r["result"] for r in local.history_read("rainbow", "pro")] == ["interrupted"], round_
+
+
+def test_take_over_leaves_a_lock_that_is_no_longer_the_stale_one(tmp_path):
+    local = store.LocalStore(str(tmp_path))
+    dead = {"kind": "release", "user": "alice", "jid": "0", "pid": _dead_pid(), "created": 1.0, "since": "x"}
+    live = local.lock("rainbow", "pro", "release").acquire("1")  # someone took over meanwhile
+    late = local.lock("rainbow", "pro", "unlock")
+    assert late.take_over(dead) is False  # what it read as stale is gone: the live lock stays
+    assert live.holder()["jid"] == "1" and local.history_read("rainbow") == []

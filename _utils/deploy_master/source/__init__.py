@@ -4,7 +4,7 @@ A source is made for one project (``Source(opts, project, conf)``, ``conf`` the 
 dict: ``repo`` is its URL; a VCS module reads its own keys, e.g. credentials) and does two things:
 
 - :meth:`Source.resolve`: a ref (branch, tag, revision) to a :class:`Revision`, fetching
-  what it needs first;
+  what it needs first (``branch=True``: the env's default branch, only ever a branch);
 - :meth:`Source.export`: a revision's tree into an empty folder, nothing else (no VCS
   metadata), with every path inside that folder.
 
@@ -43,8 +43,10 @@ class Source:
         self.opts, self.project, self.conf = opts, project, conf
         self.url = conf["repo"]
 
-    def resolve(self, ref):
-        """The :class:`Revision` ``ref`` names now; DeployError if it names none."""
+    def resolve(self, ref, branch=False):
+        """The :class:`Revision` ``ref`` names now; DeployError if it names none, or more than one
+        (git: a branch and a tag of that name).  ``branch=True``: ``ref`` is the env's default
+        branch and must resolve as a branch, never as a tag of the same name."""
         raise NotImplementedError
 
     def export(self, revision, dest):

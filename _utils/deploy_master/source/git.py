@@ -56,17 +56,40 @@ class GitSource(Source):
             raise DeployError(f"git: cannot fetch {self.url}: {(exc.stderr or str(exc)).strip()[-300:]}") from None
         return repo
 
-    def resolve(self, ref):
+    def resolve(self, ref, branch=False):
         git = _git()
         with self._lock():
             self.repo = self._mirror()
-            try:
-                commit = self.repo.commit(ref)
-            except (git.exc.BadName, git.exc.BadObject, ValueError, git.exc.GitCommandError):
-                raise DeployError(f"git: unknown ref {ref!r}: not a branch, tag or commit of the repository") from None
+            commit = self._commit(git, ref, branch)
             version = self.repo.git.describe("--tags", "--always", commit.hexsha)
+        name = ref[len("heads/"):] if ref.startswith("heads/") else ref
         return Revision(id=commit.hexsha, version=version, author=commit.committer.name,
-                        time=commit.committed_datetime, branch=ref)
+                        time=commit.committed_datetime, branch=name)
+
+    def _commit(self, git, ref, branch):
+        """The env's branch only as ``refs/heads/<branch>``; a short ref that names a branch and a
+        tag (git would pick the tag) is refused, naming both (``heads/x``, ``tags/x`` pick one)."""
+        errors = (git.exc.BadName, git.exc.BadObject, ValueError, git.exc.GitCommandError)
+        if branch:
+            try:
+                return self.repo.commit(f"refs/heads/{ref}")
+            except errors:
+                raise DeployError(f"git: unknown branch {ref!r}: the env's branch is not a branch of the repository") from None
+        found = []
+        for kind, prefix in (("branch", "heads"), ("tag", "tags")):
+            try:
+                found.append((f"{prefix}/{ref}", kind, self.repo.commit(f"refs/{prefix}/{ref}")))
+            except errors:
+                continue
+        if len(found) > 1:
+            listed = ", ".join(f"{name} ({kind}, {commit.hexsha[:10]})" for name, kind, commit in found)
+            raise DeployError(f"git: ref {ref!r} is ambiguous: {listed}: give one of them as ref=")
+        if found:
+            return found[0][2]
+        try:
+            return self.repo.commit(ref)
+        except errors:
+            raise DeployError(f"git: unknown ref {ref!r}: not a branch, tag or commit of the repository") from None
 
     def export(self, revision, dest):
         """``git archive`` of the commit, unpacked with the nodes' member checks."""

@@ -1,0 +1,34 @@
+"""The runner's contract with the shell, CI servers and operators: exit codes and arguments.
+
+Exit codes of every ``salt-run deploy.*`` (the return's ``retcode``; README "Exit codes"):
+
+==  ===========  ==================================================================
+0   OK           done
+1   FAILED       the run failed (the env's state: see the summary and the README)
+2   BAD_INPUT    refused before anything changed: an unknown, missing or invalid argument or pillar value
+3   LOCKED       refused before anything changed: the project+env is locked by another run (retry later)
+4   ABORTED      stopped by SIGTERM/SIGINT: no new batch started, the batch in flight finished, LB restored
+==  ===========  ==================================================================
+"""
+
+from salt.exceptions import SaltInvocationError
+
+OK, FAILED, BAD_INPUT, LOCKED, ABORTED = 0, 1, 2, 3, 4
+
+
+def check_arguments(fun, accepted, kwargs, **required):
+    """Refuse (SaltInvocationError, one line) keyword arguments ``fun`` does not take, and required
+    ones that are missing (given as ``name=value``, None: missing).  Salt's own ``__pub_*`` (any
+    ``__``) keys are accepted and ignored."""
+    unknown = sorted(k for k in kwargs if not str(k).startswith("__"))
+    if unknown:
+        listed = ", ".join(repr(k) for k in unknown)
+        raise SaltInvocationError(
+            f"{fun}: unknown argument{'s' if len(unknown) > 1 else ''} {listed}; accepted: {', '.join(accepted)}"
+        )
+    missing = [name for name, value in required.items() if value is None]
+    if missing:
+        listed = ", ".join(repr(k) for k in missing)
+        raise SaltInvocationError(
+            f"{fun}: missing argument{'s' if len(missing) > 1 else ''} {listed}; accepted: {', '.join(accepted)}"
+        )
