@@ -230,6 +230,7 @@ def test_password_not_in_argv(tmp_path, svnserve, monkeypatch):
         assert not any(PASSWORD in a for a in argv) and "alice" not in argv
         assert not any(PASSWORD in v for v in env.values())
         assert stdin == PASSWORD + "\n"
-    with pytest.raises(DeployError, match="holds a password") as exc:
-        _src(tmp_path, svnserve.replace("svn://", f"svn://alice:{PASSWORD}@"))
-    assert PASSWORD not in str(exc.value)
+    for url in (svnserve.replace("svn://", f"svn://alice:{PASSWORD}@"), f"ftp://alice:{PASSWORD}@host/x"):
+        with pytest.raises(DeployError, match="holds a password") as exc:
+            _src(tmp_path, url)
+        assert PASSWORD not in str(exc.value)

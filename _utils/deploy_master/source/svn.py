@@ -65,12 +65,16 @@ class SvnSource(Source):
 
     @staticmethod
     def _check_url(url):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in SCHEMES:
-            raise DeployError(f"svn: bad repo URL {url!r}: use one of {', '.join(s + '://' for s in SCHEMES)}")
-        if parts.password is not None:  # never repeat it: the message names the host only
+        try:
+            parts = urllib.parse.urlsplit(url)
+            password = parts.password
+        except ValueError:
+            raise DeployError("svn: bad repo URL: not a URL") from None
+        if password is not None:  # checked first, and never repeated: the message names the host only
             raise DeployError(f"svn: the repo URL for {parts.hostname} holds a password: "
                               "put it in pillar svn:password instead")
+        if parts.scheme not in SCHEMES:
+            raise DeployError(f"svn: bad repo URL {url!r}: use one of {', '.join(s + '://' for s in SCHEMES)}")
         if any(c in url for c in "\n\r\0") or "@" in parts.path:
             raise DeployError(f"svn: bad repo URL {url!r}: no '@' (peg revision) or control characters in its path")
         return url
