@@ -7,6 +7,7 @@ from salt.exceptions import SaltInvocationError
 from deploy_master import names, plan
 
 LB_DRIVERS = ("none", "haproxy", "nginx")
+DEFAULT_BRANCH = {"git": "master", "svn": "trunk"}  # an env's `branch` when it names none
 
 
 def state_dir(opts, *parts):
@@ -55,6 +56,11 @@ def project_env(pillar, project, env=None):
     for key in ("repo", "root", "envs"):
         if not conf.get(key):
             raise SaltInvocationError(f"project {project!r}: pillar is missing {key!r}")
+    from deploy_master import source  # pylint: disable=import-outside-toplevel
+
+    vcs = conf.get("vcs") or "git"
+    if vcs not in source.KINDS:
+        raise SaltInvocationError(f"project {project!r}: unknown vcs {vcs!r}: use one of {', '.join(source.KINDS)}")
     root = conf["root"]
     if not isinstance(root, str) or not os.path.isabs(root) or os.path.realpath(root) == "/":
         raise SaltInvocationError(f"project {project!r}: root {root!r} must be an absolute path other than '/'")
@@ -65,6 +71,8 @@ def project_env(pillar, project, env=None):
         raise SaltInvocationError(
             f"unknown env {env!r} for project {project!r}: pillar has {', '.join(sorted(conf['envs']))}"
         )
+    if not envc.get("branch") and vcs != "git":
+        envc = {**envc, "branch": DEFAULT_BRANCH[vcs]}
     if not envc.get("target") and not envc.get("preprod"):
         raise SaltInvocationError(f"project {project!r} env {env!r}: give a 'target' (and optionally 'preprod')")
     for index, stage in enumerate(envc.get("stages") or []):

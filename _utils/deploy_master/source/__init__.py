@@ -20,14 +20,14 @@ import importlib
 
 from salt.exceptions import SaltInvocationError
 
-KINDS = ("git",)
+KINDS = ("git", "svn")
 
 
 @dataclasses.dataclass(frozen=True)
 class Revision:
     """One revision of the repository, with what a release name and its metadata need."""
 
-    id: str  # the commit sha (git) or revision number (svn)
+    id: str  # the commit sha (git) or revision number (svn: the one that last changed the path)
     version: str  # ``git describe --tags --always``; ``r<revision>`` for svn
     author: str  # the committer
     time: datetime.datetime  # the commit's time, timezone-aware
@@ -64,4 +64,4 @@ def get(vcs=None):
 
 # every VCS module is imported here, once, while the runner loads: on the classic install route
 # Salt has this package on sys.path for sure only then (at the end: they import Source)
-from deploy_master.source import git  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
+from deploy_master.source import git, svn  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
