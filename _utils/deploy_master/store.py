@@ -121,6 +121,7 @@ class Lock:
                 "started": held.get("since"),
                 "finished": names.now(),
             },
+            lock=self,  # a shared store fences it with this run's lock, once taken
         )
 
 
