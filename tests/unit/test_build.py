@@ -79,3 +79,16 @@ def test_the_source_interface():
     assert issubclass(source.get("git"), source.Source)
     with pytest.raises(SaltInvocationError, match="unknown vcs 'cvs': use one of git"):
         source.get("cvs")
+
+
+def test_two_masters_build_the_same_artifact_from_the_same_commit(repo, tmp_path):
+    """Two deployment servers (issue 13): a release one master prepared on some nodes and the other
+    builds again after a take-over must have the same checksum, or the nodes refuse it."""
+    one, two = tmp_path / "m1", tmp_path / "m2"
+    one.mkdir(), two.mkdir()
+    first = build.build(_opts(one), "rainbow", "pro", {"repo": repo}, "master", lambda _l: None)
+    import time  # pylint: disable=import-outside-toplevel
+
+    time.sleep(1.1)  # another second: the gzip header's time would differ
+    second = build.build(_opts(two), "rainbow", "pro", {"repo": repo}, "master", lambda _l: None)
+    assert first["release"] == second["release"] and first["checksum"] == second["checksum"]
