@@ -246,7 +246,7 @@ def cmd_status(args):
     say(f"sandbox in {box.path} (state: {box.state.get('phase')}, updated {box.state.get('updated')})")
     say(f"  salt (ports publish {st['ports'].get('publish')}, ret {st['ports'].get('ret')}, config {box.conf_dir}):")
     for name, pid in st["daemons"].items():
-        say(f"    {'salt-master ' + name if name.startswith('master') else 'salt-minion ' + name:<20} "
+        say(f"    {'salt-master' if name == 'master' else 'salt-master ' + name if name.startswith('master') else 'salt-minion ' + name:<20} "
             f"{'running, pid ' + str(pid) if pid else 'NOT running'}")
     lb = st["lb"]
     say(f"  HAProxy {lb['url']} (admin socket {lb['socket']}): {'running' if lb['running'] else 'NOT running'}")
