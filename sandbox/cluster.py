@@ -555,9 +555,9 @@ class Sandbox:
         for mid, proc in procs.items():
             self._daemon_started(proc, mid)
 
-    def ping(self, minions, timeout=2):
+    def ping(self, minions, timeout=2, master="master"):
         """The minions among ``minions`` that answer test.ping (one `salt` CLI call)."""
-        argv = [*self.salt_cmd("salt"), "--out=json", "--static", "--timeout", str(timeout), "-L",
+        argv = [*self.salt_cmd("salt", master), "--out=json", "--static", "--timeout", str(timeout), "-L",
                 ",".join(sorted(minions)), "test.ping"]
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30, check=False)
@@ -573,17 +573,19 @@ class Sandbox:
         except OSError:
             return False
 
-    def wait_minions(self, timeout=90):
+    def wait_minions(self, timeout=None, master="master"):
         """Until every minion answers test.ping; SandboxError names the silent ones with their log tails.
 
         A `salt` call costs ~1.5 s, so it is made when the minions' logs say they are ready
         (or every 5 s regardless: the log line is only a hint)."""
+        # with two masters a minion signs in to both, one after the other: it answers later
+        timeout = timeout or (90 if self.masters == 1 else 240)
         pending = set(self.minion_ids)
         deadline = time.monotonic() + timeout
         while pending:
             hint_until = min(time.monotonic() + 5, deadline)
             _wait(lambda: all(self._log_says_ready(m) for m in pending) or time.monotonic() > hint_until, 6)
-            pending -= self.ping(pending)
+            pending -= self.ping(pending, master=master)
             if not pending:
                 break
             dead = [m for m in pending if not _alive(self.pids.get(m) or 0)]
@@ -631,7 +633,8 @@ class Sandbox:
             raise web_error
         self.out(f"salt-master and {len(self.minion_ids)} minions started, web stack up "
                  f"({time.monotonic() - started:.1f}s); waiting for the minions to answer ...")
-        self.wait_minions()
+        for master in self.master_names:  # every master reaches every minion
+            self.wait_minions(master=master)
         self.save_state("running")
         self.out(f"all minions answer test.ping ({time.monotonic() - started:.1f}s)")
 

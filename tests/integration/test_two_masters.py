@@ -80,8 +80,8 @@ def test_first_master_releases_and_second_serves_its_own_artifact(box):
     assert hist_a.stdout == hist_b.stdout and hist_a.stdout.count('"success"') >= 2
 
 
-def test_master_a_dies_mid_release_and_master_b_takes_over(box):
-    sample_repo.add_release(box.repo, "v1.3.0")
+def _release_killed_mid_batch(box):
+    """A release from master A, its salt-run SIGKILLed once web-1 is out of the LB; returns the Popen."""
     argv = [*box.salt_cmd("salt-run", "master"), "deploy.release", f"project={PROJECT}", f"env={ENV}"]
     runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,  # pylint: disable=consider-using-with
                               start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -92,6 +92,34 @@ def test_master_a_dies_mid_release_and_master_b_takes_over(box):
         if "out of the LB" in line or time.monotonic() > deadline:
             break
     assert any("web-1 out of the LB" in line for line in seen), "".join(seen)[-3000:]
+    return runner
+
+
+def test_a_runner_killed_on_master_a_is_cleared_by_unlock_on_master_b(box):
+    before = currents(box)
+    runner = _release_killed_mid_batch(box)  # the release of what is already current: nothing else changes
+    os.killpg(runner.pid, signal.SIGKILL)
+    runner.wait()
+    assert _lb_state(box, "web-1") != "ready"
+    deadline = time.monotonic() + TTL + 120
+    while True:
+        out = salt_run(box, "master-b", "deploy.unlock", f"project={PROJECT}", f"env={ENV}")
+        if out.returncode == 0 or time.monotonic() > deadline:
+            break
+        assert "is held by a running release by" in out.stdout, out.stdout[-2000:]
+        time.sleep(1)
+    assert out.returncode == 0 and '"cleared"' in out.stdout, out.stdout[-3000:]
+    assert "restored LB state of web-1 left detached by an interrupted run" in out.stdout, out.stdout[-3000:]
+    assert {n: _lb_state(box, n) for n in box.web_ids} == {n: "ready" for n in box.web_ids}
+    assert currents(box) == before
+    assert box.read_history()[-1]["result"] == "interrupted"
+    show = salt_run(box, "master", "deploy.unlock", f"project={PROJECT}", f"env={ENV}", "show=True")
+    assert show.returncode == 0 and '"locked": false' in show.stdout, show.stdout[-2000:]
+
+
+def test_master_a_dies_mid_release_and_master_b_takes_over(box):
+    sample_repo.add_release(box.repo, "v1.3.0")
+    runner = _release_killed_mid_batch(box)
     # master A dies: its salt-master and the runner, SIGKILL
     kill_tree(box.pids["master"])
     os.killpg(runner.pid, signal.SIGKILL)
@@ -127,7 +155,7 @@ def test_master_a_dies_mid_release_and_master_b_takes_over(box):
         b = salt_run(box, "master-b", fun, f"project={PROJECT}")
         assert a.returncode == 0 and a.stdout == b.stdout, (a.stdout[-2000:], b.stdout[-2000:])
     stats = salt_run(box, "master-b", "deploy.stats", f"project={PROJECT}").stdout
-    assert '"interrupted": 1' in stats and '"emergency": 1' in stats, stats
+    assert '"interrupted": 2' in stats and '"emergency": 1' in stats, stats
 
 
 def test_etcd_down_refuses_state_changes_and_views(box):
