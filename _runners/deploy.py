@@ -368,6 +368,8 @@ def _preprod(run, plan, release, **switch_args):
         return
     if node in run.failed:
         raise DeployError(f"pre-production node {node} failed: {run.nodes[node]['error']}; nothing was switched")
+    if run.lock:
+        run.lock.check()
     started = time.monotonic()
     run.progress(f"preprod {node}: switching to {release}")
     passed = _switch(run, [node], release, **switch_args)
@@ -416,6 +418,8 @@ def _stages(run, plan, release, **switch_args):
             nodes = [n for n in batch if n not in run.failed]
             run.check_abort(f"before stage {stage['name']} batch {index}")
             if nodes:
+                if run.lock:
+                    run.lock.check()  # a shared store's lease lost: stop before the next batch
                 _batch(run, stage, index, nodes, release, **switch_args)
             if len(run.failed) > run.max_failures:
                 raise DeployError(
@@ -430,7 +434,10 @@ def _finish(run, plan, error=None, extra=None, aborted=False):
     """Record and report: cleanup, LB state of every node, history, events, summary."""
     reached = [n for n in plan["nodes"] if n not in run.failed] if plan else []
     if run.kind == "release" and reached and run.release and not error:
-        _node_call(run, reached, "deploy.cleanup", {"project": run.project, "inventory": True})
+        try:
+            _node_call(run, reached, "deploy.cleanup", {"project": run.project, "inventory": True})
+        except DeployError as exc:  # the store failed (a lost lock): the releases are out, cleanup waits
+            error = str(exc)
     lb_states = {}
     if plan and run.has_lb and run.mode != "emergency":
         nodes = planning.behind_lb(plan)
@@ -448,7 +455,11 @@ def _finish(run, plan, error=None, extra=None, aborted=False):
         "release": run.release, "started": run.started_at, "finished": names.now(), "seconds": seconds,
         "nodes": run.nodes, "timings": run.timings, "error": error, **(extra or {}),
     }
-    run.store.history_append(run.project, record, lock=run.lock)
+    try:
+        run.store.history_append(run.project, record, lock=run.lock)
+    except DeployError as exc:  # a lost lock: the next run records this one as interrupted
+        error = record["error"] = f"{error}; {exc}" if error else str(exc)
+        result = record["result"] = "failure"
     run.fire("success" if result == "success" else "failure", result=result, error=error, seconds=seconds)
     run.progress(f"{run.kind} {result} in {seconds}s" + (f": {error}" if error else ""))
     summary = {"result": result, "retcode": 0, "release": run.release, "seconds": seconds, "nodes": run.nodes,
@@ -827,7 +838,10 @@ def history(project=None, env=None, limit=20, **kwargs):
             raise SaltInvocationError(f"deploy.history: limit={limit!r} must be a whole number") from None
     except SaltInvocationError as exc:
         return _refused(exc)
-    records = store.get(__opts__, log).history_read(project, env)
+    try:
+        records = store.get(__opts__, log).history_read(project, env)
+    except DeployError as exc:
+        return _failed({"result": "refused", "error": str(exc)})
     return records[-limit:] if limit > 0 else records
 
 
@@ -858,7 +872,11 @@ def stats(project=None, env=None, **kwargs):
         "rollbacks": {"normal": 0, "emergency": 0, "failure": 0, "interrupted": 0, "aborted": 0},
     }
     durations = {"release": [], "rollback": []}
-    for rec in store.get(__opts__, log).history_read(project, env):
+    try:
+        records = store.get(__opts__, log).history_read(project, env)
+    except DeployError as exc:
+        return _failed({"result": "refused", "error": str(exc)})
+    for rec in records:
         kind = "rollbacks" if str(rec.get("kind", "")).startswith("rollback") else "releases"
         result = rec.get("result")
         if kind == "releases":
@@ -901,11 +919,14 @@ def unlock(project=None, env=None, force=False, show=False, **kwargs):
     except SaltInvocationError as exc:
         return _refused(exc)
     lock = store.get(__opts__, log).lock(project, env, "unlock")
-    held = lock.holder()
-    if held is None:
-        return {"locked": False, "detached": lock.detached()}
-    alive = bool(held) and lock.alive(held)
-    info = {"locked": True, "holder": held, "alive": alive, "detached": lock.detached()}
+    try:
+        held = lock.holder()
+        if held is None:
+            return {"locked": False, "detached": lock.detached()}
+        alive = bool(held) and lock.alive(held)
+        info = {"locked": True, "holder": held, "alive": alive, "detached": lock.detached()}
+    except DeployError as exc:
+        return _failed({"result": "refused", "error": str(exc)})
     if show:
         return info
     if alive and not force:

@@ -60,9 +60,9 @@ def _self_cmd(box, action):
 # --------------------------------------------------------------------------- steps of `up`
 
 
-def run_release(box, number):
+def run_release(box, number, master="master"):
     """salt-run deploy.release, output streamed; returns (ok, summary record from the history)."""
-    argv = [*box.salt_cmd("salt-run"), "deploy.release", f"project={PROJECT}", f"env={ENV}"]
+    argv = [*box.salt_cmd("salt-run", master), "deploy.release", f"project={PROJECT}", f"env={ENV}"]
     heading(f"release {number}: {_q(argv)}")
     before = len(read_history(box))
     started = time.monotonic()
@@ -116,18 +116,8 @@ def condense(lines):
 
 
 def read_history(box):
-    """The runner's history records (``<cachedir>/deploy/history/<project>.jsonl`` on the master)."""
-    records = []
-    try:
-        with open(box.history_path(), encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    pass
-    except OSError:
-        pass
-    return records
+    """The runner's history records (``<cachedir>/deploy/history/<project>.jsonl`` on the master, or etcd)."""
+    return box.read_history()
 
 
 def format_timings(record):
@@ -174,6 +164,8 @@ def usage(box):
         ("statistics", f"{run} deploy.stats project={PROJECT}"),
         ("release again", f"{run} deploy.release project={PROJECT} env={ENV}"),
         ("a node's own view", f"{salt} '*' deploy.releases {PROJECT}"),
+        *([("the same from the second master", f"{_q(box.salt_cmd('salt-run', 'master-b'))} deploy.history "
+            f"project={PROJECT} env={ENV}")] if box.masters == 2 else []),
         ("a new version in the repo",
          f"cd {shlex.quote(REPO_ROOT)} && " + _q([_python(), "-c", f"from sandbox import repo; "
                                                   f"repo.add_release({json.dumps(box.repo)}, \"v1.3.0\")"])),
@@ -194,7 +186,8 @@ def cmd_up(args):
     problems = missing_requirements()
     if problems:
         raise SandboxError("this machine cannot run the sandbox yet:\n  " + "\n  ".join(problems))
-    box = Sandbox(args.path, web=args.web, lb_port=args.lb_port, net=args.net, out=say)
+    box = Sandbox(args.path, web=args.web, lb_port=args.lb_port, net=args.net, out=say,
+                  masters=args.masters, store=args.store, etcd_ttl=args.etcd_ttl)
     old = Sandbox.load(box.path, out=say)
     if old is not None:
         if old.anything_running():
@@ -211,7 +204,8 @@ def cmd_up(args):
         say(f"{box.path} exists and is not a sandbox: choose another --path")
         return 1
     box.preflight()
-    heading(f"starting the sandbox in {box.path}: salt-master, minions {', '.join(box.minion_ids)}, "
+    heading(f"starting the sandbox in {box.path}: salt-master{' x2 (127.0.0.1, ' + box.master_addr['master-b'] + ')' if box.masters == 2 else ''}"
+            f"{', etcd' if box.store == 'etcd' else ''}, minions {', '.join(box.minion_ids)}, "
             f"nginx + PHP-FPM on {', '.join(box.addr[n] for n in box.nodes)}:8080, HAProxy on {box.lb.url}")
     try:
         box.up()
@@ -231,7 +225,8 @@ def cmd_up(args):
         heading("a new release in the repository: v1.2.0")
         sha = sample_repo.add_release(box.repo, "v1.2.0")
         say(f"    committed {sha[:10]} on master and tagged v1.2.0 in {box.repo}")
-        ok2, _ = run_release(box, 2)
+        # with two masters, the second release is made from the other one
+        ok2, _ = run_release(box, 2, master=box.master_names[-1])
         site2 = ok2 and show_site(box, "1.2.0")
     usage(box)
     total = time.monotonic() - started
@@ -251,7 +246,7 @@ def cmd_status(args):
     say(f"sandbox in {box.path} (state: {box.state.get('phase')}, updated {box.state.get('updated')})")
     say(f"  salt (ports publish {st['ports'].get('publish')}, ret {st['ports'].get('ret')}, config {box.conf_dir}):")
     for name, pid in st["daemons"].items():
-        say(f"    {'salt-master' if name == 'master' else 'salt-minion ' + name:<20} "
+        say(f"    {'salt-master' if name == 'master' else 'salt-master ' + name if name.startswith('master') else 'salt-minion ' + name:<20} "
             f"{'running, pid ' + str(pid) if pid else 'NOT running'}")
     lb = st["lb"]
     say(f"  HAProxy {lb['url']} (admin socket {lb['socket']}): {'running' if lb['running'] else 'NOT running'}")
@@ -300,6 +295,11 @@ def main(argv=None):
                            help=f"first three octets of the nodes' loopback addresses (default {DEFAULT_NET}: "
                                 "pre-1 on .10, web-1 on .11, ...)")
             p.add_argument("--force", action="store_true", help="recreate a sandbox that is already running")
+            p.add_argument("--masters", type=int, default=1, choices=(1, 2),
+                           help="deployment servers (2: hot/hot, needs --store etcd)")
+            p.add_argument("--store", default="local", choices=("local", "etcd"),
+                           help="where the lock and history live (etcd: a local etcd the sandbox starts)")
+            p.add_argument("--etcd-ttl", type=int, default=10, help="seconds a dead run's lock lives on (etcd)")
     args = parser.parse_args(argv)
     try:
         return {"up": cmd_up, "status": cmd_status, "down": cmd_down}[args.command](args)

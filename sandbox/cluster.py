@@ -254,8 +254,17 @@ def _dump(path, data):
 class Sandbox:
     """One sandbox cluster in ``path``; see the module docstring."""
 
-    def __init__(self, path=None, web=3, lb_port=DEFAULT_LB_PORT, net=DEFAULT_NET, out=print):
+    def __init__(self, path=None, web=3, lb_port=DEFAULT_LB_PORT, net=DEFAULT_NET, out=print,
+                 masters=1, store="local", etcd_ttl=10):
         self.path = os.path.abspath(path or DEFAULT_PATH)
+        self.masters = int(masters)
+        if self.masters not in (1, 2):
+            raise SandboxError("--masters must be 1 or 2")
+        if store not in ("local", "etcd"):
+            raise SandboxError("--store must be local or etcd")
+        if self.masters == 2 and store != "etcd":
+            raise SandboxError("--masters 2 needs --store etcd (the masters share the lock and history there)")
+        self.store, self.etcd_ttl = store, int(etcd_ttl)
         self.web = int(web)
         if not 1 <= self.web <= 50:
             raise SandboxError("--web must be between 1 and 50")
@@ -278,6 +287,12 @@ class Sandbox:
         else:
             self.base = "/tmp/dpl-sbx-" + hashlib.sha1(self.path.encode()).hexdigest()[:10]
         self.conf_dir = os.path.join(self.path, "etc", "salt")
+        # the second master: its own config, keys (copied from the first), cache and file_roots
+        # (it builds and serves its own artifacts); the same pillar
+        self.master_names = ["master", "master-b"][: self.masters]
+        self.master_addr = {"master": "127.0.0.1", "master-b": f"{self.net}.2"}
+        self.conf_dirs = {"master": self.conf_dir, "master-b": os.path.join(self.path, "etc", "salt-b")}
+        self.etcd_dir = os.path.join(self.path, "svc", "etcd")
         self.file_roots = os.path.join(self.path, "srv", "salt")
         self.pillar_dir = os.path.join(self.path, "srv", "pillar")
         self.log_dir = os.path.join(self.path, "logs")
@@ -312,8 +327,37 @@ class Sandbox:
     def history_path(self):
         return os.path.join(self.path, "var", "master", "cache", "deploy", "history", f"{PROJECT}.jsonl")
 
-    def salt_cmd(self, tool="salt-run"):
-        return [salt_bin(tool), "-c", self.conf_dir]
+    def salt_cmd(self, tool="salt-run", master="master"):
+        return [salt_bin(tool), "-c", self.conf_dirs[master]]
+
+    def store_opts(self):
+        """The master options that choose the deploy store (none for the local disk)."""
+        if self.store != "etcd":
+            return {}
+        return {"deploy_store": "etcd",
+                "deploy_etcd": {"endpoints": [f"http://127.0.0.1:{self.ports['etcd']}"], "prefix": "/salt-deploy/",
+                                "ttl": self.etcd_ttl}}
+
+    def read_history(self):
+        """The runner's history records, oldest first (from the master's disk or from etcd)."""
+        if self.store == "etcd":
+            from deploy_master import store_etcd  # pylint: disable=import-outside-toplevel
+
+            try:
+                return store_etcd.EtcdStore(self.store_opts()["deploy_etcd"]).history_read(PROJECT)
+            except store_etcd.DeployError:
+                return []
+        records = []
+        try:
+            with open(self.history_path(), encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        pass
+        except OSError:
+            pass
+        return records
 
     # ---------------------------------------------------------------- state file
     @classmethod
@@ -325,7 +369,9 @@ class Sandbox:
                 state = json.load(fh)
         except (OSError, ValueError):
             return None
-        box = cls(path, web=state["web"], lb_port=state["lb_port"], net=state["net"], out=out)
+        box = cls(path, web=state["web"], lb_port=state["lb_port"], net=state["net"], out=out,
+                  masters=state.get("masters", 1), store=state.get("store", "local"),
+                  etcd_ttl=state.get("etcd_ttl", 10))
         box.base = state.get("base", box.base)
         box.ports = state.get("ports", {})
         box.pids = state.get("pids", {})
@@ -336,6 +382,7 @@ class Sandbox:
         state = {
             "project": PROJECT, "env": ENV, "phase": phase, "path": self.path, "base": self.base,
             "web": self.web, "lb_port": self.lb_port, "net": self.net, "ports": self.ports,
+            "masters": self.masters, "store": self.store, "etcd_ttl": self.etcd_ttl,
             "pids": self.pids, "conf_dir": self.conf_dir, "python": sys.executable,
             "minions": self.minion_ids, "nodes": {n: self.addr[n] for n in self.nodes},
             "job_node": self.job_node, "lb": self.lb.url, "lb_socket": self.lb.socket, "repo": self.repo,
@@ -382,6 +429,10 @@ class Sandbox:
             os.symlink(self.path, self.base)
         self.ports = {"publish": _free_port(), "ret": None}
         self.ports["ret"] = _free_port(avoid={self.ports["publish"]})
+        taken = {self.ports["publish"], self.ports["ret"]}
+        for key in (["publish-b", "ret-b"] if self.masters == 2 else []) + (["etcd", "etcd-peer"] if self.store == "etcd" else []):
+            self.ports[key] = _free_port(avoid=taken)
+            taken.add(self.ports[key])
         b = self.base
         common = {
             "root_dir": b,
@@ -406,7 +457,25 @@ class Sandbox:
             "file_roots": {"base": [self.file_roots]},
             "pillar_roots": {"base": [self.pillar_dir]},
         }
+        master.update(self.store_opts())
         _dump(os.path.join(self.conf_dir, "master"), master)
+        if self.masters == 2:
+            _mkdir(os.path.join(self.path, "srv", "salt-b"))
+            _mkdir(self.conf_dirs["master-b"])
+            _dump(os.path.join(self.conf_dirs["master-b"], "master"), {
+                **master,
+                "id": "master-b",
+                "interface": self.master_addr["master-b"],
+                "publish_port": self.ports["publish-b"],
+                "ret_port": self.ports["ret-b"],
+                "pki_dir": f"{b}/var/master-b/pki",
+                "cachedir": f"{b}/var/master-b/cache",
+                "sock_dir": f"{b}/run/master-b",
+                "pidfile": self.pidfile("master-b"),
+                "log_file": f"{b}/logs/master-b.log",
+                "key_logfile": f"{b}/logs/master-b-key.log",
+                "file_roots": {"base": [os.path.join(self.path, "srv", "salt-b")]},
+            })
         for mid in self.minion_ids:
             if mid == "lb-1":
                 grains = {"roles": ["lb"]}
@@ -431,6 +500,12 @@ class Sandbox:
                 "random_reauth_delay": 0,
                 "enable_fqdns_grains": False,
             }
+            if self.masters == 2:
+                # hot/hot: both masters as addr:ret_port; no global master_port/publish_port (each
+                # master tells its publish port when the minion signs in)
+                del conf["master_port"], conf["publish_port"]
+                conf["master"] = [f"{self.master_addr['master']}:{self.ports['ret']}",
+                                  f"{self.master_addr['master-b']}:{self.ports['ret-b']}"]
             _mkdir(self.minion_conf_dir(mid))
             _dump(os.path.join(self.minion_conf_dir(mid), "minion"), conf)
 
@@ -471,20 +546,41 @@ class Sandbox:
         self.pids[name] = pid
         return pid
 
+    def start_etcd(self):
+        from sandbox.etcd import EtcdServer  # pylint: disable=import-outside-toplevel
+
+        server = EtcdServer(self.etcd_dir, port=self.ports["etcd"], peer_port=self.ports["etcd-peer"]).start()
+        self.pids["etcd"] = server.proc.pid
+        server.proc = None  # a handle only: it runs until `down`
+
     def start_salt(self, timeout=60):
+        if self.store == "etcd":
+            self.start_etcd()
         master = self._spawn_daemon("salt-master", self.conf_dir, "master")
         self._daemon_started(master, "master")
         ok = _wait(lambda: all(_port_open("127.0.0.1", self.ports[k]) for k in ("ret", "publish")), timeout)
         if not ok:
             raise SandboxError(f"salt-master does not listen on 127.0.0.1:{self.ports['ret']}/{self.ports['publish']} "
                                f"after {timeout}s:\n{_tail(os.path.join(self.log_dir, 'master.log'))}")
+        if self.masters == 2:
+            # identical master keys: the minions trust either master
+            pki_b = os.path.join(self.base, "var", "master-b", "pki")
+            os.makedirs(pki_b, mode=0o700, exist_ok=True)
+            for name in ("master.pem", "master.pub"):
+                shutil.copy2(os.path.join(self.base, "var", "master", "pki", name), os.path.join(pki_b, name))
+            master_b = self._spawn_daemon("salt-master", self.conf_dirs["master-b"], "master-b")
+            self._daemon_started(master_b, "master-b")
+            addr = self.master_addr["master-b"]
+            if not _wait(lambda: all(_port_open(addr, self.ports[k]) for k in ("ret-b", "publish-b")), timeout):
+                raise SandboxError(f"salt-master master-b does not listen on {addr}:{self.ports['ret-b']} after "
+                                   f"{timeout}s:\n{_tail(os.path.join(self.log_dir, 'master-b.log'))}")
         procs = {mid: self._spawn_daemon("salt-minion", self.minion_conf_dir(mid), mid) for mid in self.minion_ids}
         for mid, proc in procs.items():
             self._daemon_started(proc, mid)
 
-    def ping(self, minions, timeout=2):
+    def ping(self, minions, timeout=2, master="master"):
         """The minions among ``minions`` that answer test.ping (one `salt` CLI call)."""
-        argv = [*self.salt_cmd("salt"), "--out=json", "--static", "--timeout", str(timeout), "-L",
+        argv = [*self.salt_cmd("salt", master), "--out=json", "--static", "--timeout", str(timeout), "-L",
                 ",".join(sorted(minions)), "test.ping"]
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30, check=False)
@@ -500,17 +596,19 @@ class Sandbox:
         except OSError:
             return False
 
-    def wait_minions(self, timeout=90):
+    def wait_minions(self, timeout=None, master="master"):
         """Until every minion answers test.ping; SandboxError names the silent ones with their log tails.
 
         A `salt` call costs ~1.5 s, so it is made when the minions' logs say they are ready
         (or every 5 s regardless: the log line is only a hint)."""
+        # with two masters a minion signs in to both, one after the other: it answers later
+        timeout = timeout or (90 if self.masters == 1 else 240)
         pending = set(self.minion_ids)
         deadline = time.monotonic() + timeout
         while pending:
             hint_until = min(time.monotonic() + 5, deadline)
             _wait(lambda: all(self._log_says_ready(m) for m in pending) or time.monotonic() > hint_until, 6)
-            pending -= self.ping(pending)
+            pending -= self.ping(pending, master=master)
             if not pending:
                 break
             dead = [m for m in pending if not _alive(self.pids.get(m) or 0)]
@@ -558,7 +656,8 @@ class Sandbox:
             raise web_error
         self.out(f"salt-master and {len(self.minion_ids)} minions started, web stack up "
                  f"({time.monotonic() - started:.1f}s); waiting for the minions to answer ...")
-        self.wait_minions()
+        for master in self.master_names:  # every master reaches every minion
+            self.wait_minions(master=master)
         self.save_state("running")
         self.out(f"all minions answer test.ping ({time.monotonic() - started:.1f}s)")
 
@@ -566,9 +665,9 @@ class Sandbox:
     def salt_daemons(self):
         """{name: pid or None} of the sandbox's salt daemons (pid files checked against their command line)."""
         out = {}
-        for name in ["master", *self.minion_ids]:
+        for name in [*self.master_names, *self.minion_ids]:
             pid = _read_pid(self.pidfile(name)) or self.pids.get(name)
-            conf = self.conf_dir if name == "master" else self.minion_conf_dir(name)
+            conf = self.conf_dirs[name] if name in self.conf_dirs else self.minion_conf_dir(name)
             out[name] = pid if pid and _alive(pid) and conf in _cmdline(pid) else None
         return out
 
@@ -610,6 +709,10 @@ class Sandbox:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        etcd = self.pids.get("etcd")
+        if etcd and _alive(etcd) and self.etcd_dir in _cmdline(etcd):
+            os.kill(etcd, signal.SIGTERM)
+            daemons.append(etcd)
         services = [self.lb, *self.php.values()]
         with concurrent.futures.ThreadPoolExecutor(len(services)) as pool:
             futures = {pool.submit(svc.stop): svc for svc in services}
@@ -629,7 +732,7 @@ class Sandbox:
                 except ProcessLookupError:
                     pass
             _wait(lambda: not any(_alive(p) for p in left), 5)
-        for name in ["master", *self.minion_ids]:
+        for name in [*self.master_names, *self.minion_ids]:
             try:
                 os.unlink(self.pidfile(name))
             except OSError:

@@ -4,6 +4,7 @@ Master options: ``deploy_artifacts_dir`` (inside a ``file_roots`` directory of `
 default ``<first base file_root>/deploy_artifacts``), ``deploy_keep_artifacts`` (default 10).
 """
 
+import gzip
 import hashlib
 import json
 import os
@@ -57,10 +58,21 @@ def package(src, revision, workdir, commands, env, progress):
                 f"build command failed (exit {proc.returncode}): {command}: {(proc.stderr or proc.stdout).strip()[-300:]}"
             )
     out = os.path.join(workdir, "release.tar.gz")
-    with tarfile.open(out, "w:gz", compresslevel=6) as tar:
-        for name in sorted(os.listdir(tree)):
-            tar.add(os.path.join(tree, name), arcname=name)
+    # the same bytes from the same tree: no time or name in the gzip header, no owner names, so
+    # that two masters building one commit publish one checksum (a take-over rebuilds it)
+    with open(out, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in sorted(os.listdir(tree)):
+                tar.add(os.path.join(tree, name), arcname=name, filter=_anonymous)
     return out
+
+
+def _anonymous(member):
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    if member.issym():  # a link's own time is the export's, not the commit's (and nodes never use it)
+        member.mtime = 0
+    return member
 
 
 def prune_artifacts(opts, directory):

@@ -76,6 +76,11 @@ class Lock:
         """Give the lock back, if this run still holds it."""
         raise NotImplementedError
 
+    def check(self):
+        """Raise DeployError if this run no longer holds the lock (a shared store's lease was lost).
+
+        The runner calls it before each step that changes nodes; a local lock is never lost."""
+
     def detached(self):
         """The nodes a run has taken out of the load balancer and not yet put back."""
         raise NotImplementedError
@@ -89,7 +94,8 @@ class Lock:
         """The holder, for people."""
         return (
             f"{info.get('kind', 'a run')} by {info.get('user', '?')} from {info.get('host', '?')} "
-            f"(jid {info.get('jid', '?')}, pid {info.get('pid', '?')}) since {info.get('since', '?')}"
+            + (f"on master {info['master']} " if info.get("master") else "")
+            + f"(jid {info.get('jid', '?')}, pid {info.get('pid', '?')}) since {info.get('since', '?')}"
         )
 
     def _locked(self, held):
@@ -116,6 +122,7 @@ class Lock:
                 "started": held.get("since"),
                 "finished": names.now(),
             },
+            lock=self,  # a shared store fences it with this run's lock, once taken
         )
 
 
@@ -330,13 +337,18 @@ class LocalStore(Store):
             os.replace(tmp, path)
 
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "etcd")
 
 
 def get(opts, log=None):
-    """The store the master options choose (``deploy_store``, default ``local``)."""
+    """The store the master options choose (``deploy_store``, default ``local``; ``etcd``: shared
+    by several masters, configured by ``deploy_etcd``, see :mod:`deploy_master.store_etcd`)."""
     kind = opts.get("deploy_store") or "local"
     if kind not in BACKENDS:
         raise SaltInvocationError(f"unknown deploy_store {kind!r}: use one of {', '.join(BACKENDS)}")
+    if kind == "etcd":
+        from deploy_master import store_etcd  # pylint: disable=import-outside-toplevel
+
+        return store_etcd.EtcdStore(opts.get("deploy_etcd") or {}, master=opts.get("id"), log=log)
     base = opts.get("deploy_state_dir") or os.path.join(opts["cachedir"], "deploy")
     return LocalStore(base, log)

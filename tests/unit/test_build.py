@@ -138,3 +138,16 @@ def test_a_name_too_long_for_the_nodes_is_refused_before_building(repo, tmp_path
         build.build(opts, "p" * 64, "e" * 64, {"repo": repo, "build": ["touch /nonexistent/built"]},
                     "feature-" + "b" * 60, print)
     assert not os.listdir(tmp_path / "file_roots")
+
+
+def test_two_masters_build_the_same_artifact_from_the_same_commit(repo, tmp_path):
+    """Two deployment servers (issue 13): a release one master prepared on some nodes and the other
+    builds again after a take-over must have the same checksum, or the nodes refuse it."""
+    one, two = tmp_path / "m1", tmp_path / "m2"
+    one.mkdir(), two.mkdir()
+    first = build.build(_opts(one), "rainbow", "pro", {"repo": repo}, "master", lambda _l: None)
+    import time  # pylint: disable=import-outside-toplevel
+
+    time.sleep(1.1)  # another second: the gzip header's time would differ
+    second = build.build(_opts(two), "rainbow", "pro", {"repo": repo}, "master", lambda _l: None)
+    assert first["release"] == second["release"] and first["checksum"] == second["checksum"]
