@@ -42,6 +42,7 @@ import time
 
 import yaml
 
+from sandbox import console
 from sandbox import pillar as sandbox_pillar
 from sandbox import repo as sample_repo
 from sandbox import web as web_stack
@@ -53,6 +54,7 @@ STATE_FILE = "sandbox.json"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PATH = os.path.join(REPO_ROOT, ".sandbox")
 DEFAULT_LB_PORT = 8088
+DEFAULT_API_PORT = 8090  # salt-api with the web console (another free port if taken)
 DEFAULT_NET = "127.0.1"
 NODE_PORT = 8080
 RESERVED_PORTS = {4505, 4506, 8080, DEFAULT_LB_PORT}
@@ -284,6 +286,14 @@ class Sandbox:
     def minion_conf_dir(self, mid):
         return os.path.join(self.path, "etc", "minions", mid)
 
+    @property
+    def users_file(self):
+        return os.path.join(self.conf_dir, "console-users")
+
+    @property
+    def console_url(self):
+        return console.url("127.0.0.1", self.ports.get("api"))
+
     def pidfile(self, daemon):
         return os.path.join(self.base, "run", f"salt-{daemon}.pid")
 
@@ -359,6 +369,7 @@ class Sandbox:
             os.symlink(self.path, self.base)
         self.ports = {"publish": _free_port(), "ret": None}
         self.ports["ret"] = _free_port(avoid={self.ports["publish"]})
+        self.ports["api"] = console.free_port(preferred=DEFAULT_API_PORT)
         b = self.base
         common = {
             "root_dir": b,
@@ -382,6 +393,11 @@ class Sandbox:
             "worker_threads": 4,
             "file_roots": {"base": [self.file_roots]},
             "pillar_roots": {"base": [self.pillar_dir]},
+            # salt-api with the web console (console/), file eauth with the demo users
+            **console.master_options(console.write_users(self.users_file, console.DEMO_USERS), self.ports["api"],
+                                     log_dir=self.log_dir),
+            "api_pidfile": self.pidfile("api"),
+            "api_logfile": f"{b}/logs/api.log",
         }
         _dump(os.path.join(self.conf_dir, "master"), master)
         for mid in self.minion_ids:
@@ -439,7 +455,7 @@ class Sandbox:
             _wait(lambda: _read_pid(self.pidfile(name)) is not None, timeout)
             pid = _read_pid(self.pidfile(name))
         if not pid or not _alive(pid):
-            raise SandboxError(f"salt-{'master' if name == 'master' else 'minion ' + name} did not start "
+            raise SandboxError(f"salt-{name if name in ('master', 'api') else 'minion ' + name} did not start "
                                f"(exit {rc}):\n{_tail(os.path.join(self.log_dir, name + '.out'))}"
                                f"{_tail(os.path.join(self.log_dir, name + '.log'))}")
         self.pids[name] = pid
@@ -453,8 +469,13 @@ class Sandbox:
             raise SandboxError(f"salt-master does not listen on 127.0.0.1:{self.ports['ret']}/{self.ports['publish']} "
                                f"after {timeout}s:\n{_tail(os.path.join(self.log_dir, 'master.log'))}")
         procs = {mid: self._spawn_daemon("salt-minion", self.minion_conf_dir(mid), mid) for mid in self.minion_ids}
+        api = self._spawn_daemon("salt-api", self.conf_dir, "api")
         for mid, proc in procs.items():
             self._daemon_started(proc, mid)
+        self._daemon_started(api, "api")
+        if not console.wait_api("127.0.0.1", self.ports["api"], timeout):
+            raise SandboxError(f"salt-api does not answer on 127.0.0.1:{self.ports['api']} after {timeout}s:\n"
+                               f"{_tail(os.path.join(self.log_dir, 'api.log'))}")
 
     def ping(self, minions, timeout=2):
         """The minions among ``minions`` that answer test.ping (one `salt` CLI call)."""
@@ -540,9 +561,9 @@ class Sandbox:
     def salt_daemons(self):
         """{name: pid or None} of the sandbox's salt daemons (pid files checked against their command line)."""
         out = {}
-        for name in ["master", *self.minion_ids]:
+        for name in ["master", "api", *self.minion_ids]:
             pid = _read_pid(self.pidfile(name)) or self.pids.get(name)
-            conf = self.conf_dir if name == "master" else self.minion_conf_dir(name)
+            conf = self.conf_dir if name in ("master", "api") else self.minion_conf_dir(name)
             out[name] = pid if pid and _alive(pid) and conf in _cmdline(pid) else None
         return out
 
@@ -603,7 +624,7 @@ class Sandbox:
                 except ProcessLookupError:
                     pass
             _wait(lambda: not any(_alive(p) for p in left), 5)
-        for name in ["master", *self.minion_ids]:
+        for name in ["master", "api", *self.minion_ids]:
             try:
                 os.unlink(self.pidfile(name))
             except OSError:
