@@ -180,6 +180,7 @@ async function loadProjects() {
     const list = el("ul");
     for (const env of Object.keys(conf.envs || {})) {
       const link = el("a", { href: "#", "data-project": project, "data-env": env,
+                             class: project === state.project && env === state.env ? "selected" : "",
                              onclick: (e) => { e.preventDefault(); selectEnv(project, env); } }, env);
       list.append(el("li", {}, link));
     }
