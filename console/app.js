@@ -251,7 +251,6 @@ async function unlock() {
 }
 
 async function loadNodes() {
-  const body = clear($("nodes").tBodies[0]);
   $("cluster").textContent = "listing the releases on every node …";
   let ret;
   try {
@@ -264,6 +263,7 @@ async function loadNodes() {
     $("cluster").textContent = `deploy.releases: ${ret.error}`;
     return;
   }
+  const body = clear($("nodes").tBodies[0]);
   const cluster = ret.cluster || {};
   state.cluster = cluster;
   const lastLb = {};
