@@ -27,6 +27,7 @@ reached through a short symlink ``/tmp/dpl-sbx-<hash>`` -> ``<path>``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime
 import hashlib
 import json
@@ -612,6 +613,13 @@ class Sandbox:
                 if future.exception():
                     self.out(f"warning: stopping {svc!r}: {future.exception()}")
         _wait(lambda: not any(_alive(p) for p in daemons), 15)
+        api = [p for p in processes_matching(f"salt-api -d -c {self.conf_dir}") if _alive(p)]
+        if api:  # salt-api waits for an open /events stream (a console left open) that may never send again
+            self.out("salt-api did not stop within 15s (a console's event stream was open): killing it")
+            for pid in api:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _wait(lambda: not any(_alive(p) for p in api), 5)
         killed = []
         for _ in range(3):
             left = self.leftovers()
