@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -206,6 +207,7 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
 
         # release 1: the env's branch, previewed first (test=True), then confirmed
         page.select_option("#ref", "master")
+        before = cluster.currents()
         page.click("#preview")
         page.wait_for_selector("#plan:not([hidden])", timeout=60_000)
         release1 = page.text_content("#plan-release")
@@ -213,7 +215,7 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
         plan = page.eval_on_selector_all("#plan-lines li", "items => items.map(i => i.textContent)")
         assert plan[0].startswith("preprod: pre-1") and any("web-1" in line for line in plan), plan
         shot(page, "03-plan")
-        assert cluster.currents() != {n: release1 for n in NODES} or True  # a preview changes nothing
+        assert cluster.currents() == before  # a preview changes nothing
         page.click("#confirm-release")
         wait_run(page)
         assert page.eval_on_selector_all("#live-nodes tbody tr.ok", "rows => rows.length") == len(NODES)
@@ -258,7 +260,7 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
         bars = page.eval_on_selector_all("#stats-chart rect.bar[data-series='release success']",
                                          "rects => rects.reduce((n, r) => n + Number(r.dataset.count || 0), 0)")
         assert bars >= 2
-        assert "2 succeeded" in page.text_content("#stats-totals") or "succeeded" in page.text_content("#stats-totals")
+        assert re.match(r"releases: [1-9][0-9]* succeeded", page.text_content("#stats-totals"))
         shot(page, "06-history-chart")
 
         # roll back: the confirmation names the target, the live view follows it
@@ -291,7 +293,7 @@ def test_viewer_sees_but_the_server_refuses_changes(api, context):
     assert "refused by the server: viewer may not run deploy.release" in page.text_content("#notice")
     page.click("#rollback")
     page.wait_for_selector("#notice.error:has-text('deploy.rollback')", timeout=30_000)
-    assert page.is_hidden("#confirm[open]") if page.query_selector("#confirm[open]") else True
+    assert page.query_selector("#confirm[open]") is None  # refused before any confirmation
     assert page.is_visible("#app")  # still logged in: a refusal is not an expired session
     shot(page, "09-viewer-refused")
     no_secrets(page.content(), "the viewer's page")
