@@ -673,15 +673,37 @@ function dispatch(event) {
   if (run && /^salt\/run\/\d+\/progress$/.test(tag) && typeof data.message === "string" &&
       data.message.replace(/^\[[^\]]*\]\s+/, "").startsWith(`${state.project}/${state.env}: `)) {
     onProgress(data.message);
-  } else if (run && !run.done && tag === `salt/run/${run.jid}/ret` && data.return && typeof data.return === "object") {
-    // the job's return: a run refused before it started (e.g. the lock) sends no deploy/... event
-    if (data.return.result === "refused") {
-      run.done = true;
-      setRunState("failure");
-      $("live-log").append(document.createTextNode(`refused: ${data.return.error}\n`));
-      notice(`refused: ${data.return.error}`, true);
-      refreshAfterRun();
-    }
+  } else if (run && tag === `salt/run/${run.jid}/ret` && data.return && typeof data.return === "object") {
+    onReturn(run, data.return);
+  }
+}
+
+/* The job's return: a run refused before it started (e.g. the lock) sends no deploy/... event, and a
+   node whose event this page missed (a stream reconnect) is filled in from the summary. */
+function onReturn(run, ret) {
+  if (ret.result === "refused") {
+    if (run.done) return;
+    run.done = true;
+    setRunState("failure");
+    $("live-log").append(document.createTextNode(`refused: ${ret.error}\n`));
+    notice(`refused: ${ret.error}`, true);
+    refreshAfterRun();
+    return;
+  }
+  for (const [node, info] of Object.entries(ret.nodes || {})) {
+    const row = nodeRow(node);
+    if (row.className || !info || !info.result) continue;
+    const ok = info.result === "ok";
+    row.className = ok ? "ok" : (info.result === "refused" ? "refused" : "fail");
+    cell(row, "result", ok ? "ok" : info.result === "refused" ? "refused" : "FAILED");
+    cell(row, "release", info.new || "");
+    cell(row, "message", info.error || "");
+  }
+  if (!run.done && (ret.result === "success" || ret.result === "failure")) {
+    run.done = true;
+    setRunState(ret.result);
+    if (ret.error) $("live-log").append(document.createTextNode(`error: ${ret.error}\n`));
+    refreshAfterRun();
   }
 }
 

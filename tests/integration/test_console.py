@@ -19,6 +19,7 @@ import time
 
 import pytest
 import salt.payload
+import salt.utils.event
 
 from sandbox import console
 from sandbox import repo as sample_repo
@@ -52,6 +53,12 @@ def api(cluster):
         base = f"http://127.0.0.1:{cluster.api_port}"
         assert console.wait_api("127.0.0.1", cluster.api_port, timeout=30)
         yield base
+        # salt-api stops only once each /events stream it served sees one more event (its thread waits in
+        # the bus): the browser is closed by now, so one event ends those threads
+        opts = cluster.master.config
+        with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
+            bus.fire_event({}, "salt-deploy/tests/console-done")
+        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +183,42 @@ class EventTap:
         self.thread.join(5)
 
 
-def wait_run(page, result="success"):
-    page.wait_for_selector(f"#live-state.{result}", timeout=RUN_TIMEOUT)
+def wait_run(page):
+    """Wait for the live view's run to end; True on success.  A run that failed only because a
+    live minion did not answer in time (this 2-core machine under load) is False, to retry; any
+    other failure fails the test."""
+    page.wait_for_selector("#live-state.success, #live-state.failure", timeout=RUN_TIMEOUT)
+    if page.is_visible("#live-state.success"):
+        return True
+    log = page.text_content("#live-log")
+    assert "no response" in log or "did not return" in log, log
+    return False
+
+
+def run_via_ui(page, start, attempts=2):
+    """``start(page)`` starts a release or rollback; wait for its success, retrying a run that failed
+    only on silent minions."""
+    for _ in range(attempts):
+        start(page)
+        page.wait_for_selector("#live-state.running", timeout=60_000)
+        if wait_run(page):
+            return
+    raise AssertionError("the run failed twice on minions that did not answer in time")
+
+
+def preview(page, ref):
+    """Select ``ref``, preview its plan (test=True); returns the release name."""
+    page.select_option("#ref", ref)
+    page.click("#preview")
+    page.wait_for_selector("#plan:not([hidden])", timeout=60_000)
+    return page.text_content("#plan-release")
+
+
+def release_via_ui(page, ref):
+    def start(page):
+        preview(page, ref)
+        page.click("#confirm-release")
+    run_via_ui(page, start)
 
 
 # --------------------------------------------------------------------------- tests
@@ -217,12 +258,15 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
         shot(page, "03-plan")
         assert cluster.currents() == before  # a preview changes nothing
         page.click("#confirm-release")
-        wait_run(page)
-        assert page.eval_on_selector_all("#live-nodes tbody tr.ok", "rows => rows.length") == len(NODES)
+        page.wait_for_selector("#live-state.running", timeout=60_000)
+        if not wait_run(page):
+            release_via_ui(page, "master")
+        live = page.text_content("#live")
+        assert page.eval_on_selector_all("#live-nodes tbody tr.ok", "rows => rows.length") == len(NODES), live
         # per-node times from the events: switch, restart and checks of every node
         times = page.eval_on_selector_all(
             "#live-nodes tbody tr", "rows => rows.map(r => [r.cells[4].textContent, r.cells[6].textContent])")
-        assert all(s.endswith("s") and c.endswith("s") for s, c in times), times
+        assert all(s.endswith("s") and c.endswith("s") for s, c in times), live
         shot(page, "04-live-success")
         assert cluster.currents() == {n: release1 for n in NODES}
 
@@ -241,8 +285,11 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
         page.wait_for_selector("#live-state.running")
         second = open_console(context, api, "operator")
         second.wait_for_selector("#live:not([hidden])", timeout=30_000)
-        wait_run(page)
-        wait_run(second)
+        if not wait_run(page):  # retried in the first tab only
+            second.wait_for_selector("#live-state.failure", timeout=RUN_TIMEOUT)
+            release_via_ui(page, "console-xss")
+        else:
+            assert wait_run(second)
         assert second.eval_on_selector_all("#live-nodes tbody tr.ok", "rows => rows.length") >= 1
         shot(second, "05-second-tab")
         second.close()
@@ -256,7 +303,7 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
         # history and chart
         page.wait_for_function("() => document.querySelectorAll('#history tbody tr').length >= 2")
         rows = page.eval_on_selector_all("#history tbody tr", "rows => rows.map(r => [r.cells[4].textContent, r.cells[5].textContent])")
-        assert rows[0] == [release2, "success"] and rows[1] == [release1, "success"], rows
+        assert rows[0] == [release2, "success"] and [release1, "success"] in rows, rows
         bars = page.eval_on_selector_all("#stats-chart rect.bar[data-series='release success']",
                                          "rects => rects.reduce((n, r) => n + Number(r.dataset.count || 0), 0)")
         assert bars >= 2
@@ -271,7 +318,12 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
         shot(page, "07-rollback-confirm")
         page.click("#confirm-ok")
         page.wait_for_function("() => document.querySelector('#live-title').textContent.startsWith('rollback')")
-        wait_run(page)
+        if not wait_run(page):
+            def again(page):
+                page.click("#rollback")
+                page.wait_for_selector("#confirm[open]", timeout=60_000)
+                page.click("#confirm-ok")
+            run_via_ui(page, again, attempts=1)
         assert cluster.currents() == {n: release1 for n in NODES}
         page.wait_for_function(f"() => document.querySelector('#nodes tbody tr td:nth-child(2)')?.textContent"
                                f"?.startsWith({json.dumps(release1)})", timeout=60_000)
