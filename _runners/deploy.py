@@ -942,3 +942,79 @@ def unlock(project=None, env=None, force=False, show=False, **kwargs):
     except DeployError as exc:
         return _failed({**info, "result": "failure", "error": str(exc)})
     return {**info, "result": "cleared", "warnings": lock.warnings}
+
+
+# --------------------------------------------------------------------------- public: views for the web console
+# (issue 14) What the console needs and no other runner function gives: the projects and envs of the
+# pillar with each env's lock, and the refs of a project's mirror.  Read-only; no node is called.
+
+
+def projects():
+    """
+    The projects and envs of the master's pillar, with each env's default branch and lock
+    (holder, whether its run is alive, nodes it left out of the LB): the web console's
+    first page.  Changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.projects
+    """
+    out = {}
+    defined = (_master_pillar().get("deploy") or {}).get("projects") or {}
+    for name, conf in sorted(defined.items()):
+        if not isinstance(conf, dict) or not PROJECT_RE.fullmatch(str(name)):
+            continue
+        envs = {}
+        for env, envc in sorted((conf.get("envs") or {}).items()):
+            if not isinstance(envc, dict) or not ENV_RE.fullmatch(str(env)):
+                continue
+            lock = _Lock(name, env, "view")
+            held = lock.holder()
+            envs[env] = {
+                "branch": str(envc.get("branch") or "master"),
+                "lock": None if held is None else {"holder": held, "alive": bool(held) and lock.alive(held)},
+                "detached": lock.detached(),
+            }
+        out[name] = {"envs": envs}
+    return out
+
+
+def refs(project, limit=50):
+    """
+    The branches and tags of a project's repository (fetched into the master's mirror),
+    newest first, each with its commit, date, committer and subject: the console's ref
+    chooser.  Changes nothing on any node.
+
+    project
+        Project name.
+    limit
+        How many branches and how many tags (default 50).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.refs project=rainbow
+    """
+    try:
+        conf, _ = _config(project)
+        with _mirror_lock(project):
+            repo = _mirror(project, conf["repo"])
+            found = {"branches": repo.branches, "tags": repo.tags}
+            out = {}
+            for kind, items in found.items():
+                rows = []
+                for ref in items:
+                    commit = ref.commit
+                    rows.append({
+                        "name": ref.name, "commit": commit.hexsha, "committer": commit.committer.name,
+                        "date": commit.committed_datetime.astimezone(datetime.timezone.utc).isoformat(),
+                        "subject": commit.summary,
+                    })
+                rows.sort(key=lambda r: r["date"], reverse=True)
+                out[kind] = rows[: int(limit)]
+    except (DeployError, SaltInvocationError) as exc:
+        return _failed({"result": "refused", "error": str(exc)})
+    return out

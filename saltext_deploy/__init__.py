@@ -37,3 +37,11 @@ def get_runner_dirs():
 def get_outputter_dirs():
     """Outputters: ``deploy_progress`` (plain progress lines for ``salt-run deploy.*``)."""
     return _dirs("_output", "deploy_progress.py")
+
+
+def console_dir():
+    """The web console's static files (``index.html``, ``app.js``, ``app.css``): salt-api's ``static``."""
+    for path in (os.path.join(_HERE, "console"), os.path.join(os.path.dirname(_HERE), "console")):
+        if os.path.isfile(os.path.join(path, "index.html")):
+            return path
+    return None

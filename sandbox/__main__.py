@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 
+from sandbox import console
 from sandbox import repo as sample_repo
 from sandbox.cluster import (DEFAULT_LB_PORT, DEFAULT_NET, DEFAULT_PATH, ENV, PROJECT, REPO_ROOT, Sandbox,
                              SandboxError, missing_requirements)
@@ -176,6 +177,12 @@ def usage(box):
     for what, cmd in lines:
         say(f"  {what:<{width}}  {cmd}")
     say(f"  (pillar: {box.pillar_dir}; logs: {box.log_dir}; nodes: {os.path.join(box.path, 'nodes')})")
+    say()
+    say(f"web console (salt-api): {box.console_url}")
+    logins = ", ".join(f"{user} / {password}" for user, password in console.DEMO_USERS.items())
+    say(f"  demo logins (file eauth, {box.users_file}): {logins}")
+    say("  operator may run every deploy.* runner; viewer only deploy.projects, refs, releases, history, stats "
+        "and unlock show=True")
 
 
 # --------------------------------------------------------------------------- commands
@@ -244,9 +251,13 @@ def cmd_status(args):
         return 1
     st = box.status()
     say(f"sandbox in {box.path} (state: {box.state.get('phase')}, updated {box.state.get('updated')})")
+    if box.ports.get("api"):
+        say(f"  web console: {box.console_url}")
     say(f"  salt (ports publish {st['ports'].get('publish')}, ret {st['ports'].get('ret')}, config {box.conf_dir}):")
     for name, pid in st["daemons"].items():
-        say(f"    {'salt-master' if name == 'master' else 'salt-master ' + name if name.startswith('master') else 'salt-minion ' + name:<20} "
+        label = ("salt-api" if name == "api" else "salt-master" if name == "master"
+                 else "salt-master " + name if name.startswith("master") else "salt-minion " + name)
+        say(f"    {label:<20} "
             f"{'running, pid ' + str(pid) if pid else 'NOT running'}")
     lb = st["lb"]
     say(f"  HAProxy {lb['url']} (admin socket {lb['socket']}): {'running' if lb['running'] else 'NOT running'}")

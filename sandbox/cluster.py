@@ -27,6 +27,7 @@ reached through a short symlink ``/tmp/dpl-sbx-<hash>`` -> ``<path>``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime
 import hashlib
 import json
@@ -42,6 +43,7 @@ import time
 
 import yaml
 
+from sandbox import console
 from sandbox import pillar as sandbox_pillar
 from sandbox import repo as sample_repo
 from sandbox import web as web_stack
@@ -53,6 +55,7 @@ STATE_FILE = "sandbox.json"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PATH = os.path.join(REPO_ROOT, ".sandbox")
 DEFAULT_LB_PORT = 8088
+DEFAULT_API_PORT = 8090  # salt-api with the web console (another free port if taken)
 DEFAULT_NET = "127.0.1"
 NODE_PORT = 8080
 RESERVED_PORTS = {4505, 4506, 8080, DEFAULT_LB_PORT}
@@ -317,6 +320,14 @@ class Sandbox:
     def minion_conf_dir(self, mid):
         return os.path.join(self.path, "etc", "minions", mid)
 
+    @property
+    def users_file(self):
+        return os.path.join(self.conf_dir, "console-users")
+
+    @property
+    def console_url(self):
+        return console.url("127.0.0.1", self.ports.get("api"))
+
     def pidfile(self, daemon):
         return os.path.join(self.base, "run", f"salt-{daemon}.pid")
 
@@ -433,6 +444,7 @@ class Sandbox:
         for key in (["publish-b", "ret-b"] if self.masters == 2 else []) + (["etcd", "etcd-peer"] if self.store == "etcd" else []):
             self.ports[key] = _free_port(avoid=taken)
             taken.add(self.ports[key])
+        self.ports["api"] = console.free_port(preferred=DEFAULT_API_PORT)
         b = self.base
         common = {
             "root_dir": b,
@@ -456,6 +468,11 @@ class Sandbox:
             "worker_threads": 4,
             "file_roots": {"base": [self.file_roots]},
             "pillar_roots": {"base": [self.pillar_dir]},
+            # salt-api with the web console (console/), file eauth with the demo users
+            **console.master_options(console.write_users(self.users_file, console.DEMO_USERS), self.ports["api"],
+                                     log_dir=self.log_dir),
+            "api_pidfile": self.pidfile("api"),
+            "api_logfile": f"{b}/logs/api.log",
         }
         master.update(self.store_opts())
         _dump(os.path.join(self.conf_dir, "master"), master)
@@ -540,7 +557,7 @@ class Sandbox:
             _wait(lambda: _read_pid(self.pidfile(name)) is not None, timeout)
             pid = _read_pid(self.pidfile(name))
         if not pid or not _alive(pid):
-            raise SandboxError(f"salt-{'master' if name == 'master' else 'minion ' + name} did not start "
+            raise SandboxError(f"salt-{name if name in ('master', 'api') else 'minion ' + name} did not start "
                                f"(exit {rc}):\n{_tail(os.path.join(self.log_dir, name + '.out'))}"
                                f"{_tail(os.path.join(self.log_dir, name + '.log'))}")
         self.pids[name] = pid
@@ -575,8 +592,13 @@ class Sandbox:
                 raise SandboxError(f"salt-master master-b does not listen on {addr}:{self.ports['ret-b']} after "
                                    f"{timeout}s:\n{_tail(os.path.join(self.log_dir, 'master-b.log'))}")
         procs = {mid: self._spawn_daemon("salt-minion", self.minion_conf_dir(mid), mid) for mid in self.minion_ids}
+        api = self._spawn_daemon("salt-api", self.conf_dir, "api")
         for mid, proc in procs.items():
             self._daemon_started(proc, mid)
+        self._daemon_started(api, "api")
+        if not console.wait_api("127.0.0.1", self.ports["api"], timeout):
+            raise SandboxError(f"salt-api does not answer on 127.0.0.1:{self.ports['api']} after {timeout}s:\n"
+                               f"{_tail(os.path.join(self.log_dir, 'api.log'))}")
 
     def ping(self, minions, timeout=2, master="master"):
         """The minions among ``minions`` that answer test.ping (one `salt` CLI call)."""
@@ -665,9 +687,10 @@ class Sandbox:
     def salt_daemons(self):
         """{name: pid or None} of the sandbox's salt daemons (pid files checked against their command line)."""
         out = {}
-        for name in [*self.master_names, *self.minion_ids]:
+        for name in [*self.master_names, "api", *self.minion_ids]:
             pid = _read_pid(self.pidfile(name)) or self.pids.get(name)
-            conf = self.conf_dirs[name] if name in self.conf_dirs else self.minion_conf_dir(name)
+            conf = (self.conf_dir if name == "api" else self.conf_dirs[name] if name in self.conf_dirs
+                    else self.minion_conf_dir(name))
             out[name] = pid if pid and _alive(pid) and conf in _cmdline(pid) else None
         return out
 
@@ -720,6 +743,13 @@ class Sandbox:
                 if future.exception():
                     self.out(f"warning: stopping {svc!r}: {future.exception()}")
         _wait(lambda: not any(_alive(p) for p in daemons), 15)
+        api = [p for p in processes_matching(f"salt-api -d -c {self.conf_dir}") if _alive(p)]
+        if api:  # salt-api waits for an open /events stream (a console left open) that may never send again
+            self.out("salt-api did not stop within 15s (a console's event stream was open): killing it")
+            for pid in api:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _wait(lambda: not any(_alive(p) for p in api), 5)
         killed = []
         for _ in range(3):
             left = self.leftovers()
@@ -732,7 +762,7 @@ class Sandbox:
                 except ProcessLookupError:
                     pass
             _wait(lambda: not any(_alive(p) for p in left), 5)
-        for name in [*self.master_names, *self.minion_ids]:
+        for name in [*self.master_names, "api", *self.minion_ids]:
             try:
                 os.unlink(self.pidfile(name))
             except OSError:

@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 
-from sandbox import pillar
+from sandbox import console, pillar
 from sandbox import repo as sample_repo
 from sandbox import web
 
@@ -117,6 +117,8 @@ class Cluster:
         self.refresh_pillar()
 
 
+# the web console's users (file eauth; tests/integration/test_console.py)
+CONSOLE_USERS = {"operator": "op-3f9c-Test", "viewer": "view-71ab-Test"}
 SECRETS = {"sms_key": "SMSKEY-5f1d2c9a-secret", "pay_key": "PAYKEY-77ae01b3-secret"}  # searched for by the secrets tests
 
 
@@ -176,6 +178,9 @@ def cluster(salt_factories, work_dir, rainbow_repo, php_nodes, haproxy):
     os.makedirs(file_roots)
     pillar_dir = os.path.join(work_dir, "pillar")
     os.makedirs(pillar_dir)
+    # salt-api (started only by the tests that need it) serves the console on this port
+    api_port = _free_port()
+    users = console.write_users(os.path.join(work_dir, "console-users"), CONSOLE_USERS)
     master = salt_factories.salt_master_daemon(
         "master",
         overrides={
@@ -184,6 +189,7 @@ def cluster(salt_factories, work_dir, rainbow_repo, php_nodes, haproxy):
             "deploy_timeout": 5,
             "gather_job_timeout": 5,
             "log_level_logfile": "info",
+            **console.master_options(users, api_port, log_dir=work_dir),
         },
     )
     minions = {}
@@ -191,6 +197,7 @@ def cluster(salt_factories, work_dir, rainbow_repo, php_nodes, haproxy):
         grains = {"roles": ["rainbow"], "env": "pro", **NODES[node][1]} if node in NODES else {"roles": ["lb"]}
         minions[node] = master.salt_minion_daemon(node, overrides={"grains": grains, "log_level_logfile": "info"})
     c = Cluster(work_dir, master, minions, haproxy, php_nodes, rainbow_repo)
+    c.api_port = api_port
     c.write_pillar()
     with master.started(start_timeout=120):
         try:
