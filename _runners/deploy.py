@@ -33,7 +33,12 @@ Master options (all optional):
 ``deploy_keep_artifacts``
     artifacts kept per project (default 10)
 ``deploy_timeout``
-    seconds to wait for a silent minion before it counts as failed (default 15)
+    seconds to wait for a node's return before asking whether it still runs the job (default 15)
+``deploy_silent_rounds``
+    ``saltutil.find_job`` rounds a node may leave unanswered, after Salt's own, before it counts
+    as gone (default 2; each lasts ``gather_job_timeout``)
+``deploy_job_timeout``
+    longest wait, in seconds, for a node that says it still runs the job (default 600)
 """
 
 import logging
@@ -61,7 +66,8 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "deploy"
 
-LATE_RETURN_GRACE = 5  # seconds to look for returns in the job cache after the client gave up
+LATE_RETURN_GRACE = 5  # seconds to look for returns in the job cache after a node said it runs the job
+NO_RESPONSE = "no response: minion down or not connected"
 
 
 def __virtual__():
@@ -150,13 +156,15 @@ class _Run:
             timeout=timeout or self.timeout, jid=jid,
         ) or {}
         ret = {n: r for n, r in ret.items() if not _no_return(r)}
+        verdicts = {}
         if len(ret) < len(nodes):
-            ret.update(self.late_returns(jid, [n for n in nodes if n not in ret]))
+            late, verdicts = self.stragglers(jid, [n for n in nodes if n not in ret])
+            ret.update(late)
         out = {}
         for node in nodes:
             got = ret.get(node)
             if got is None:
-                out[node] = {"ok": False, "silent": True, "error": "no response: minion down or not connected"}
+                out[node] = {"ok": False, "silent": True, "error": verdicts.get(node, NO_RESPONSE)}
                 continue
             data = got.get("ret") if isinstance(got, dict) else got
             retcode = got.get("retcode", 0) if isinstance(got, dict) else 0
@@ -169,11 +177,65 @@ class _Run:
                 out[node] = {"ok": False, "error": str(data).replace("ERROR: ", "", 1)[:500]}
         return out
 
-    def late_returns(self, jid, missing):
-        """A job can finish just as the client gives up on it: its return is in the job cache."""
+    def stragglers(self, jid, missing):
+        """The returns of the nodes Salt's client gave up on, and a verdict for each node still without one.
+
+        The client stops waiting for a node that leaves one ``saltutil.find_job`` unanswered for
+        ``gather_job_timeout``: on a loaded master or minion that is often a live node still running
+        the job.  Here a node is waited for as long as it says it runs the job (up to
+        ``deploy_job_timeout``), and counts as gone only after ``deploy_silent_rounds`` more
+        ``find_job`` rounds without an answer.  Returns that land in the job cache meanwhile count."""
+        missing = set(missing)
+        found, verdicts = {}, {}
+        silent = dict.fromkeys(missing, 0)
+        rounds = config.silent_rounds(__opts__)
+        limit = config.job_timeout(__opts__)
+        deadline = time.monotonic() + limit
+        while missing:
+            found.update(self.cached_returns(jid, missing))
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                for node in missing:
+                    verdicts[node] = (f"no return within deploy_job_timeout ({limit}s): "
+                                      "the minion still runs the job")
+                break
+            running = self.find_job(jid, sorted(missing))
+            found.update(self.cached_returns(jid, missing, grace=LATE_RETURN_GRACE if running else 0))
+            for node in sorted(missing):
+                state = running.get(node)
+                if state is True:
+                    silent[node] = 0
+                    continue
+                if state is False:  # it answers, runs no such job, and its return is nowhere
+                    verdicts[node] = ("no return: the minion answers but does not run this job "
+                                      "(it never received it, or its return was lost)")
+                else:
+                    silent[node] += 1
+                    if silent[node] < rounds:
+                        continue
+                    verdicts[node] = NO_RESPONSE
+                missing.discard(node)
+            if any(state is True for state in running.values()):
+                time.sleep(0.5)
+        return found, verdicts
+
+    def find_job(self, jid, nodes):
+        """node -> True (runs ``jid``), False (answers, does not run it); nodes that did not answer are absent."""
+        gather = int(__opts__.get("gather_job_timeout", 10))
+        try:
+            ret = self.client.cmd(nodes, "saltutil.find_job", [jid], tgt_type="list", timeout=gather,
+                                  gather_job_timeout=1) or {}
+        except Exception:  # pylint: disable=broad-except
+            log.debug("deploy: find_job %s failed", jid, exc_info=True)
+            return {}
+        return {n: bool(r) for n, r in ret.items() if isinstance(r, dict)}
+
+    def cached_returns(self, jid, missing, grace=0):
+        """Returns of ``missing`` nodes in the master's job cache (removed from ``missing``), looking for ``grace`` s."""
         found = {}
-        deadline = time.monotonic() + LATE_RETURN_GRACE
-        while missing and time.monotonic() < deadline:
+        deadline = time.monotonic() + grace
+        while missing:
             try:
                 cached = self.client.get_cache_returns(jid)
             except Exception:  # pylint: disable=broad-except
@@ -182,9 +244,10 @@ class _Run:
                 got = cached.get(node) or {}
                 if got.get("ret") is not None:
                     found[node] = {"ret": got["ret"], "retcode": 0}
-                    missing.remove(node)
-            if missing:
-                time.sleep(0.2)
+                    missing.discard(node)
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         return found
 
     def lb_call(self, fun, nodes, **kwarg):

@@ -23,6 +23,16 @@ def timeout(opts):
     return int(opts.get("deploy_timeout", 15))
 
 
+def silent_rounds(opts):
+    """``find_job`` rounds a node may leave unanswered before it counts as gone (``deploy_silent_rounds``, default 2)."""
+    return max(1, int(opts.get("deploy_silent_rounds", 2)))
+
+
+def job_timeout(opts):
+    """Longest wait for a node that says it still runs the job (``deploy_job_timeout``, default 600 s)."""
+    return int(opts.get("deploy_job_timeout", 600))
+
+
 def master_pillar(opts):
     """The pillar compiled for the master's own id, as ``state.orchestrate`` reads it."""
     import salt.pillar  # pylint: disable=import-outside-toplevel
