@@ -135,7 +135,9 @@ class SvnSource(Source):
             return self.trunk, match.group(1)
         return str(ref).strip("/"), "HEAD"
 
-    def resolve(self, ref):
+    def resolve(self, ref, branch=False):
+        # ``branch`` (the env's default) needs no care here: an svn path names one folder, never a
+        # branch and a tag at once
         path, peg = self._target(ref)
         what = f"{path}@{peg}" if peg == "HEAD" else f"{path}@r{peg}"
         out = self._svn(["info", "--xml", f"{self.url}/{path}@{peg}"], what)
