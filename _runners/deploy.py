@@ -1012,7 +1012,7 @@ def unlock(project=None, env=None, force=False, show=False, **kwargs):
 # pillar with each env's lock, and the refs of a project's mirror.  Read-only; no node is called.
 
 
-def projects():
+def projects(**kwargs):
     """
     The projects and envs of the master's pillar, with each env's default branch and lock
     (holder, whether its run is alive, nodes it left out of the LB): the web console's
@@ -1024,31 +1024,40 @@ def projects():
 
         salt-run deploy.projects
     """
-    out = {}
-    defined = (_master_pillar().get("deploy") or {}).get("projects") or {}
-    for name, conf in sorted(defined.items()):
-        if not isinstance(conf, dict) or not PROJECT_RE.fullmatch(str(name)):
-            continue
-        envs = {}
-        for env, envc in sorted((conf.get("envs") or {}).items()):
-            if not isinstance(envc, dict) or not ENV_RE.fullmatch(str(env)):
+    try:
+        contract.check_arguments("deploy.projects", (), kwargs)
+        backend = store.get(__opts__, log)
+        out = {}
+        defined = (config.master_pillar(__opts__).get("deploy") or {}).get("projects") or {}
+        for name, conf in sorted(defined.items()):
+            if not isinstance(conf, dict) or not names.PROJECT_RE.fullmatch(str(name)):
                 continue
-            lock = _Lock(name, env, "view")
-            held = lock.holder()
-            envs[env] = {
-                "branch": str(envc.get("branch") or "master"),
-                "lock": None if held is None else {"holder": held, "alive": bool(held) and lock.alive(held)},
-                "detached": lock.detached(),
-            }
-        out[name] = {"envs": envs}
+            envs = {}
+            for env, envc in sorted((conf.get("envs") or {}).items()):
+                if not isinstance(envc, dict) or not names.ENV_RE.fullmatch(str(env)):
+                    continue
+                lock = backend.lock(name, env, "view")
+                held = lock.holder()
+                default = "trunk" if conf.get("vcs") == "svn" else "master"
+                envs[env] = {
+                    "branch": str(envc.get("branch") or default),
+                    "lock": None if held is None else {"holder": held, "alive": bool(held) and lock.alive(held)},
+                    "detached": lock.detached(),
+                }
+            out[name] = {"envs": envs}
+    except SaltInvocationError as exc:
+        return _refused(exc)
+    except DeployError as exc:
+        return _failed({"result": "refused", "error": str(exc)})
     return out
 
 
-def refs(project, limit=50):
+def refs(project=None, limit=50, **kwargs):
     """
-    The branches and tags of a project's repository (fetched into the master's mirror),
-    newest first, each with its commit, date, committer and subject: the console's ref
-    chooser.  Changes nothing on any node.
+    The branches and tags of a project's repository (git: fetched into the master's mirror;
+    svn: the folders under ``branches/`` and ``tags/``, and trunk), newest first, each with
+    its commit, date, committer and subject: the console's ref chooser.  Changes nothing on
+    any node.
 
     project
         Project name.
@@ -1062,22 +1071,14 @@ def refs(project, limit=50):
         salt-run deploy.refs project=rainbow
     """
     try:
+        contract.check_arguments("deploy.refs", ("project", "limit"), kwargs, project=project)
+        try:
+            limit = int(limit)
+        except (TypeError, ValueError):
+            raise SaltInvocationError(f"deploy.refs: limit={limit!r} must be a whole number") from None
         conf, _ = _config(project)
-        with _mirror_lock(project):
-            repo = _mirror(project, conf["repo"])
-            found = {"branches": repo.branches, "tags": repo.tags}
-            out = {}
-            for kind, items in found.items():
-                rows = []
-                for ref in items:
-                    commit = ref.commit
-                    rows.append({
-                        "name": ref.name, "commit": commit.hexsha, "committer": commit.committer.name,
-                        "date": commit.committed_datetime.astimezone(datetime.timezone.utc).isoformat(),
-                        "subject": commit.summary,
-                    })
-                rows.sort(key=lambda r: r["date"], reverse=True)
-                out[kind] = rows[: int(limit)]
-    except (DeployError, SaltInvocationError) as exc:
+        return build.source_for(__opts__, project, conf).refs(limit)
+    except SaltInvocationError as exc:
+        return _refused(exc)
+    except DeployError as exc:
         return _failed({"result": "refused", "error": str(exc)})
-    return out

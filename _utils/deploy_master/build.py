@@ -88,6 +88,11 @@ def prune_artifacts(opts, directory):
                 os.unlink(victim)
 
 
+def source_for(opts, project, conf):
+    """The project's :class:`~deploy_master.source.Source` (pillar ``vcs``)."""
+    return source.get(conf.get("vcs"))(opts, project, conf)
+
+
 def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     """Resolve ``ref``, name the release, and (unless ``test``) build and publish its artifact.
 
@@ -96,7 +101,7 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     commit built by the same commands.  ``branch=True``: ``ref`` is the env's default branch
     (resolved only as a branch).
     """
-    src = source.get(conf.get("vcs"))(opts, project, conf)
+    src = source_for(opts, project, conf)
     revision = src.resolve(ref, branch=branch)
     release = names.release_name(project, env, revision)
     try:

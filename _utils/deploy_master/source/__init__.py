@@ -53,6 +53,12 @@ class Source:
         """Write the tree of ``revision`` into the empty folder ``dest``."""
         raise NotImplementedError
 
+    def refs(self, limit=50):
+        """What a release may name, for people choosing one (the web console's ref chooser):
+        ``{"branches": [...], "tags": [...]}``, newest first, at most ``limit`` each; every row
+        ``{name, commit, committer, date (ISO, UTC), subject}``."""
+        raise NotImplementedError
+
 
 def get(vcs=None):
     """The :class:`Source` class for ``vcs`` (pillar ``vcs``, default ``git``)."""

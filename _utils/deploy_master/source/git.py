@@ -5,6 +5,7 @@ history and unlock work (and pay no import time) without it.
 """
 
 import contextlib
+import datetime
 import fcntl
 import os
 import shutil
@@ -65,6 +66,24 @@ class GitSource(Source):
         name = ref[len("heads/"):] if ref.startswith("heads/") else ref
         return Revision(id=commit.hexsha, version=version, author=commit.committer.name,
                         time=commit.committed_datetime, branch=name)
+
+    def refs(self, limit=50):
+        with self._lock():
+            self.repo = self._mirror()
+            found = {"branches": self.repo.branches, "tags": self.repo.tags}
+            out = {}
+            for kind, items in found.items():
+                rows = []
+                for ref in items:
+                    commit = ref.commit
+                    rows.append({
+                        "name": ref.name, "commit": commit.hexsha, "committer": commit.committer.name,
+                        "date": commit.committed_datetime.astimezone(datetime.timezone.utc).isoformat(),
+                        "subject": commit.summary,
+                    })
+                rows.sort(key=lambda r: r["date"], reverse=True)
+                out[kind] = rows[: int(limit)]
+        return out
 
     def _commit(self, git, ref, branch):
         """The env's branch only as ``refs/heads/<branch>``; a short ref that names a branch and a

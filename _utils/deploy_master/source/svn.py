@@ -135,6 +135,34 @@ class SvnSource(Source):
             return self.trunk, match.group(1)
         return str(ref).strip("/"), "HEAD"
 
+    def refs(self, limit=50):
+        out = {}
+        for kind, folder in (("branches", "branches"), ("tags", "tags")):
+            rows = []
+            try:
+                xml = self._svn(["list", "--xml", f"{self.url}/{folder}@HEAD"], f"{folder}@HEAD")
+            except DeployError:
+                xml = None  # a repository without that folder
+            if xml:
+                try:
+                    entries = ET.fromstring(xml).iter("entry")
+                    for entry in entries:
+                        if entry.get("kind") != "dir":
+                            continue
+                        commit = entry.find("commit")
+                        rows.append({"name": f"{folder}/{entry.findtext('name')}", "commit": commit.get("revision"),
+                                     "committer": (commit.findtext("author") or "").strip(),
+                                     "date": (commit.findtext("date") or "").strip(), "subject": ""})
+                except (ET.ParseError, AttributeError):
+                    raise DeployError(f"svn: {folder}@HEAD: unreadable answer from svn list") from None
+            if kind == "branches":
+                trunk = self.resolve(self.trunk)
+                rows.append({"name": self.trunk, "commit": trunk.id, "committer": trunk.author,
+                             "date": trunk.time.astimezone(datetime.timezone.utc).isoformat(), "subject": ""})
+            rows.sort(key=lambda r: r["date"], reverse=True)
+            out[kind] = rows[: int(limit)]
+        return out
+
     def resolve(self, ref, branch=False):
         # ``branch`` (the env's default) needs no care here: an svn path names one folder, never a
         # branch and a tag at once
