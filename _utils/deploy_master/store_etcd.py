@@ -313,7 +313,8 @@ class EtcdLock(Lock):
         return res
 
     def take_over(self, held):
-        """Remove the stale (or, with force, the live) lock ``held`` and record its run as interrupted."""
+        """Remove the stale (or, with force, the live) lock ``held`` and record its run as interrupted;
+        True (the interface's answer: this call took it over)."""
         etcd = self.store.etcd
         lock = etcd.range(self.key)
         run = etcd.range(self.run_key)
@@ -326,6 +327,7 @@ class EtcdLock(Lock):
         if lock and held.get("lease"):
             etcd.revoke(int(held["lease"]))
         self._interrupted(held)
+        return True
 
     def release(self):
         """Give the lock back (lock and run keys in one transaction), if this run still holds it."""

@@ -436,7 +436,7 @@ def test_views_for_the_console(cluster):
     assert {"v1.0.0", "v1.1.0"} <= {t["name"] for t in refs.data["tags"]}
     assert all(len(r["commit"]) == 40 and r["subject"] for r in refs.data["tags"])
     bad = cluster.run("deploy.refs", project="no/such")
-    assert bad.returncode == 1 and "invalid project name" in bad.stdout
+    assert bad.returncode == 2 and "invalid project name" in bad.stdout
 
 
 def test_stale_lock_shown_and_cleared(api, cluster, context):
