@@ -128,7 +128,7 @@ def test_svn_release_rerelease_rollback_and_refusals(clean_cluster, svn_repo):
     again = c.run("deploy.release", project="rainbow", env="pro", ref=f"r{r1}")
     assert again.returncode == 0, again.stdout[-3000:]
     assert again.data["release"] == first
-    assert "reused" in again.stdout and "(0 unpacked)" in again.stdout
+    assert "reused" in (again.stdout + again.stderr) and "(0 unpacked)" in (again.stdout + again.stderr)
     # a second revision, then a rollback to the first
     v2 = svn_repo.commit()
     second = c.run("deploy.release", project="rainbow", env="pro")
@@ -172,7 +172,7 @@ def test_svnserve_with_a_password_from_pillar(clean_cluster, svn_repo, svnserve)
     outputs.append(ret.stdout + ret.stderr)
     assert ret.returncode == 0, ret.stdout[-3000:]
     assert ret.data["release"].startswith(f"rainbow_pro_r{svn_repo.head()}_trunk_")
-    assert "built" in ret.stdout  # exported over svn://, not reused
+    assert "built" in (ret.stdout + ret.stderr)  # exported over svn://, not reused
     assert all(f"rainbow {v}" in web.http_get(c.lb.url)[2] for _ in range(4))
     before = _state(c)
     for creds in ({"username": "deployer", "password": "not-" + PASSWORD}, {}):
