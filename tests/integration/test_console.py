@@ -26,7 +26,7 @@ from sandbox import repo as sample_repo
 
 from .conftest import CONSOLE_USERS, NODES, SECRETS
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+from playwright import sync_api  # noqa: E402  (the tests extra installs it: no skip)
 
 CHROMIUM = "/usr/bin/chromium"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
