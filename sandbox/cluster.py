@@ -452,17 +452,17 @@ class Sandbox:
             "log_level": "warning",
             "log_level_logfile": "info",
         }
+        def own_paths(name):  # each master's own keys, cache, sockets, pid and logs
+            return {"pki_dir": f"{b}/var/{name}/pki", "cachedir": f"{b}/var/{name}/cache",
+                    "sock_dir": f"{b}/run/{name}", "pidfile": self.pidfile(name),
+                    "log_file": f"{b}/logs/{name}.log", "key_logfile": f"{b}/logs/{name}-key.log"}
+
         master = {
             **common,
             "interface": "127.0.0.1",
             "publish_port": self.ports["publish"],
             "ret_port": self.ports["ret"],
-            "pki_dir": f"{b}/var/master/pki",
-            "cachedir": f"{b}/var/master/cache",
-            "sock_dir": f"{b}/run/master",
-            "pidfile": self.pidfile("master"),
-            "log_file": f"{b}/logs/master.log",
-            "key_logfile": f"{b}/logs/master-key.log",
+            **own_paths("master"),
             "open_mode": True,
             "auto_accept": True,
             "worker_threads": 4,
@@ -485,12 +485,7 @@ class Sandbox:
                 "interface": self.master_addr["master-b"],
                 "publish_port": self.ports["publish-b"],
                 "ret_port": self.ports["ret-b"],
-                "pki_dir": f"{b}/var/master-b/pki",
-                "cachedir": f"{b}/var/master-b/cache",
-                "sock_dir": f"{b}/run/master-b",
-                "pidfile": self.pidfile("master-b"),
-                "log_file": f"{b}/logs/master-b.log",
-                "key_logfile": f"{b}/logs/master-b-key.log",
+                **own_paths("master-b"),
                 "file_roots": {"base": [os.path.join(self.path, "srv", "salt-b")]},
             })
         for mid in self.minion_ids:
