@@ -13,6 +13,7 @@ pillar dict) as arguments, as saltext-vault keeps ``utils/vault/*.py``:
 ``build``   build, package, and place an artifact on the master's fileserver
 ``store``   the master's state: lock, detached list, history, the record of the nodes
 ``contract`` exit codes and the arguments of the runner's public functions
+``notify``  notifications: the hooks, the message and its wire formats, the POST
 
 Importable on both install routes: ``pip install`` (a top-level package of the
 distribution) and the classic route (``_utils/`` synced by ``saltutil.sync_utils``, which

@@ -71,6 +71,9 @@ def project_env(pillar, project, env=None):
     vcs = conf.get("vcs") or "git"
     if vcs not in source.KINDS:
         raise SaltInvocationError(f"project {project!r}: unknown vcs {vcs!r}: use one of {', '.join(source.KINDS)}")
+    from deploy_master import notify  # pylint: disable=import-outside-toplevel
+
+    notify.hooks(conf, project)
     root = conf["root"]
     if not isinstance(root, str) or not os.path.isabs(root) or os.path.realpath(root) == "/":
         raise SaltInvocationError(f"project {project!r}: root {root!r} must be an absolute path other than '/'")
