@@ -4,9 +4,7 @@ Notifications end to end: the session master maps the five notifiable tags to th
 the webhooks.  Exactly one notification per event and hook, in order, none with a secret.
 """
 
-import http.server
 import json
-import threading
 import time
 
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from sandbox import repo as sample_repo
 
 from .conftest import SECRETS
+from tests.webhook_sink import webhook_sink
 
 _VERSION = [26, 0]  # a major version of its own: tags are shared by every module of the session
 
@@ -27,23 +26,8 @@ def new_version(cluster, **kwargs):
 
 @pytest.fixture
 def sink():
-    """(base URL, list of (path, body)) of a loopback webhook sink."""
-    got = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            got.append((self.path, json.loads(body)))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", got
-    server.shutdown()
+    with webhook_sink() as handle:
+        yield handle
 
 
 def wait_for(got, count, timeout=60):

@@ -3,15 +3,14 @@
 import base64
 import hashlib
 import hmac
-import http.server
 import json
-import threading
 import urllib.parse
 
 import pytest
 from salt.exceptions import SaltInvocationError
 
 from deploy_master import config, notify
+from tests.webhook_sink import webhook_sink
 
 
 def test_hooks_defaults_and_validation():
@@ -90,23 +89,8 @@ def test_dingtalk_signature():
 
 @pytest.fixture
 def sink():
-    """A loopback HTTP sink: records (path, body); answers 500 on /fail."""
-    got = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            got.append((self.path, json.loads(body)))
-            self.send_response(500 if self.path.startswith("/fail") else 200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", got
-    server.shutdown()
+    with webhook_sink() as handle:
+        yield handle
 
 
 def test_send_posts_once_per_hook_that_wants_the_event(sink, caplog):
