@@ -21,7 +21,7 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import DeployError, Locked, names
+from deploy_master import DeployError, Locked, NotPaused, names
 
 try:
     import psutil
@@ -119,7 +119,7 @@ class Lock:
         return None
 
     def _not_paused(self):
-        return DeployError(f"{self.project}/{self.env} has no paused run: nothing to promote or abort "
+        return NotPaused(f"{self.project}/{self.env} has no paused run: nothing to promote or abort "
                            f"(see salt-run deploy.unlock project={self.project} env={self.env} show=True)")
 
     def _resumed(self, jid, paused):
