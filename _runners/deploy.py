@@ -592,17 +592,16 @@ def _revert(run, plan, why):
     run.progress(f"rollback of this run ({why}): {', '.join(sorted(switched))} back to {', '.join(targets)}")
     error = None
     try:
-        for prev in targets:
-            members = {n for n, p in switched.items() if p == prev}
-            if plan.get("preprod") in members:
-                _switch(run, [plan["preprod"]], prev, mark_left="bad", checks="report")
-            for stage in plan["stages"]:
-                for index, batch in enumerate(stage["batches"], 1):
-                    nodes = [n for n in batch if n in members]
-                    if nodes:
-                        if run.lock:
-                            run.lock.check()
-                        _batch(run, stage, index, nodes, prev, mark_left="bad", checks="report")
+        if plan.get("preprod") in switched:
+            _switch(run, [plan["preprod"]], switched[plan["preprod"]], mark_left="bad", checks="report")
+        for stage in plan["stages"]:
+            for index, batch in enumerate(stage["batches"], 1):
+                nodes = [n for n in batch if n in switched]
+                for prev in sorted({switched[n] for n in nodes}):  # one release before, normally: one call
+                    if run.lock:
+                        run.lock.check()
+                    _batch(run, stage, index, [n for n in nodes if switched[n] == prev], prev, mark_left="bad",
+                           checks="report")
     except DeployError as exc:
         error = str(exc)
     finally:
