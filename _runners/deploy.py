@@ -575,7 +575,10 @@ def _pause(run, plan, number):
                                       f"{stage['name']}")
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
     finally:
-        run.lock.update(waiting=None)
+        try:
+            run.lock.update(waiting=None)
+        except DeployError as exc:  # a lost lock: the error that stopped the wait says more
+            log.warning("deploy: could not clear the wait from the lock: %s", exc)
 
 
 def _revert(run, plan, why):
