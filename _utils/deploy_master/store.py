@@ -15,6 +15,7 @@ them with the lock's revision.  The local store has one holder per master and ne
 """
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -344,7 +345,7 @@ class LocalLock(Lock):
             info = {**self._resumed(jid, held["paused"]), "created": psutil.Process().create_time() if psutil else 0}
             self._write(info)
         self.info = info
-        return held["paused"]
+        return copy.deepcopy(held["paused"])  # the caller's to change: never this lock's own record
 
     def request(self, action, run, by):
         tmp = f"{self.request_path}.{os.getpid()}.tmp"

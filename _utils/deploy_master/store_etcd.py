@@ -34,6 +34,7 @@ gone, or a successor's key has another revision) gets :class:`LockLost` and writ
 """
 
 import base64
+import copy
 import json
 import os
 import threading
@@ -391,7 +392,7 @@ class EtcdLock(Lock):
         self._stop.clear()
         self._thread = threading.Thread(target=self._keepalive, name=f"deploy-lease-{lease}", daemon=True)
         self._thread.start()
-        return held["paused"]
+        return copy.deepcopy(held["paused"])  # the caller's to change: never this lock's own record
 
     def request(self, action, run, by):
         self.store.etcd.txn([], [put(self.request_key, {"action": action, "run": run, "by": by})])
