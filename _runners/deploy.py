@@ -59,7 +59,7 @@ except ImportError:  # a source checkout whose editable install predates _utils/
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_utils"))
     import deploy_master
 from deploy_master import (  # noqa: E402
-    Aborted, DeployError, Locked, build, config, contract, names, plan as planning, policy, store,
+    Aborted, DeployError, Locked, analysis, build, config, contract, names, plan as planning, policy, store,
 )
 
 log = logging.getLogger(__name__)
@@ -476,6 +476,7 @@ def _batch(run, stage, index, nodes, release, **switch_args):
 
 
 def _stages(run, plan, release, **switch_args):
+    switched = []  # nodes behind the LB now on the release: what the analysis watches
     for stage in plan["stages"]:
         for index, batch in enumerate(stage["batches"], 1):
             nodes = [n for n in batch if n not in run.failed]
@@ -483,14 +484,59 @@ def _stages(run, plan, release, **switch_args):
             if nodes:
                 if run.lock:
                     run.lock.check()  # a shared store's lease lost: stop before the next batch
-                _batch(run, stage, index, nodes, release, **switch_args)
+                switched += _batch(run, stage, index, nodes, release, **switch_args)
             if len(run.failed) > run.max_failures:
                 raise DeployError(
                     f"{len(run.failed)} node(s) failed ({', '.join(run.failed)}), more than max_failures="
                     f"{run.max_failures}: stopped; nodes not reached stay on their release"
                 )
+            _analysis(run, plan, stage, switched, batch=index)
+        _analysis(run, plan, stage, switched)
         run.fire("stage", stage=stage["name"])
         run.progress(f"stage {stage['name']} done")
+
+
+def _analysis(run, plan, stage, switched_nodes, batch=None):
+    """Analysis of live traffic (pillar ``analysis``, see ``deploy_master.analysis``): after a stage
+    (or each batch with ``after: batch``), watch the LB's per-server counters for ``bake`` seconds,
+    the servers now on the release against those still on the old one; DeployError if worse than
+    the limits.  Releases only (a rollback goes back to known code as fast as it can)."""
+    if run.kind != "release" or not run.has_lb or not switched_nodes:
+        return
+    settings = analysis.stage_settings(run.envc, stage["name"], f"env {run.env!r}")
+    if not settings or (settings["after"] == "batch") != (batch is not None):
+        return
+    new = sorted(set(switched_nodes))
+    old = sorted(set(planning.behind_lb(plan)) - set(new))
+    label = f"stage {stage['name']}" + (f" batch {batch}/{len(stage['batches'])}" if batch else "")
+    run.progress(f"{label}: analysis: watching live traffic on the LB for {settings['bake']:g}s "
+                 f"({', '.join(new)} on the release" + (f" against {', '.join(old)})" if old else ")"))
+    started = time.monotonic()
+    deadline = started + settings["bake"]
+    samples = [run.lb_call("stats", new + old)["servers"]]
+    next_sample = started + settings["interval"]
+    while time.monotonic() < deadline:
+        run.check_abort(f"during the analysis of {label}")
+        if time.monotonic() >= next_sample:
+            if run.lock:
+                run.lock.check()
+            samples.append(run.lb_call("stats", new + old)["servers"])
+            next_sample += settings["interval"]
+        time.sleep(max(0.0, min(0.2, deadline - time.monotonic())))
+    samples.append(run.lb_call("stats", new + old)["servers"])
+    result = analysis.decide(settings, samples, new, old)
+    entry = {"stage": stage["name"], "batch": batch, "seconds": round(time.monotonic() - started, 3),
+             "samples": len(samples), "settings": settings, **result}
+    run.timings.setdefault("analysis", []).append(entry)
+    run.fire("analysis", **entry)
+    run.progress(f"{label}: analysis: {analysis.describe(result)}")
+    for note in result["notes"]:
+        run.progress(f"{label}: analysis: {note}")
+    if not result["passed"]:
+        raise DeployError(f"analysis of {label} failed: {'; '.join(result['reasons'])}")
+    if result["verdict"] == "inconclusive" and run.lock:
+        run.lock.warnings.append(f"analysis of {label} passed without evidence (inconclusive: pass): "
+                                 f"{'; '.join(result['reasons'])}")
 
 
 def _finish(run, plan, error=None, extra=None, aborted=False):
