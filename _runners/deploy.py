@@ -513,20 +513,21 @@ def _analysis(run, plan, stage, switched_nodes, batch=None):
                  f"({', '.join(new)} on the release" + (f" against {', '.join(old)})" if old else ")"))
     started = time.monotonic()
     deadline = started + settings["bake"]
-    samples = [run.lb_call("stats", new + old)["servers"]]
+    taken = [run.lb_call("stats", new + old)]
     next_sample = started + settings["interval"]
     while time.monotonic() < deadline:
         run.check_abort(f"during the analysis of {label}")
         if time.monotonic() >= next_sample:
             if run.lock:
                 run.lock.check()
-            samples.append(run.lb_call("stats", new + old)["servers"])
+            taken.append(run.lb_call("stats", new + old))
             next_sample += settings["interval"]
         time.sleep(max(0.0, min(0.2, deadline - time.monotonic())))
-    samples.append(run.lb_call("stats", new + old)["servers"])
-    result = analysis.decide(settings, samples, new, old)
+    taken.append(run.lb_call("stats", new + old))
+    result = analysis.decide(settings, [t["servers"] for t in taken], new, old)
     entry = {"stage": stage["name"], "batch": batch, "seconds": round(time.monotonic() - started, 3),
-             "samples": len(samples), "settings": settings, **result}
+             "samples": len(taken), "window": [taken[0].get("time"), taken[-1].get("time")], "settings": settings,
+             **result}
     run.timings.setdefault("analysis", []).append(entry)
     run.fire("analysis", **entry)
     run.progress(f"{label}: analysis: {analysis.describe(result)}")

@@ -246,7 +246,7 @@ class FakeRun:
             self.counts[node][0] += total
             self.counts[node][1] += errors
             out[node] = row(*self.counts[node])
-        return {"servers": out}
+        return {"servers": out, "time": 1000.0 + len(self.calls)}
 
     def progress(self, message, **data):
         self.log.append(message)
@@ -274,6 +274,7 @@ def test_runner_hook_stops_a_bad_release_and_reports_the_figures():
     assert what == "analysis" and data["verdict"] == "fail" and data["stage"] == "gray"
     assert data["new"]["servers"] == ["web-1"] and data["old"]["servers"] == ["web-2", "web-3"]
     assert run.timings["analysis"][0]["verdict"] == "fail"
+    assert run.timings["analysis"][0]["window"] == [1001.0, 1000.0 + len(run.calls)]
     assert run.lock.checks >= 1
     assert any("watching live traffic on the LB for 1s" in line for line in run.log)
 
