@@ -179,3 +179,23 @@ def test_analysis_with_an_nginx_lb_is_refused_before_anything_runs(clean_cluster
     assert ret.data["error"].startswith("env 'pro': analysis needs the haproxy LB driver, not 'nginx': open-source "
                                         "nginx keeps no per-server response counters"), ret.data
     assert c.currents() == before
+
+
+def test_stats_reads_haproxy_show_stat_and_nginx_refuses(clean_cluster):
+    c = clean_cluster
+    lb = f"{{driver: haproxy, socket: {c.lb.socket}, backend: rainbow}}"
+    before = c.call("lb-1", "deploy_lb.stats", lb, "[web-1, web-2]")
+    assert before.returncode == 0, before
+    with Load(c.lb.url, threads=2, rate=20):
+        time.sleep(2)
+    after = c.call("lb-1", "deploy_lb.stats", lb, "[web-1, web-2]")
+    first, last = before.data["servers"]["web-1"], after.data["servers"]["web-1"]
+    assert last["status"] == "UP"
+    for field in ("hrsp_2xx", "hrsp_5xx", "hrsp_other", "econ", "eresp", "rtime", "ttime", "rtime_max", "ttime_max"):
+        assert isinstance(last[field], int), (field, last)
+    assert last["hrsp_2xx"] > first["hrsp_2xx"]
+    assert after.data["time"] > before.data["time"]
+    missing = c.call("lb-1", "deploy_lb.stats", lb, "[web-9]")
+    assert missing.returncode != 0 and "has no server named web-9" in str(missing.data), missing
+    nginx = c.call("lb-1", "deploy_lb.stats", "{driver: nginx, upstream_file: /etc/nginx/upstream.conf}", "[web-1]")
+    assert nginx.returncode != 0 and "open-source nginx does not keep them" in str(nginx.data), nginx
