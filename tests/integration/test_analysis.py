@@ -9,6 +9,8 @@ the bake, and checks it against HAProxy's count.
 """
 
 import collections
+import csv
+import io
 import http.client
 import threading
 import time
@@ -98,8 +100,25 @@ def _with_analysis(c, **changes):
     c.set_pillar(project_extra={"envs": {"pro": {"analysis": {**ANALYSIS, **changes}}}})
 
 
+def _everyone_serves_the_api(c):
+    """Every node on a release with the good api.php, and up in HAProxy (whose health check asks
+    `/`): in a fresh session the nodes serve nothing yet, and the old release must take traffic."""
+    new_version(c, files={"public/api.php": API_GOOD})
+    assert c.run("deploy.release", project="rainbow", env="pro").returncode == 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and set(_haproxy_status(c).values()) != {"UP"}:
+        time.sleep(0.2)
+    assert set(_haproxy_status(c).values()) == {"UP"}, _haproxy_status(c)
+
+
+def _haproxy_status(c):
+    rows = csv.DictReader(io.StringIO(c.lb.command("show stat").lstrip("# ")))
+    return {r["svname"]: r["status"] for r in rows if r["pxname"] == "rainbow" and r["svname"] in WEB}
+
+
 def test_a_good_release_passes_the_analysis(clean_cluster):
     c = clean_cluster
+    _everyone_serves_the_api(c)
     new_version(c, files={"public/api.php": API_GOOD})
     _with_analysis(c)
     with Load(_api_url(c)) as load:
@@ -110,7 +129,7 @@ def test_a_good_release_passes_the_analysis(clean_cluster):
     runs = ret.data["timings"]["analysis"]
     # after the gray stage: web-1 against web-2, web-3; after the last stage: everyone, absolute limits
     assert [(a["stage"], a["verdict"], a["mode"]) for a in runs] == [("gray", "pass", "baseline"),
-                                                                     ("all", "pass", "absolute")]
+                                                                     ("all", "pass", "absolute")], runs
     gray = runs[0]
     assert gray["new"]["servers"] == ["web-1"] and gray["old"]["servers"] == ["web-2", "web-3"]
     assert gray["new"]["responses"] >= ANALYSIS["min_requests"] and gray["new"]["errors"] == 0
@@ -127,8 +146,7 @@ def test_a_good_release_passes_the_analysis(clean_cluster):
 
 def test_a_release_failing_ten_percent_is_stopped_in_the_gray_stage(clean_cluster):
     c = clean_cluster
-    new_version(c, files={"public/api.php": API_GOOD})
-    assert c.run("deploy.release", project="rainbow", env="pro").returncode == 0
+    _everyone_serves_the_api(c)
     before = c.currents()
     tag = new_version(c, files={"public/api.php": API_FLAKY})
     _with_analysis(c)
