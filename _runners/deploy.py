@@ -59,7 +59,8 @@ except ImportError:  # a source checkout whose editable install predates _utils/
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_utils"))
     import deploy_master
 from deploy_master import (  # noqa: E402
-    Aborted, DeployError, Locked, analysis, build, config, contract, names, plan as planning, policy, store,
+    Aborted, DeployError, Locked, NotPaused, analysis, build, config, contract, names, plan as planning, policy,
+    store,
 )
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ class _Run:
         self.release = None
         self.build = {}
         self.aborted = None  # the signal's name once SIGTERM/SIGINT arrived
+        self.on_failure = config.on_failure(self.envc, env) if self.envc is not None else "stop"
+        self.run_id = globals().get("__jid__") or salt.utils.jid.gen_jid(__opts__)  # names a paused run
+        self.extra = {}  # what the summary and a paused run's state carry (ref, commit, version)
+        self.outcome = None  # "aborted" for deploy.abort
 
     def check_abort(self, where):
         """Stop here (no new step or batch) if a signal asked the run to stop."""
@@ -269,7 +274,7 @@ def _failed(ret, code=contract.FAILED):
 
 def _refused(exc):
     """A refusal before anything changed: bad input (2) or locked (3); anything else failed (1)."""
-    if isinstance(exc, SaltInvocationError):
+    if isinstance(exc, (SaltInvocationError, NotPaused)):
         code = contract.BAD_INPUT
     elif isinstance(exc, Locked):
         code = contract.LOCKED
@@ -475,39 +480,59 @@ def _batch(run, stage, index, nodes, release, **switch_args):
     return passed
 
 
-def _stages(run, plan, release, **switch_args):
-    switched = []  # nodes behind the LB now on the release: what the analysis watches
-    for stage in plan["stages"]:
+class _Paused(Exception):  # pylint: disable=too-few-public-methods
+    """A stage's ``pause: true``: the run stops here, keeping the lock, until deploy.promote / deploy.abort."""
+
+    def __init__(self, state):
+        super().__init__(f"paused after stage {state['stage']}")
+        self.state = state
+
+
+class _AbortRequested(DeployError):
+    """deploy.abort asked a run that waits in-process (``pause: N``) to stop and revert."""
+
+
+def _stages(run, plan, release, start=0, **switch_args):
+    """The stages from ``start`` on, batch by batch; a release's stage ends with its gates."""
+    for number, stage in enumerate(plan["stages"]):
+        if number < start:
+            continue
         for index, batch in enumerate(stage["batches"], 1):
             nodes = [n for n in batch if n not in run.failed]
             run.check_abort(f"before stage {stage['name']} batch {index}")
             if nodes:
                 if run.lock:
                     run.lock.check()  # a shared store's lease lost: stop before the next batch
-                switched += _batch(run, stage, index, nodes, release, **switch_args)
+                _batch(run, stage, index, nodes, release, **switch_args)
             if len(run.failed) > run.max_failures:
                 raise DeployError(
                     f"{len(run.failed)} node(s) failed ({', '.join(run.failed)}), more than max_failures="
                     f"{run.max_failures}: stopped; nodes not reached stay on their release"
                 )
-            _analysis(run, plan, stage, switched, batch=index)
-        _analysis(run, plan, stage, switched)
+            _analysis(run, plan, stage, batch=index)
         run.fire("stage", stage=stage["name"])
         run.progress(f"stage {stage['name']} done")
+        if getattr(run, "kind", None) == "release":  # a rollback has no gates
+            _gates(run, plan, number)
 
 
-def _analysis(run, plan, stage, switched_nodes, batch=None):
+def _analysis(run, plan, stage, switched_nodes=None, batch=None):
     """Analysis of live traffic (pillar ``analysis``, see ``deploy_master.analysis``): after a stage
     (or each batch with ``after: batch``), watch the LB's per-server counters for ``bake`` seconds,
     the servers now on the release against those still on the old one; DeployError if worse than
-    the limits.  Releases only (a rollback goes back to known code as fast as it can)."""
-    if run.kind != "release" or not run.has_lb or not switched_nodes:
+    the limits.  Releases only (a rollback goes back to known code as fast as it can).
+    ``switched_nodes``: the nodes on the release (default: those this run switched)."""
+    if run.kind != "release" or not run.has_lb:
         return
     settings = analysis.stage_settings(run.envc, stage["name"], f"env {run.env!r}")
     if not settings or (settings["after"] == "batch") != (batch is not None):
         return
-    new = sorted(set(switched_nodes))
-    old = sorted(set(planning.behind_lb(plan)) - set(new))
+    behind = planning.behind_lb(plan)
+    switched = _switched(run) if switched_nodes is None else switched_nodes
+    new = sorted(set(switched) & set(behind))  # the preprod node is not behind the LB
+    if not new:
+        return
+    old = sorted(set(behind) - set(new))
     label = f"stage {stage['name']}" + (f" batch {batch}/{len(stage['batches'])}" if batch else "")
     run.progress(f"{label}: analysis: watching live traffic on the LB for {settings['bake']:g}s "
                  f"({', '.join(new)} on the release" + (f" against {', '.join(old)})" if old else ")"))
@@ -540,10 +565,135 @@ def _analysis(run, plan, stage, switched_nodes, batch=None):
                                  f"{'; '.join(result['reasons'])}")
 
 
-def _finish(run, plan, error=None, extra=None, aborted=False):
-    """Record and report: cleanup, LB state of every node, history, events, summary."""
+def _gates(run, plan, number):
+    """What a release's stage must pass before the next one starts, in order:
+
+    1. the analysis of live traffic on the load balancer (issue 16 item 2; raises DeployError);
+    2. the pause: ``pause: true`` stops the run here (exit 5) until ``deploy.promote`` /
+       ``deploy.abort``; ``pause: N`` waits N seconds holding the lock.
+
+    A DeployError raised here fails the stage like a failed batch: the env's ``on_failure`` applies.
+    """
+    _analysis(run, plan, plan["stages"][number])
+    _pause(run, plan, number)
+
+
+def _switched(run):
+    """node -> the release it had, for every node this run switched to its release (and left there)."""
+    return {
+        node: entry["old"] for node, entry in run.nodes.items()
+        if entry.get("result") == "ok" and entry.get("old") and entry.get("new") == run.release
+        and entry["old"] != run.release
+    }
+
+
+def _paused_state(run, plan, number):
+    return {
+        "run": run.run_id, "release": run.release, "stage": plan["stages"][number]["name"], "next": number + 1,
+        "plan": {k: plan[k] for k in ("nodes", "preprod", "stages")}, "nodes": run.nodes, "failed": run.failed,
+        "switched": _switched(run), "timings": run.timings, "started": run.started_at, "extra": run.extra,
+        "build": {k: run.build.get(k) for k in ("source", "checksum", "commit", "version", "branch")},
+    }
+
+
+def _pause(run, plan, number):
+    stage = plan["stages"][number]
+    gate = stage.get("pause")
+    if gate is None:
+        return
+    if number + 1 >= len(plan["stages"]):
+        run.progress(f"stage {stage['name']}: pause ignored: it is the last stage")
+        return
+    run.check_abort(f"before the pause after stage {stage['name']}")
+    following = plan["stages"][number + 1]["name"]
+    if gate is True:
+        raise _Paused(_paused_state(run, plan, number))
+    run.fire("pause", run=run.run_id, stage=stage["name"], seconds=gate, switched=_switched(run))
+    run.progress(f"stage {stage['name']}: pause {gate}s before stage {following} (deploy.promote goes on now, "
+                 "deploy.abort reverts)")
+    run.lock.update(waiting={"run": run.run_id, "stage": stage["name"], "seconds": gate, "since": names.now()})
+    deadline = time.monotonic() + gate
+    try:
+        while time.monotonic() < deadline:
+            run.check_abort(f"during the pause after stage {stage['name']}")
+            run.lock.check()
+            req = run.lock.requested()
+            if req and req.get("action") == "promote":
+                run.progress(f"promoted by {req.get('by')}: stage {following} starts now")
+                break
+            if req and req.get("action") == "abort":
+                run.outcome = "aborted"
+                raise _AbortRequested(f"aborted by deploy.abort ({req.get('by')}) during the pause after stage "
+                                      f"{stage['name']}")
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    finally:
+        try:
+            run.lock.update(waiting=None)
+        except DeployError as exc:  # a lost lock: the error that stopped the wait says more
+            log.warning("deploy: could not clear the wait from the lock: %s", exc)
+
+
+def _revert(run, plan, why):
+    """Every node switched in this run back to the release it had, through the LB, batch by batch in
+    the plan's order (the pre-production node first), like a normal rollback of those nodes: the
+    release left is marked bad there, checks are reported.  Returns what it did, for the summary."""
+    switched = {n: prev for n, prev in _switched(run).items() if n not in run.silent}
+    if not switched:
+        return None
+    forward = (run.nodes, run.failed)
+    run.nodes, run.failed = {}, []
+    targets = sorted(set(switched.values()))
+    run.fire("rollback", nodes=switched, to=targets[0] if len(targets) == 1 else targets, reason=why)
+    run.progress(f"rollback of this run ({why}): {', '.join(sorted(switched))} back to {', '.join(targets)}")
+    error = None
+    try:
+        if plan.get("preprod") in switched:
+            _switch(run, [plan["preprod"]], switched[plan["preprod"]], mark_left="bad", checks="report")
+        for stage in plan["stages"]:
+            for index, batch in enumerate(stage["batches"], 1):
+                nodes = [n for n in batch if n in switched]
+                for prev in sorted({switched[n] for n in nodes}):  # one release before, normally: one call
+                    if run.lock:
+                        run.lock.check()
+                    _batch(run, stage, index, [n for n in nodes if switched[n] == prev], prev, mark_left="bad",
+                           checks="report")
+    except DeployError as exc:
+        error = str(exc)
+    finally:
+        back, failed = run.nodes, run.failed
+        run.nodes, run.failed = forward
+    for node, entry in back.items():
+        run.nodes.setdefault(node, {})["rolled_back"] = {k: entry.get(k) for k in ("new", "result", "error") if entry.get(k)}
+    done = {"result": "failure" if error or failed else "success", "to": switched, "failed": failed,
+            "nodes": back, "reason": why}
+    if error:
+        done["error"] = error
+    user, host = names.caller()
+    try:
+        run.store.history_append(run.project, {
+            "kind": "rollback", "mode": "abort" if run.outcome == "aborted" else "auto", "env": run.env,
+            "result": done["result"], "user": user, "host": host, "release": targets[0] if len(targets) == 1 else targets,
+            "from": run.release, "run": run.run_id, "started": run.started_at, "finished": names.now(),
+            "nodes": back, "error": error or (f"failed on {', '.join(failed)}" if failed else None), "reason": why,
+        }, lock=run.lock)
+    except DeployError as exc:
+        done["error"] = f"{done.get('error') or ''}; {exc}".lstrip("; ")
+    run.progress(f"rollback of this run: {done['result']}" + (f" ({', '.join(failed)} failed)" if failed else ""))
+    return done
+
+
+def _finish(run, plan, error=None, extra=None, aborted=False, paused=None):
+    """Record and report: cleanup, LB state of every node, history, events, summary.
+
+    ``paused``: the state of a run stopped by ``pause: true``: kept in the store with the lock
+    (before anything else), recorded as ``paused``, exit 5."""
+    if paused:
+        try:
+            run.lock.pause(paused)
+        except DeployError as exc:
+            error, paused = f"could not keep the paused run: {exc}", None
     reached = [n for n in plan["nodes"] if n not in run.failed] if plan else []
-    if run.kind == "release" and reached and run.release and not error:
+    if run.kind == "release" and reached and run.release and not error and not paused and not run.outcome:
         try:
             _node_call(run, reached, "deploy.cleanup", {"project": run.project, "inventory": True})
         except DeployError as exc:  # the store failed (a lost lock): the releases are out, cleanup waits
@@ -557,30 +707,45 @@ def _finish(run, plan, error=None, extra=None, aborted=False):
             lb_states = {n: f"unknown ({exc})" for n in nodes}
     for node, state in lb_states.items():
         run.nodes.setdefault(node, {})["lb"] = state
-    result = "aborted" if aborted else "failure" if error or run.failed else "success"
+    result = ("paused" if paused else "aborted" if aborted or run.outcome == "aborted"
+              else "failure" if error or run.failed else "success")
     seconds = round(time.monotonic() - run.started, 3)
     user, host = names.caller()
     record = {
         "kind": run.kind, "mode": run.mode, "env": run.env, "result": result, "user": user, "host": host,
         "release": run.release, "started": run.started_at, "finished": names.now(), "seconds": seconds,
-        "nodes": run.nodes, "timings": run.timings, "error": error, **(extra or {}),
+        "nodes": run.nodes, "timings": run.timings, "error": error, "run": run.run_id, **(extra or {}),
     }
+    if paused:
+        record.update(stage=paused["stage"], switched=paused["switched"])
     try:
         run.store.history_append(run.project, record, lock=run.lock)
     except DeployError as exc:  # a lost lock: the next run records this one as interrupted
         error = record["error"] = f"{error}; {exc}" if error else str(exc)
         result = record["result"] = "failure"
-    run.fire("success" if result == "success" else "failure", result=result, error=error, seconds=seconds)
+    if paused:
+        run.fire("pause", run=run.run_id, stage=paused["stage"], seconds=None, switched=paused["switched"],
+                 next=plan["stages"][paused["next"]]["name"])
+    else:
+        run.fire("success" if result == "success" else "failure", result=result, error=error, seconds=seconds)
     run.progress(f"{run.kind} {result} in {seconds}s" + (f": {error}" if error else ""))
-    summary = {"result": result, "retcode": 0, "release": run.release, "seconds": seconds, "nodes": run.nodes,
-               "timings": run.timings, **(extra or {})}
+    summary = {"result": result, "retcode": 0, "release": run.release, "run": run.run_id, "seconds": seconds,
+               "nodes": run.nodes, "timings": run.timings, **(extra or {})}
     if error:
         summary["error"] = error
     if run.lock and run.lock.warnings:
         summary["warnings"] = run.lock.warnings
-    if result == "success":
-        return summary
-    return _failed(summary, contract.ABORTED if aborted else contract.FAILED)
+    if paused:
+        summary["paused"] = {"stage": paused["stage"], "next": plan["stages"][paused["next"]]["name"],
+                             "switched": paused["switched"]}
+        summary["comment"] = (f"paused after stage {paused['stage']}, holding the lock: salt-run deploy.promote "
+                              f"project={run.project} env={run.env} goes on, salt-run deploy.abort "
+                              f"project={run.project} env={run.env} reverts")
+        return _failed(summary, contract.PAUSED)
+    if result == "success" or (run.mode == "abort" and not error
+                               and not ((extra or {}).get("rolled_back") or {}).get("failed")):
+        return summary  # deploy.abort did what it was asked
+    return _failed(summary, contract.ABORTED if result == "aborted" and run.mode != "abort" else contract.FAILED)
 
 
 def _take_lock(run):
@@ -623,19 +788,28 @@ def _guard(run, plan, body):
     """Run body(); whatever happens, release the lock and write the summary."""
     error = None
     extra = {}
+    paused = None
     previous = _on_signals(run)
     try:
         try:
             extra = body() or {}
+        except _Paused as exc:
+            paused = exc.state
         except DeployError as exc:
             error = str(exc)
+            if run.aborted and not error.startswith("aborted"):
+                error = f"aborted by {run.aborted}: {error}"
+            # a failed batch, stage gate or abort: the env's on_failure (deploy.abort always reverts)
+            if run.kind == "release" and (run.on_failure == "rollback" or isinstance(exc, _AbortRequested)):
+                extra["rolled_back"] = _revert(run, plan, error)
         except Exception as exc:  # pylint: disable=broad-except
             log.exception("deploy: unexpected error")
             error = f"unexpected error: {exc}"
         if run.aborted and error and not error.startswith("aborted"):
             error = f"aborted by {run.aborted}: {error}"
+        extra = {**run.extra, **extra}
         try:
-            return _finish(run, plan, error, extra, aborted=bool(run.aborted) and error is not None)
+            return _finish(run, plan, error, extra, aborted=bool(run.aborted) and error is not None, paused=paused)
         finally:
             if run.lock:
                 run.lock.release()
@@ -701,11 +875,118 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
         _check_lb(run, plan)
         run.check_abort("before prepare")
         ready = _prepare_everywhere(run, plan, build)
+        run.build = build
+        run.extra = {"ref": ref, "commit": build["commit"], "version": build["version"]}
         _preprod(run, plan, run.release)
         _stages(run, {**plan, "nodes": ready}, run.release)
-        return {"ref": ref, "commit": build["commit"], "version": build["version"]}
+        return run.extra
 
     return _guard(run, plan, body)
+
+
+# --------------------------------------------------------------------------- public: the pause's two ways out
+
+
+def _resume(run, action):
+    """Take the paused run over for ``action`` (promote / abort) and put its state back into ``run``."""
+    run.lock = run.store.lock(run.project, run.env, action)
+    state = run.lock.resume(globals().get("__jid__"))
+    run.run_id, run.release = state["run"], state["release"]
+    run.nodes, run.failed = state.get("nodes") or {}, list(state.get("failed") or [])
+    run.timings, run.extra, run.build = state.get("timings") or {}, state.get("extra") or {}, state.get("build") or {}
+    return state
+
+
+def _gate_command(action, project, env, kwargs, body):
+    """deploy.promote / deploy.abort: a run waiting in-process (``pause: N``) gets a request; a paused
+    run (``pause: true``) is taken over and ``body(run, plan, state)`` goes on with it."""
+    try:
+        contract.check_arguments(f"deploy.{action}", ("project", "env"), kwargs, project=project, env=env)
+        run = _Run(project, env, "release", action)
+    except SaltInvocationError as exc:
+        return _refused(exc)
+    try:
+        view = run.store.lock(project, env, "view")
+        held = view.holder()
+        waiting = (held or {}).get("waiting")
+        if waiting and view.alive(held):
+            user, host = names.caller()
+            view.request(action, waiting["run"], f"{user} from {host}")
+            run.close()
+            return {"result": "requested", "run": waiting["run"], "action": action,
+                    "comment": f"run {waiting['run']} waits after stage {waiting['stage']}: asked it to {action}"}
+        state = _resume(run, action)
+    except (DeployError, SaltInvocationError) as exc:
+        run.close()
+        return _refused(exc)
+    plan = dict(state["plan"])
+    return _guard(run, plan, lambda: body(run, plan, state))
+
+
+def promote(project=None, env=None, **kwargs):
+    """
+    Continue a paused release (a stage with ``pause: true``) from the next stage: the same release,
+    no build, no prepare; to the end or to the next pause.  A release waiting in-process
+    (``pause: N``) skips the rest of its wait.
+
+    Exit code 0 when the release finished, 5 when it paused again, 1 on a failure (the env's
+    ``on_failure`` applies), 2 when there is no paused run, 3 when the lock is held by a running run.
+    Limit who may run it with Salt's publisher ACL / external auth on runner functions (README).
+
+    project
+        Project name.
+    env
+        Environment.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.promote project=rainbow env=pro
+    """
+
+    def body(run, plan, state):
+        following = plan["stages"][state["next"]]["name"]
+        run.fire("promote", run=run.run_id, stage=state["stage"], next=following)
+        run.progress(f"promote: run {run.run_id} ({run.release}) goes on with stage {following}")
+        _check_lb(run, plan)
+        _stages(run, plan, run.release, start=state["next"])
+        return run.extra
+
+    return _gate_command("promote", project, env, kwargs, body)
+
+
+def abort(project=None, env=None, **kwargs):
+    """
+    Abort a paused release: every node it switched goes back to the release it had, through
+    the load balancer, batch by batch (a normal rollback of those nodes); the release is marked
+    bad on them, and the run is recorded as ``aborted``.  A release waiting in-process
+    (``pause: N``) stops its wait and does the same.
+
+    Exit code 0 when every switched node is back, 1 if some could not be, 2 when there is no
+    paused run, 3 when the lock is held by a running run.
+
+    project
+        Project name.
+    env
+        Environment.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.abort project=rainbow env=pro
+    """
+
+    def body(run, plan, state):
+        run.outcome = "aborted"
+        user, host = names.caller()
+        run.fire("abort", run=run.run_id, stage=state["stage"])
+        _check_lb(run, plan)
+        return {"rolled_back": _revert(run, plan, f"aborted by deploy.abort ({user} from {host}) after stage "
+                                                  f"{state['stage']}")}
+
+    return _gate_command("abort", project, env, kwargs, body)
 
 
 def _release_plan(run, ref, default_branch=False):
@@ -865,6 +1146,12 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, test
                         "target": target, "plan": _describe_plan(run, plan) if not emergency else plan["nodes"]}
         if not force:
             _take_lock(run)
+        else:
+            held = run.store.lock(project, env, "view").holder() or {}
+            if held.get("paused"):
+                run.extra["warnings"] = [
+                    f"the paused run {held['paused'].get('run')} still holds the lock: abort it "
+                    f"(salt-run deploy.abort project={project} env={env}) or clear it (deploy.unlock force=True)"]
     except (DeployError, SaltInvocationError) as exc:
         run.close()
         return _refused(exc)
@@ -918,7 +1205,15 @@ def releases(project=None, env=None, **kwargs):
         ]
         for node, inv in inventories.items()
     }
-    return {"nodes": nodes, "cluster": policy.cluster_view(inventories)}
+    out = {"nodes": nodes, "cluster": policy.cluster_view(inventories)}
+    try:
+        held = store.get(__opts__, log).lock(project, env, "view").holder() or {}
+    except DeployError:
+        held = {}
+    if held.get("paused"):
+        paused = held["paused"]
+        out["paused"] = {k: paused.get(k) for k in ("run", "release", "stage", "since", "switched")}
+    return out
 
 
 def history(project=None, env=None, limit=20, **kwargs):
@@ -978,8 +1273,10 @@ def stats(project=None, env=None, **kwargs):
     except SaltInvocationError as exc:
         return _refused(exc)
     out = {
-        "releases": {"success": 0, "failure": 0, "interrupted": 0, "aborted": 0},
-        "rollbacks": {"normal": 0, "emergency": 0, "failure": 0, "interrupted": 0, "aborted": 0},
+        "releases": {"success": 0, "failure": 0, "interrupted": 0, "aborted": 0, "paused": 0},
+        # auto: on_failure=rollback; abort: deploy.abort (both of the nodes one run switched)
+        "rollbacks": {"normal": 0, "emergency": 0, "auto": 0, "abort": 0, "failure": 0, "interrupted": 0,
+                      "aborted": 0},
     }
     durations = {"release": [], "rollback": []}
     try:
@@ -992,7 +1289,8 @@ def stats(project=None, env=None, **kwargs):
         if kind == "releases":
             out["releases"][result if result in out["releases"] else "failure"] += 1
         elif result == "success":
-            out["rollbacks"][rec.get("mode", "normal")] += 1
+            mode = rec.get("mode", "normal")
+            out["rollbacks"][mode if mode in out["rollbacks"] else "normal"] += 1
         else:
             out["rollbacks"][result if result in ("interrupted", "aborted") else "failure"] += 1
         if rec.get("seconds") is not None:
@@ -1040,8 +1338,12 @@ def unlock(project=None, env=None, force=False, show=False, **kwargs):
     if show:
         return info
     if alive and not force:
-        return _failed({**info, "result": "refused", "error": f"the lock is held by a running {lock.describe(held)}; use force=True"},
-                       contract.LOCKED)
+        if held.get("paused"):
+            why = (f"{lock._locked(held)}; or force=True, which clears it and leaves the nodes it switched on "  # pylint: disable=protected-access
+                   f"{held['paused'].get('release')}")
+        else:
+            why = f"the lock is held by a running {lock.describe(held)}; use force=True"
+        return _failed({**info, "result": "refused", "error": why}, contract.LOCKED)
     try:
         with _Run(project, env, "unlock") as run:
             run.lock = lock

@@ -31,3 +31,7 @@ class Locked(DeployError):
 
 class Aborted(DeployError):
     """The run was stopped by a signal (SIGTERM, SIGINT)."""
+
+
+class NotPaused(DeployError):
+    """deploy.promote / deploy.abort: the project+env has no paused run."""

@@ -88,7 +88,10 @@ def project_env(pillar, project, env=None):
     for index, stage in enumerate(envc.get("stages") or []):
         if not isinstance(stage, dict):
             raise SaltInvocationError(f"env {env!r}: stage {index + 1} must be a dict with name, target, batch")
-        plan.batch_size(stage.get("batch", plan.DEFAULT_BATCH), 1, f"env {env!r} stage {stage.get('name') or index + 1!r}")
+        where = f"env {env!r} stage {stage.get('name') or index + 1!r}"
+        plan.batch_size(stage.get("batch", plan.DEFAULT_BATCH), 1, where)
+        stage_pause(stage, where)
+    on_failure(envc, env)
     lb = load_balancer(conf, envc)
     if lb.get("driver", "none") not in LB_DRIVERS:
         raise SaltInvocationError(f"project {project!r}: unknown lb driver {lb.get('driver')!r}")
@@ -113,6 +116,24 @@ def _check_analysis(envc, env, driver):
             wanted = True
     if wanted:
         analysis.check_driver(driver, where)
+
+
+ON_FAILURE = ("stop", "rollback")
+
+
+def stage_pause(stage, where):
+    """A stage's gate after its last batch (issue 16): None (go on), True (wait for a person:
+    ``deploy.promote`` / ``deploy.abort``) or N (wait N seconds, then go on)."""
+    return plan.pause(stage.get("pause"), where)
+
+
+def on_failure(envc, env="?"):
+    """What a failed batch, stage gate or abort does to the nodes already switched in the run:
+    ``stop`` (the default: they stay on the new release) or ``rollback`` (back to the release each had)."""
+    value = envc.get("on_failure", "stop")
+    if not isinstance(value, str) or value not in ON_FAILURE:
+        raise SaltInvocationError(f"env {env!r}: on_failure {value!r} must be 'stop' (the default) or 'rollback'")
+    return value
 
 
 def load_balancer(conf, envc):

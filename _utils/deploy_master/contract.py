@@ -7,13 +7,16 @@ Exit codes of every ``salt-run deploy.*`` (the return's ``retcode``; README "Exi
 1   FAILED       the run failed (the env's state: see the summary and the README)
 2   BAD_INPUT    refused before anything changed: an unknown, missing or invalid argument or pillar value
 3   LOCKED       refused before anything changed: the project+env is locked by another run (retry later)
-4   ABORTED      stopped by SIGTERM/SIGINT: no new batch started, the batch in flight finished, LB restored
+4   ABORTED      stopped by SIGTERM/SIGINT (or deploy.abort during a timed pause): no new batch started, the
+                 batch in flight finished, LB restored
+5   PAUSED       a release reached a stage with ``pause: true``: it keeps the lock; ``deploy.promote`` goes on,
+                 ``deploy.abort`` reverts it (the summary's ``run`` names it)
 ==  ===========  ==================================================================
 """
 
 from salt.exceptions import SaltInvocationError
 
-OK, FAILED, BAD_INPUT, LOCKED, ABORTED = 0, 1, 2, 3, 4
+OK, FAILED, BAD_INPUT, LOCKED, ABORTED, PAUSED = 0, 1, 2, 3, 4, 5
 
 
 def check_arguments(fun, accepted, kwargs, **required):

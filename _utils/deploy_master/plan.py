@@ -21,6 +21,16 @@ def batch_size(batch, count, where):
     raise SaltInvocationError(f"{where}: batch {batch!r} must be a whole number >= 1 or a percentage 1%-100%")
 
 
+def pause(value, where):
+    """A stage's ``pause``: None (none), True (until deploy.promote / deploy.abort) or whole seconds >= 1."""
+    if value is None or value is False:
+        return None
+    if value is True or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise SaltInvocationError(f"{where}: pause {value!r} must be true (wait for deploy.promote), false, "
+                              "or a whole number of seconds >= 1")
+
+
 def _batches(members, size):
     return [members[i:i + size] for i in range(0, len(members), size)]
 
@@ -47,6 +57,9 @@ def make(env, envc, match, connected):
         size = batch_size(stage.get("batch", DEFAULT_BATCH), len(members), f"stage {name!r}")
         if members:
             stages.append({"name": name, "batches": _batches(members, size)})
+            gate = pause(stage.get("pause"), f"stage {name!r}")
+            if gate is not None:
+                stages[-1]["pause"] = gate
     if remaining:
         size = batch_size(DEFAULT_BATCH, len(remaining), "stage 'rest'")
         stages.append({"name": "rest", "batches": _batches(remaining, size)})

@@ -21,7 +21,7 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import DeployError, Locked, names
+from deploy_master import DeployError, Locked, NotPaused, names
 
 try:
     import psutil
@@ -85,6 +85,48 @@ class Lock:
         """The nodes a run has taken out of the load balancer and not yet put back."""
         raise NotImplementedError
 
+    # --- gates between stages (issue 16)
+    def update(self, **fields):
+        """Change this run's holder record (a field given None is removed), e.g. ``waiting``."""
+        raise NotImplementedError
+
+    def pause(self, state):
+        """Keep the lock after this process ends, with the paused run's ``state`` (``run``, ``release``,
+        ``stage``, ``next``, ``switched``...) in its record: a paused lock is never stale; the next
+        release or rollback is refused naming it until ``deploy.promote`` / ``deploy.abort`` (or
+        ``deploy.unlock force=True``).  :meth:`release` then leaves it."""
+        raise NotImplementedError
+
+    def resume(self, jid):
+        """Take over the paused run (for promote or abort): the lock becomes this process's, the paused
+        state is returned (and kept in the record as ``state``).  DeployError if there is no paused run;
+        Locked if a live run holds the lock."""
+        raise NotImplementedError
+
+    def request(self, action, run, by):
+        """Ask the run that waits in-process (``pause: N``) to ``promote`` or ``abort``."""
+        raise NotImplementedError
+
+    def requested(self):
+        """The request left for this waiting run (taken once), or None."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _new_request(req, info):
+        waiting = (info or {}).get("waiting") or {}
+        if isinstance(req, dict) and req.get("run") and req.get("run") == waiting.get("run"):
+            return req
+        return None
+
+    def _not_paused(self):
+        return NotPaused(f"{self.project}/{self.env} has no paused run: nothing to promote or abort "
+                           f"(see salt-run deploy.unlock project={self.project} env={self.env} show=True)")
+
+    def _resumed(self, jid, paused):
+        user, host = names.caller()
+        return {"kind": self.kind, "user": user, "host": host, "jid": jid, "pid": os.getpid(),
+                "since": names.now(), "run": paused.get("run"), "state": paused}
+
     def set_detached(self, nodes):
         """Replace that list; written before detaching, emptied after restoring."""
         raise NotImplementedError
@@ -99,6 +141,14 @@ class Lock:
         )
 
     def _locked(self, held):
+        paused = (held or {}).get("paused")
+        if paused:
+            return Locked(
+                f"{self.project}/{self.env} is locked: paused run {paused.get('run')} (release {paused.get('release')}, "
+                f"paused after stage {paused.get('stage')} by {held.get('user', '?')} since {paused.get('since', '?')}): "
+                f"promote or abort it: salt-run deploy.promote project={self.project} env={self.env}, or salt-run "
+                f"deploy.abort project={self.project} env={self.env}"
+            )
         return Locked(
             f"{self.project}/{self.env} is locked: "
             + (self.describe(held) if held else "a lock is being written")
@@ -107,7 +157,14 @@ class Lock:
 
     def _interrupted(self, held):
         """After taking over ``held``: say so, and record its run as interrupted."""
-        message = f"took over a stale lock of {self.describe(held)}"
+        paused = held.get("paused") or held.get("state")
+        if paused:  # deploy.unlock force=True on a paused run (or a promote/abort that died)
+            switched = paused.get("switched") or {}
+            message = (f"cleared the paused run {paused.get('run')} (release {paused.get('release')}) of "
+                       f"{self.describe(held)}; the nodes it switched stay on {paused.get('release')}: "
+                       f"{', '.join(sorted(switched)) or 'none'}")
+        else:
+            message = f"took over a stale lock of {self.describe(held)}"
         self.warnings.append(message)
         self.store.log.warning("deploy: %s", message)
         self.store.history_append(
@@ -162,6 +219,8 @@ class LocalLock(Lock):
         super().__init__(store, project, env, kind)
         self.path = os.path.join(store.dir("locks"), f"{project}_{env}.lock")
         self.detached_path = os.path.join(store.dir("locks"), f"{project}_{env}.detached.json")
+        self.request_path = os.path.join(store.dir("locks"), f"{project}_{env}.request.json")
+        self.kept = False  # paused: the lock outlives this process
 
     def holder(self):
         try:
@@ -173,6 +232,8 @@ class LocalLock(Lock):
             return {}
 
     def alive(self, info):
+        if info.get("paused"):  # a paused run waits for a person, not for its process
+            return True
         pid = info.get("pid")
         if not pid or psutil is None:
             return bool(pid) and os.path.exists(f"/proc/{pid}")
@@ -241,11 +302,70 @@ class LocalLock(Lock):
         return True
 
     def release(self):
+        if self.kept:
+            return
         try:
             if self.holder() == self.info:
                 os.unlink(self.path)
+                if os.path.exists(self.request_path):
+                    os.unlink(self.request_path)
         except FileNotFoundError:
             pass
+
+    def _write(self, info):
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def update(self, **fields):
+        info = {k: v for k, v in {**self.info, **fields}.items() if v is not None}
+        with self._guard():
+            if self.holder() != self.info:
+                raise DeployError(f"lost the lock of {self.project}/{self.env}: its record changed")
+            self._write(info)
+        self.info = info
+
+    def pause(self, state):
+        self.update(paused={**state, "since": names.now()})
+        self.kept = True
+
+    def resume(self, jid):
+        with self._guard():
+            held = self.holder()
+            if held is None:
+                raise self._not_paused()
+            if not held.get("paused"):
+                if held == {} or self.alive(held):
+                    raise self._locked(held)
+                raise self._not_paused()
+            info = {**self._resumed(jid, held["paused"]), "created": psutil.Process().create_time() if psutil else 0}
+            self._write(info)
+        self.info = info
+        return held["paused"]
+
+    def request(self, action, run, by):
+        tmp = f"{self.request_path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"action": action, "run": run, "by": by}, fh)
+        os.replace(tmp, self.request_path)
+
+    def requested(self):
+        stolen = f"{self.request_path}.{os.getpid()}.taken"
+        try:
+            os.rename(self.request_path, stolen)
+        except FileNotFoundError:
+            return None
+        try:
+            with open(stolen, encoding="utf-8") as fh:
+                req = json.load(fh)
+        except ValueError:
+            req = None
+        finally:
+            os.unlink(stolen)
+        return self._new_request(req, self.info)
 
     def detached(self):
         try:

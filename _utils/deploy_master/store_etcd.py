@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 
-from deploy_master import DeployError, names
+from deploy_master import DeployError, Locked, names
 from deploy_master.store import Lock, Store
 
 try:
@@ -210,6 +210,8 @@ class EtcdLock(Lock):
         self.key = store.key("lock", project, env)
         self.run_key = store.key("run", project, env)
         self.detached_key = store.key("detached", project, env)
+        self.request_key = store.key("request", project, env)
+        self.kept = False  # paused: the lock key has no lease and outlives this process
         self.revision = None  # the lock key's create_revision while this run holds it
         self.lease = None
         self.lost = None  # why this run no longer holds the lock
@@ -234,7 +236,12 @@ class EtcdLock(Lock):
 
     def alive(self, info):
         lock = self.store.etcd.range(self.key)
-        return bool(lock) and self._load(lock[0][1]).get("lease") == info.get("lease")
+        if not lock:
+            return False
+        now = self._load(lock[0][1])
+        if info.get("paused"):  # a paused run waits for a person, not for its process
+            return (now.get("paused") or {}).get("run") == info["paused"].get("run")
+        return now.get("lease") == info.get("lease")
 
     def detached(self):
         got = self.store.etcd.range(self.detached_key)
@@ -332,15 +339,71 @@ class EtcdLock(Lock):
     def release(self):
         """Give the lock back (lock and run keys in one transaction), if this run still holds it."""
         self._stop.set()
-        if self.revision is None:
+        if self.revision is None or self.kept:
             return
         try:
             if not self.lost:
-                self.store.etcd.txn([created(self.key, self.revision)], [delete(self.key), delete(self.run_key)])
+                self.store.etcd.txn([created(self.key, self.revision)],
+                                    [delete(self.key), delete(self.run_key), delete(self.request_key)])
             self.store.etcd.revoke(self.lease)
         except DeployError as exc:
             self.store.log.warning("deploy: could not give back the lock: %s (it expires with its lease)", exc)
         self.revision = None
+
+    # --- gates between stages (issue 16)
+    def update(self, **fields):
+        info = {k: v for k, v in {**self.info, **fields}.items() if v is not None}
+        self.fenced([put(self.key, info, lease=self.lease), put(self.run_key, info)])
+        self.info = info
+
+    def pause(self, state):
+        """The lock key is written again without a lease (it outlives this process), then the lease
+        is stopped and revoked."""
+        info = {k: v for k, v in self.info.items() if k != "lease"}
+        info["paused"] = {**state, "since": names.now()}
+        self.fenced([put(self.key, info), put(self.run_key, info)])
+        self.info, self.kept = info, True
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        self.store.etcd.revoke(self.lease)
+
+    def resume(self, jid):
+        etcd = self.store.etcd
+        lock = etcd.range(self.key)
+        if not lock:
+            raise self._not_paused()
+        held, kv = self._load(lock[0][1]), lock[0][2]
+        if not held.get("paused"):
+            raise self._locked(held)
+        lease = etcd.grant(self.store.ttl)
+        info = {**self._resumed(jid, held["paused"]), "master": self.store.master, "lease": lease}
+        try:
+            res = etcd.txn([modified(self.key, kv["mod_revision"])],
+                           [put(self.key, info, lease=lease), put(self.run_key, info)])
+        except BaseException:
+            etcd.revoke(lease)
+            raise
+        if not res.get("succeeded"):
+            etcd.revoke(lease)
+            raise Locked(f"{self.project}/{self.env}: the paused run was taken by another promote or abort meanwhile")
+        self.revision, self.lease, self.info = int(kv["create_revision"]), lease, info
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._keepalive, name=f"deploy-lease-{lease}", daemon=True)
+        self._thread.start()
+        return held["paused"]
+
+    def request(self, action, run, by):
+        self.store.etcd.txn([], [put(self.request_key, {"action": action, "run": run, "by": by})])
+
+    def requested(self):
+        got = self.store.etcd.range(self.request_key)
+        if not got:
+            return None
+        res = self.store.etcd.txn([modified(self.request_key, got[0][2]["mod_revision"])], [delete(self.request_key)])
+        if not res.get("succeeded"):
+            return None
+        return self._new_request(self._load(got[0][1]), self.info)
 
     def set_detached(self, nodes):
         req = put(self.detached_key, sorted(nodes)) if nodes else delete(self.detached_key)

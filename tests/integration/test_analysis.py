@@ -96,8 +96,8 @@ def _api_url(c):
     return c.lb.url.rstrip("/") + "/api.php"
 
 
-def _with_analysis(c, **changes):
-    c.set_pillar(project_extra={"envs": {"pro": {"analysis": {**ANALYSIS, **changes}}}})
+def _with_analysis(c, on_failure="stop", **changes):
+    c.set_pillar(project_extra={"envs": {"pro": {"analysis": {**ANALYSIS, **changes}, "on_failure": on_failure}}})
 
 
 def _everyone_serves_the_api(c):
@@ -129,7 +129,8 @@ def test_a_good_release_passes_the_analysis(clean_cluster):
     runs = ret.data["timings"]["analysis"]
     # after the gray stage: web-1 against web-2, web-3; after the last stage: everyone, absolute limits
     assert [(a["stage"], a["verdict"], a["mode"]) for a in runs] == [("gray", "pass", "baseline"),
-                                                                     ("all", "pass", "absolute")], runs
+                                                                     ("all", "pass", "absolute")], \
+        [(a["stage"], a["mode"], a["notes"], a["new"]["responses"], (a["old"] or {}).get("responses")) for a in runs]
     gray = runs[0]
     assert gray["new"]["servers"] == ["web-1"] and gray["old"]["servers"] == ["web-2", "web-3"]
     assert gray["new"]["responses"] >= ANALYSIS["min_requests"] and gray["new"]["errors"] == 0
@@ -144,12 +145,12 @@ def test_a_good_release_passes_the_analysis(clean_cluster):
           f"{load.count()} requests through the LB, 0 failed")
 
 
-def test_a_release_failing_ten_percent_is_stopped_in_the_gray_stage(clean_cluster):
+def test_a_release_failing_ten_percent_is_stopped_in_the_gray_stage_and_rolled_back(clean_cluster):
     c = clean_cluster
     _everyone_serves_the_api(c)
     before = c.currents()
     tag = new_version(c, files={"public/api.php": API_FLAKY})
-    _with_analysis(c)
+    _with_analysis(c, on_failure="rollback")
     with Load(_api_url(c)) as load:
         ret = c.run("deploy.release", project="rainbow", env="pro")
     assert ret.returncode == 1, ret.stdout
@@ -165,12 +166,15 @@ def test_a_release_failing_ten_percent_is_stopped_in_the_gray_stage(clean_cluste
     rate = gray["new"]["error_rate"]
     assert 0.04 <= rate <= 0.2, gray["new"]
     assert gray["old"]["errors"] == 0
-    # the next stage never started: web-2 and web-3 still on the old release; everyone in the LB
-    assert c.current("web-2") == before["web-2"] and c.current("web-3") == before["web-3"]
-    assert c.current("web-1") == new
+    # the next stage never started (web-2, web-3 untouched); on_failure: rollback sent the gray stage's
+    # node and the pre-production node back to the release they had, through the LB; everyone in the LB
+    rolled = ret.data["rolled_back"]
+    assert rolled["result"] == "success" and rolled["to"] == {"pre-1": before["pre-1"], "web-1": before["web-1"]}
+    assert c.currents() == before
     assert c.lb_states() == {n: "ready" for n in WEB}
-    record = history(c)[-1]
-    assert record["result"] == "failure" and record["timings"]["analysis"][0]["verdict"] == "fail"
+    rollback_rec, release_rec = history(c)[-2:]
+    assert (rollback_rec["kind"], rollback_rec["mode"], rollback_rec["result"]) == ("rollback", "auto", "success")
+    assert release_rec["result"] == "failure" and release_rec["timings"]["analysis"][0]["verdict"] == "fail"
     # what users saw: failed requests during the bake (between the first and the last sample),
     # all of them from web-1, about what HAProxy counted
     start, end = gray["window"]
@@ -181,7 +185,7 @@ def test_a_release_failing_ten_percent_is_stopped_in_the_gray_stage(clean_cluste
           f"{load.count(start, end)} requests through the LB failed (all on web-1); HAProxy counted "
           f"{gray['new']['errors']} 5xx of {gray['new']['responses']} on web-1 ({rate:.1%}) and "
           f"{gray['old']['errors']} of {gray['old']['responses']} on web-2+web-3; "
-          f"{sum(load.failed().values())} failed during the whole run")
+          f"{sum(load.failed().values())} of {load.count()} failed during the whole run (bake and automatic rollback)")
 
 
 def test_analysis_with_an_nginx_lb_is_refused_before_anything_runs(clean_cluster):

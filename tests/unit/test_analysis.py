@@ -315,16 +315,36 @@ def test_runner_hook_stops_waiting_on_a_signal():
     assert len(run.calls) == 2
 
 
-def test_stages_call_the_hook_after_each_stage():
+def test_stages_call_the_hook_after_each_batch_and_as_the_first_gate_of_a_stage():
     seen = []
+
+    def batch(run, stage, index, nodes, release, **kw):
+        for node in nodes:
+            run.nodes[node] = {"old": "r1", "new": release, "result": "ok"}
+        return list(nodes)
+
+    def watch(run, plan, stage, switched_nodes=None, batch=None):
+        seen.append((stage["name"], batch, sorted(runner._switched(run))))
+
     original = (runner._batch, runner._analysis)
-    runner._batch = lambda run, stage, index, nodes, release, **kw: list(nodes)
-    runner._analysis = lambda run, plan, stage, switched, batch=None: seen.append((stage["name"], batch, list(switched)))
+    runner._batch, runner._analysis = batch, watch
     try:
         run = FakeRun({}, {})
-        run.failed, run.max_failures = [], 0
+        run.failed, run.max_failures, run.nodes, run.release = [], 0, {"pre-1": {"old": "r1", "new": "r2",
+                                                                                 "result": "ok"}}, "r2"
         runner._stages(run, PLAN, "r2")
     finally:
         runner._batch, runner._analysis = original
-    assert seen == [("gray", 1, ["web-1"]), ("gray", None, ["web-1"]),
-                    ("all", 1, ["web-1", "web-2", "web-3"]), ("all", None, ["web-1", "web-2", "web-3"])]
+    assert seen == [("gray", 1, ["pre-1", "web-1"]), ("gray", None, ["pre-1", "web-1"]),
+                    ("all", 1, ["pre-1", "web-1", "web-2", "web-3"]), ("all", None, ["pre-1", "web-1", "web-2", "web-3"])]
+
+
+def test_the_hook_watches_the_switched_nodes_behind_the_lb_only():
+    run = FakeRun({"analysis": {"bake": 1, "interval": 0.5, "min_requests": 50}},
+                  {"web-1": (100, 0), "web-2": (100, 0), "web-3": (100, 0)})
+    run.release = "r2"
+    run.nodes = {n: {"old": "r1", "new": "r2", "result": "ok"} for n in ("pre-1", "web-1")}
+    run.nodes["web-2"] = {"old": "r1", "new": "r1", "result": "failed"}  # switched back
+    runner._analysis(run, PLAN, GRAY)
+    entry = run.timings["analysis"][0]
+    assert entry["new"]["servers"] == ["web-1"] and entry["old"]["servers"] == ["web-2", "web-3"]

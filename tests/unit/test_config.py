@@ -49,3 +49,34 @@ def test_master_options(tmp_path):
     assert config.state_dir(opts, "git") == str(tmp_path / "deploy" / "git") and (tmp_path / "deploy" / "git").is_dir()
     assert config.state_dir({**opts, "deploy_state_dir": str(tmp_path / "s")}) == str(tmp_path / "s")
     assert config.timeout(opts) == 15 and config.timeout({"deploy_timeout": "3"}) == 3
+
+
+# --- gates between stages (issue 16): pause and on_failure
+
+
+@pytest.mark.parametrize("value,expected", [(True, True), (False, None), (None, None), (300, 300), (1, 1)])
+def test_stage_pause(value, expected):
+    stages = [{"name": "gray", "batch": 1, "pause": value}, {"name": "all"}]
+    _, envc = config.project_env(_pillar(envs={"pro": {**ENV, "stages": stages}}), "rainbow", "pro")
+    assert config.stage_pause(envc["stages"][0], "gray") == expected
+    assert config.stage_pause(envc["stages"][1], "all") is None
+
+
+@pytest.mark.parametrize("value", [0, -5, "300", "yes", 1.5, [1], {"s": 1}])
+def test_a_bad_pause_is_named(value):
+    stages = [{"name": "gray", "batch": 1, "pause": value}]
+    with pytest.raises(SaltInvocationError, match=r"env 'pro' stage 'gray': pause .* must be true \(wait for "
+                                                  r"deploy.promote\), false, or a whole number of seconds >= 1"):
+        config.project_env(_pillar(envs={"pro": {**ENV, "stages": stages}}), "rainbow", "pro")
+
+
+def test_on_failure():
+    _, envc = config.project_env(_pillar(), "rainbow", "pro")
+    assert config.on_failure(envc) == "stop"
+    for value in ("stop", "rollback"):
+        _, envc = config.project_env(_pillar(envs={"pro": {**ENV, "on_failure": value}}), "rainbow", "pro")
+        assert config.on_failure(envc) == value
+    for value in ("revert", "", True, 1):
+        with pytest.raises(SaltInvocationError, match=r"env 'pro': on_failure .* must be 'stop' \(the default\) "
+                                                      r"or 'rollback'"):
+            config.project_env(_pillar(envs={"pro": {**ENV, "on_failure": value}}), "rainbow", "pro")

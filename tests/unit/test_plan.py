@@ -70,3 +70,11 @@ def test_describe():
     ]
     assert planning.describe(plan, {"driver": "haproxy", "minion": "lb-1"})[1] == (
         "stage all batch 1/2: web-1 (haproxy on lb-1: drain+maint, then restore)")
+
+
+def test_a_stage_keeps_its_pause():
+    plan = _make({"target": "G@roles:rainbow", "preprod": "pre-1",
+                  "stages": [{"name": "gray", "target": "G@region:east", "batch": 1, "pause": True},
+                             {"name": "canary", "target": "G@nothing", "pause": 60},
+                             {"name": "half", "batch": "50%", "pause": 30}, {"name": "all"}]})
+    assert [(s["name"], s.get("pause")) for s in plan["stages"]] == [("gray", True), ("half", 30)]

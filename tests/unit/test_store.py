@@ -175,3 +175,94 @@ def test_take_over_leaves_a_lock_that_is_no_longer_the_stale_one(tmp_path):
     late = local.lock("rainbow", "pro", "unlock")
     assert late.take_over(dead) is False  # what it read as stale is gone: the live lock stays
     assert live.holder()["jid"] == "1" and local.history_read("rainbow") == []
+
+
+# --- a paused run (issue 16): the lock outlives the runner process, with the run's state
+
+PAUSED_RUN = r"""
+import sys
+from deploy_master import store
+s = store.get(%r)
+lock = s.lock("rainbow", "pro", "release").acquire("20261129000000000007")
+lock.pause({"run": "20261129000000000007", "release": "r3", "stage": "gray", "next": 1,
+            "switched": {"pre-1": "r2", "web-1": "r2"}})
+lock.release()  # what the runner's ending does: a paused lock stays
+print("paused", flush=True)
+"""
+
+
+def paused_by_a_process_that_ended(opts):
+    """A runner process that takes the lock, pauses and exits (as salt-run does on ``pause: true``)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", PAUSED_RUN % (opts,)], capture_output=True, text=True, cwd=root,
+                          check=True)
+    assert proc.stdout.strip() == "paused", proc.stderr
+
+
+def check_the_paused_state(backend):
+    """The same for both stores: see test_a_paused_run_keeps_the_lock_after_its_process_ended."""
+    view = backend.lock("rainbow", "pro", "unlock")
+    held = view.holder()
+    assert held["paused"]["run"] == "20261129000000000007" and held["paused"]["switched"]["web-1"] == "r2"
+    assert view.alive(held)  # not stale: its process is gone, but a paused run waits for a person
+    with pytest.raises(DeployError, match=r"rainbow/pro is locked: paused run 20261129000000000007 \(release r3, "
+                                          r"paused after stage gray by .*\): promote or abort it: salt-run "
+                                          r"deploy.promote project=rainbow env=pro, or salt-run deploy.abort "):
+        backend.lock("rainbow", "pro", "release").acquire("2")
+    assert backend.history_read("rainbow") == []  # nothing taken over, nothing interrupted
+    # promote (or abort) takes the paused run over: its state, and the lock is now this process's
+    promote = backend.lock("rainbow", "pro", "promote")
+    state = promote.resume("20261129000000000008")
+    assert state["next"] == 1 and state["switched"] == {"pre-1": "r2", "web-1": "r2"}
+    held = view.holder()
+    assert held["kind"] == "promote" and held["jid"] == "20261129000000000008" and held["pid"] == os.getpid()
+    assert not held.get("paused") and held["run"] == "20261129000000000007"
+    with pytest.raises(DeployError, match="rainbow/pro is locked: promote by"):
+        backend.lock("rainbow", "pro", "abort").resume("3")  # a second promote/abort: refused while it runs
+    promote.release()
+    assert view.holder() is None
+    with pytest.raises(DeployError, match=r"rainbow/pro has no paused run: nothing to promote or abort"):
+        backend.lock("rainbow", "pro", "promote").resume("4")
+
+
+def test_a_paused_run_keeps_the_lock_after_its_process_ended(tmp_path):
+    opts = {"deploy_state_dir": str(tmp_path), "cachedir": str(tmp_path)}
+    paused_by_a_process_that_ended(opts)
+    check_the_paused_state(store.get(opts))
+
+
+def test_a_waiting_run_takes_a_request(tmp_path):
+    """``pause: N``: the runner waits holding the lock; deploy.promote / deploy.abort leave it a request."""
+    check_requests(store.LocalStore(str(tmp_path)))
+
+
+def check_requests(backend):
+    lock = backend.lock("rainbow", "pro", "release").acquire("1")
+    try:
+        lock.update(waiting={"run": "1", "stage": "gray", "until": "later"})
+        assert lock.holder()["waiting"]["stage"] == "gray" and lock.holder()["jid"] == "1"
+        assert lock.requested() is None
+        other = backend.lock("rainbow", "pro", "promote")
+        other.request("promote", "1", "bob")
+        assert lock.requested() == {"action": "promote", "run": "1", "by": "bob"}
+        assert lock.requested() is None  # taken once
+        other.request("promote", "other-run", "bob")  # for another run: ignored, and taken away
+        assert lock.requested() is None
+        other.request("abort", "1", "bob")
+        assert lock.requested()["action"] == "abort"
+        lock.update(waiting=None)
+        assert "waiting" not in lock.holder()
+    finally:
+        lock.release()
+    assert lock.holder() is None
+
+
+def test_unlock_force_clears_a_paused_run(tmp_path):
+    opts = {"deploy_state_dir": str(tmp_path), "cachedir": str(tmp_path)}
+    paused_by_a_process_that_ended(opts)
+    backend = store.get(opts)
+    view = backend.lock("rainbow", "pro", "unlock")
+    assert view.take_over(view.holder()) is True
+    assert view.holder() is None
+    (rec,) = backend.history_read("rainbow", "pro")
+    assert rec["result"] == "interrupted" and rec["jid"] == "20261129000000000007"

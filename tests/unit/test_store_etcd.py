@@ -241,3 +241,33 @@ def test_a_second_endpoint_is_used_when_the_first_is_down(opts, etcd):
     opts["deploy_etcd"] = {**opts["deploy_etcd"], "endpoints": [f"http://127.0.0.1:{free_port()}", etcd.endpoint]}
     s = _store(opts)
     s.lock("rainbow", "pro", "release").acquire("1").release()
+
+
+# --- a paused run (issue 16): the same behaviour as the local store, against a real etcd
+
+
+def test_a_paused_run_keeps_the_lock_after_its_process_ended(opts):
+    from tests.unit.test_store import check_the_paused_state, paused_by_a_process_that_ended
+
+    paused_by_a_process_that_ended(opts)
+    time.sleep(TTL + 1.5)  # the dead process's lease is long gone: a paused lock has none
+    check_the_paused_state(_store(opts, "m2"))
+
+
+def test_a_waiting_run_takes_a_request(opts):
+    from tests.unit.test_store import check_requests
+
+    check_requests(_store(opts))
+
+
+def test_unlock_force_clears_a_paused_run(opts):
+    from tests.unit.test_store import paused_by_a_process_that_ended
+
+    paused_by_a_process_that_ended(opts)
+    backend = _store(opts, "m2")
+    view = backend.lock("rainbow", "pro", "unlock")
+    assert view.take_over(view.holder()) is True
+    assert view.holder() is None
+    (rec,) = backend.history_read("rainbow", "pro")
+    assert rec["result"] == "interrupted" and rec["jid"] == "20261129000000000007"
+    backend.lock("rainbow", "pro", "release").acquire("5").release()
