@@ -44,6 +44,16 @@ DRIVERS = ("haproxy", "nginx")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 # HAProxy srv_admin_state bits (show servers state)
+# the ``show stat`` fields ``stats`` returns (HAProxy 2.6 management guide, section 9.1 "CSV format"):
+# cumulative counters (hrsp_*: responses per status class; econ: connection errors; eresp: response
+# errors, srv_abrt included; wretr/wredis: retries, redispatches; cli_abrt/srv_abrt: aborted transfers),
+# current sessions, and times in ms: rtime/ttime/qtime/ctime are means over the server's last 1024
+# requests, *_max the largest seen since HAProxy started or its counters were cleared.
+STAT_COUNTERS = (
+    "hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other", "econ", "eresp", "wretr", "wredis",
+    "cli_abrt", "srv_abrt", "scur", "stot", "qtime", "ctime", "rtime", "ttime", "qtime_max", "ctime_max",
+    "rtime_max", "ttime_max",
+)
 _FMAINT, _IMAINT, _CMAINT, _FDRAIN, _IDRAIN, _RMAINT, _HMAINT = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40
 
 
@@ -84,6 +94,13 @@ def _save_record(name, record):
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _check_servers(servers):
@@ -165,6 +182,23 @@ class _HAProxy:
             for row in reader
             if row.get("pxname") == self.backend
         }
+
+    def stats(self, servers):
+        """Each server's row of ``show stat``: the counters the analysis reads (see :func:`stats`)."""
+        out = self.command("show stat")
+        reader = csv.DictReader(io.StringIO(out.lstrip("# ")))
+        rows = {row["svname"]: row for row in reader if row.get("pxname") == self.backend}
+        if not rows:
+            raise CommandExecutionError(f"haproxy: show stat has no backend {self.backend!r}: {out.strip()[:200] or 'no answer'}")
+        missing = [s for s in servers if self.name(s) not in rows]
+        if missing:
+            raise CommandExecutionError(f"haproxy backend {self.backend!r} has no server named {', '.join(missing)}")
+        result = {}
+        for server in servers:
+            row = rows[self.name(server)]
+            result[server] = {key: _int(row.get(key)) for key in STAT_COUNTERS if row.get(key) not in (None, "")}
+            result[server]["status"] = row.get("status")
+        return result
 
     def set_state(self, server, state):
         out = self.command(f"set server {self.backend}/{server} state {state}").strip()
@@ -323,6 +357,12 @@ class _Nginx:
         self._apply(prior)
         return {}
 
+    def stats(self, servers):
+        raise CommandExecutionError(
+            "nginx driver: no per-server response counters: open-source nginx does not keep them (only nginx Plus's "
+            "API or a parser of its access log give them); analysis needs the haproxy driver"
+        )
+
 
 
 def _driver(lb):
@@ -423,3 +463,34 @@ def status(lb, servers):
     drv = _driver(lb)
     record = _load_record(drv.record)
     return {"states": drv.states(servers), "detached": sorted(s for s in servers if s in record)}
+
+
+def stats(lb, servers):
+    """
+    The load balancer's own per-server traffic counters, one sample (the runner's analysis of
+    live traffic takes one at the start of a bake, every few seconds, and at its end).
+
+    haproxy: the server's row of the runtime API's ``show stat``: cumulative response counters
+    per status class (``hrsp_1xx`` … ``hrsp_5xx``, ``hrsp_other``), connection and response
+    errors (``econ``, ``eresp``), retries, aborts, sessions, the mean queue/connect/response/total
+    times in ms over its last 1024 requests (``qtime``, ``ctime``, ``rtime``, ``ttime``) and their
+    maxima (``*_max``), and ``status`` (UP, DOWN, MAINT, DRAIN, NOLB…).  Returns
+    ``{"servers": {minion id: {field: value}}, "time": <unix time>}``.
+
+    nginx: refused (``CommandExecutionError``): open-source nginx keeps no per-server response
+    counters; only nginx Plus's API or a parser of its access log give them.
+
+    lb
+        The project's ``lb`` pillar dict.
+    servers
+        Minion ids.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb-1 deploy_lb.stats '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' '[web-1, web-2]'
+    """
+    servers = _check_servers(servers)
+    drv = _driver(lb)
+    return {"servers": drv.stats(servers), "time": time.time()}

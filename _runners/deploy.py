@@ -59,7 +59,8 @@ except ImportError:  # a source checkout whose editable install predates _utils/
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_utils"))
     import deploy_master
 from deploy_master import (  # noqa: E402
-    Aborted, DeployError, Locked, NotPaused, build, config, contract, names, plan as planning, policy, store,
+    Aborted, DeployError, Locked, NotPaused, analysis, build, config, contract, names, plan as planning, policy,
+    store,
 )
 
 log = logging.getLogger(__name__)
@@ -508,10 +509,60 @@ def _stages(run, plan, release, start=0, **switch_args):
                     f"{len(run.failed)} node(s) failed ({', '.join(run.failed)}), more than max_failures="
                     f"{run.max_failures}: stopped; nodes not reached stay on their release"
                 )
+            _analysis(run, plan, stage, batch=index)
         run.fire("stage", stage=stage["name"])
         run.progress(f"stage {stage['name']} done")
         if getattr(run, "kind", None) == "release":  # a rollback has no gates
             _gates(run, plan, number)
+
+
+def _analysis(run, plan, stage, switched_nodes=None, batch=None):
+    """Analysis of live traffic (pillar ``analysis``, see ``deploy_master.analysis``): after a stage
+    (or each batch with ``after: batch``), watch the LB's per-server counters for ``bake`` seconds,
+    the servers now on the release against those still on the old one; DeployError if worse than
+    the limits.  Releases only (a rollback goes back to known code as fast as it can).
+    ``switched_nodes``: the nodes on the release (default: those this run switched)."""
+    if run.kind != "release" or not run.has_lb:
+        return
+    settings = analysis.stage_settings(run.envc, stage["name"], f"env {run.env!r}")
+    if not settings or (settings["after"] == "batch") != (batch is not None):
+        return
+    behind = planning.behind_lb(plan)
+    switched = _switched(run) if switched_nodes is None else switched_nodes
+    new = sorted(set(switched) & set(behind))  # the preprod node is not behind the LB
+    if not new:
+        return
+    old = sorted(set(behind) - set(new))
+    label = f"stage {stage['name']}" + (f" batch {batch}/{len(stage['batches'])}" if batch else "")
+    run.progress(f"{label}: analysis: watching live traffic on the LB for {settings['bake']:g}s "
+                 f"({', '.join(new)} on the release" + (f" against {', '.join(old)})" if old else ")"))
+    started = time.monotonic()
+    deadline = started + settings["bake"]
+    taken = [run.lb_call("stats", new + old)]
+    next_sample = started + settings["interval"]
+    while time.monotonic() < deadline:
+        run.check_abort(f"during the analysis of {label}")
+        if time.monotonic() >= next_sample:
+            if run.lock:
+                run.lock.check()
+            taken.append(run.lb_call("stats", new + old))
+            next_sample += settings["interval"]
+        time.sleep(max(0.0, min(0.2, deadline - time.monotonic())))
+    taken.append(run.lb_call("stats", new + old))
+    result = analysis.decide(settings, [t["servers"] for t in taken], new, old)
+    entry = {"stage": stage["name"], "batch": batch, "seconds": round(time.monotonic() - started, 3),
+             "samples": len(taken), "window": [taken[0].get("time"), taken[-1].get("time")], "settings": settings,
+             **result}
+    run.timings.setdefault("analysis", []).append(entry)
+    run.fire("analysis", **entry)
+    run.progress(f"{label}: analysis: {analysis.describe(result)}")
+    for note in result["notes"]:
+        run.progress(f"{label}: analysis: {note}")
+    if not result["passed"]:
+        raise DeployError(f"analysis of {label} failed: {'; '.join(result['reasons'])}")
+    if result["verdict"] == "inconclusive" and run.lock:
+        run.lock.warnings.append(f"analysis of {label} passed without evidence (inconclusive: pass): "
+                                 f"{'; '.join(result['reasons'])}")
 
 
 def _gates(run, plan, number):
@@ -523,6 +574,7 @@ def _gates(run, plan, number):
 
     A DeployError raised here fails the stage like a failed batch: the env's ``on_failure`` applies.
     """
+    _analysis(run, plan, plan["stages"][number])
     _pause(run, plan, number)
 
 

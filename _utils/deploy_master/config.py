@@ -4,7 +4,7 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import names, plan
+from deploy_master import analysis, names, plan
 
 LB_DRIVERS = ("none", "haproxy", "nginx")
 DEFAULT_BRANCH = {"git": "master", "svn": "trunk"}  # an env's `branch` when it names none
@@ -100,11 +100,25 @@ def project_env(pillar, project, env=None):
         raise SaltInvocationError(f"project {project!r}: unknown lb driver {lb.get('driver')!r}")
     if lb.get("driver", "none") != "none" and not lb.get("minion"):
         raise SaltInvocationError(f"project {project!r}: lb needs the 'minion' that runs the load balancer")
+    _check_analysis(envc, env, lb.get("driver", "none"))
     try:
         int(envc.get("max_failures", 0))
     except (TypeError, ValueError):
         raise SaltInvocationError(f"env {env!r}: max_failures must be a whole number") from None
     return conf, envc
+
+
+def _check_analysis(envc, env, driver):
+    """The env's and its stages' ``analysis`` (deploy_master.analysis); it needs an LB that counts."""
+    where = f"env {env!r}"
+    base = analysis.parse(envc.get("analysis"), where)
+    wanted = base is not None
+    for index, stage in enumerate(envc.get("stages") or []):
+        name = stage.get("name") or index + 1
+        if analysis.parse(stage.get("analysis"), f"{where} stage {name!r}", base) is not None:
+            wanted = True
+    if wanted:
+        analysis.check_driver(driver, where)
 
 
 ON_FAILURE = ("stop", "rollback")

@@ -24,6 +24,7 @@ class History:
 
 class Run:
     project, env, kind, mode, max_failures, release, run_id = "rainbow", "pro", "release", "normal", 0, "r3", "42"
+    has_lb, envc = False, {}  # no LB: no analysis of live traffic (tests/unit/test_analysis.py has it)
     started_at, outcome, aborted = "t0", None, None
 
     def __init__(self, tmp_path):

@@ -21,6 +21,7 @@ class Lock:
 
 class Run:
     project, env, max_failures = "rainbow", "pro", 0
+    kind, has_lb, envc = "release", False, {}  # no LB: no analysis of live traffic
 
     def __init__(self, lock):
         self.lock, self.failed, self.log = lock, [], []
@@ -40,7 +41,7 @@ PLAN = {"stages": [{"name": "all", "batches": [["web-1"], ["web-2"], ["web-3"]]}
 
 def test_a_lost_lock_stops_before_the_next_batch(monkeypatch):
     done = []
-    monkeypatch.setattr(runner, "_batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes))
+    monkeypatch.setattr(runner, "_batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes) or nodes)
     with pytest.raises(DeployError, match="lost the lock"):
         runner._stages(Run(Lock(lose_after=1)), PLAN, "r2")
     assert done == [["web-1"]]
@@ -48,7 +49,7 @@ def test_a_lost_lock_stops_before_the_next_batch(monkeypatch):
 
 def test_a_held_lock_goes_through_every_batch(monkeypatch):
     done = []
-    monkeypatch.setattr(runner, "_batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes))
+    monkeypatch.setattr(runner, "_batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes) or nodes)
     runner._stages(Run(Lock(lose_after=99)), PLAN, "r2")
     assert done == [["web-1"], ["web-2"], ["web-3"]]
 
