@@ -514,20 +514,38 @@ def daemon_pids(box, name):
     return [pid for pid in processes_matching(conf) if tool in _cmdline(pid) and conf in _cmdline(pid).split()]
 
 
+def proc_pss(pids):
+    """Proportional set size (bytes) summed over ``pids``: forked workers' shared pages counted once."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
 class PeakRSS:
-    """Peak RSS (bytes, summed over the daemon's processes) of the named daemons, sampled every ``interval`` s."""
+    """Peak memory (PSS, bytes, summed over the daemon's processes and live children: its job
+    processes) of the named daemons, sampled every ``interval`` s."""
 
     def __init__(self, box, names, interval=0.25):
         self.box, self.names, self.interval = box, list(names), interval
         self.pids = {n: daemon_pids(box, n) for n in self.names}
-        self.peak = dict.fromkeys(self.names, 0)
+        self.peak = dict.fromkeys(self.names, 0)  # PSS
+        self.peak_rss = dict.fromkeys(self.names, 0)  # RSS summed (shared pages counted in every process)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self):
         for name in self.names:
-            rss = proc_usage(self.pids[name] + _children(self.pids[name]))[1]
-            self.peak[name] = max(self.peak[name], rss)
+            pids = self.pids[name] + _children(self.pids[name])
+            self.peak[name] = max(self.peak[name], proc_pss(pids))
+            self.peak_rss[name] = max(self.peak_rss[name], proc_usage(pids)[1])
 
     def _run(self):
         while not self.stopping.wait(self.interval):

@@ -11,7 +11,7 @@ node), so the sizes compare.  Then:
 2. a release of v1.2.0 (timed): wall, the runner's timings (prepare, preprod, each batch), the
    number of Salt jobs the run published (``timings.salt_calls``: it must grow with the
    batches, not the nodes), the salt-master's CPU seconds during it (its processes and reaped
-   children) and the peak RSS of the master and of one minion (web-1, with its job processes);
+   children) and the peak memory (PSS: shared pages of forked workers counted once) of the master and of one minion (web-1, with its job processes);
 3. ``--reps`` emergency rollbacks (``salt-run deploy.rollback ... emergency=True``),
    alternating between the two releases (the target re-marked good and listed first,
    untimed, so the rollback acts on the master's record: one Salt call); the master's CPU
@@ -59,6 +59,7 @@ def timed_release(bench, box):
             "batches": [b["seconds"] for b in batches], "batch_nodes": [len(b["nodes"]) for b in batches],
             "drain": drains, "salt_calls": record["timings"].get("salt_calls"), "master_cpu": round(cpu, 3),
             "master_peak_rss": peak.peak["master"], "minion_peak_rss": peak.peak["web-1"],
+            "master_peak_rss_sum": peak.peak_rss["master"], "minion_peak_rss_sum": peak.peak_rss["web-1"],
             "release": record["release"]}
 
 
@@ -87,7 +88,7 @@ def one_size(args, n):
         rel = timed_release(bench, box)
         out["release"] = rel
         say(f"    wall {rel['wall']}s, prepare {rel['prepare']}s, batches {rel['batches']} ({rel['batch_nodes']} "
-            f"nodes), salt calls {rel['salt_calls']}, master CPU {rel['master_cpu']}s, peak RSS master "
+            f"nodes), salt calls {rel['salt_calls']}, master CPU {rel['master_cpu']}s, peak PSS master "
             f"{rel['master_peak_rss'] / 1e6:.0f} MB, minion {rel['minion_peak_rss'] / 1e6:.0f} MB")
         second = rel["release"]
 
@@ -166,7 +167,7 @@ def main(argv=None):
 def report(results):
     headers = ["web nodes", "first release", "release wall", "prepare", "batches (4)", "salt calls",
                "rollback", "ping", "restart floor", "rb/ping", "rb/floor", "master CPU (release)",
-               "master CPU (rollback)", "peak RSS master", "peak RSS minion"]
+               "master CPU (rollback)", "peak PSS master (RSS sum)", "peak PSS minion (RSS sum)"]
     rows = []
     for s in results["sizes"]:
         if "error" in s:
@@ -178,8 +179,9 @@ def report(results):
             fmt(r["prepare"]), "/".join(f"{b:.2f}" for b in r["batches"]), r["salt_calls"],
             fmt(s["rollback"]["wall"]["median"]), fmt(s["ping"]["median"]), fmt(s["restart_floor"]["median"]),
             f"{s['rollback_vs_ping']:.2f}", f"{s['rollback_vs_floor']:.2f}", fmt(r["master_cpu"]),
-            fmt(s["rollback"]["master_cpu"]["median"]), f"{r['master_peak_rss'] / 1e6:.0f} MB",
-            f"{r['minion_peak_rss'] / 1e6:.0f} MB",
+            fmt(s["rollback"]["master_cpu"]["median"]),
+            f"{r['master_peak_rss'] / 1e6:.0f} MB ({r['master_peak_rss_sum'] / 1e6:.0f})",
+            f"{r['minion_peak_rss'] / 1e6:.0f} MB ({r['minion_peak_rss_sum'] / 1e6:.0f})",
         ])
     say()
     say(f"==> scale: {os.cpu_count()} cores; medians of {results['args']['reps']} reps for rollback, ping, floor")
