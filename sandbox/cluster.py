@@ -639,7 +639,7 @@ class Sandbox:
         A `salt` call costs ~1.5 s, so it is made when the minions' logs say they are ready
         (or every 5 s regardless: the log line is only a hint)."""
         # with two masters a minion signs in to both, one after the other: it answers later
-        timeout = timeout or (90 if self.masters == 1 else 240) + 2 * len(self.minion_ids)
+        timeout = timeout or (90 if self.masters == 1 else 240) + 4 * len(self.minion_ids)
         pending = set(self.minion_ids)
         deadline = time.monotonic() + timeout
         while pending:
