@@ -55,7 +55,13 @@ def timed_release(bench, box):
         wall, record, proc = bench.release()
     cpu = cpu_of(box, ["master"]) - cpu
     build, prepare, preprod, batches, drains = timings_of(record)
-    return {"wall": round(wall, 3), "runner_seconds": record["seconds"], "prepare": prepare, "preprod": preprod,
+    nodes = record.get("nodes") or {}
+    overhead = []  # goal 2: batch - drain - the slowest node's switch (activate, restart, checks)
+    for i, b in enumerate(batches):
+        drain = drains[i] if i < len(drains) and drains[i] is not None else 0.0
+        overhead.append(round(b["seconds"] - drain - max((nodes.get(n, {}).get("seconds") or 0.0)
+                                                          for n in b["nodes"]), 3))
+    return {"overhead": overhead,"wall": round(wall, 3), "runner_seconds": record["seconds"], "prepare": prepare, "preprod": preprod,
             "batches": [b["seconds"] for b in batches], "batch_nodes": [len(b["nodes"]) for b in batches],
             "drain": drains, "salt_calls": record["timings"].get("salt_calls"), "master_cpu": round(cpu, 3),
             "master_peak_rss": peak.peak["master"], "minion_peak_rss": peak.peak["web-1"],
@@ -88,7 +94,7 @@ def one_size(args, n):
         rel = timed_release(bench, box)
         out["release"] = rel
         say(f"    wall {rel['wall']}s, prepare {rel['prepare']}s, batches {rel['batches']} ({rel['batch_nodes']} "
-            f"nodes), salt calls {rel['salt_calls']}, master CPU {rel['master_cpu']}s, peak PSS master "
+            f"nodes; overhead {rel['overhead']}), salt calls {rel['salt_calls']}, master CPU {rel['master_cpu']}s, peak PSS master "
             f"{rel['master_peak_rss'] / 1e6:.0f} MB, minion {rel['minion_peak_rss'] / 1e6:.0f} MB")
         second = rel["release"]
 
@@ -165,7 +171,7 @@ def main(argv=None):
 
 
 def report(results):
-    headers = ["web nodes", "first release", "release wall", "prepare", "batches (4)", "salt calls",
+    headers = ["web nodes", "first release", "release wall", "prepare", "batches (4)", "overhead/batch", "salt calls",
                "rollback", "ping", "restart floor", "rb/ping", "rb/floor", "master CPU (release)",
                "master CPU (rollback)", "peak PSS master (RSS sum)", "peak PSS minion (RSS sum)"]
     rows = []
@@ -176,7 +182,8 @@ def report(results):
         r = s["release"]
         rows.append([
             s["web"], f"{s['first_release']['result']} {fmt(s['first_release']['wall'])}", fmt(r["wall"]),
-            fmt(r["prepare"]), "/".join(f"{b:.2f}" for b in r["batches"]), r["salt_calls"],
+            fmt(r["prepare"]), "/".join(f"{b:.2f}" for b in r["batches"]),
+            "/".join(f"{b:.2f}" for b in r["overhead"]), r["salt_calls"],
             fmt(s["rollback"]["wall"]["median"]), fmt(s["ping"]["median"]), fmt(s["restart_floor"]["median"]),
             f"{s['rollback_vs_ping']:.2f}", f"{s['rollback_vs_floor']:.2f}", fmt(r["master_cpu"]),
             fmt(s["rollback"]["master_cpu"]["median"]),
