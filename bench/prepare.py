@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import (PROJECT, STAT_HEADERS, Bench, base_parser, cpu_of, fmt, say, stat_row,  # noqa: E402
+from bench._common import (PROJECT, STAT_HEADERS, Bench, base_parser, cpu_of, say, stat_row,  # noqa: E402
                            stats, table)
 
 TARGET_RATIO = 2.0
