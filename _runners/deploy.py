@@ -51,7 +51,7 @@ import salt.client
 import salt.utils.event
 import salt.utils.jid
 import salt.utils.minions
-from salt.exceptions import SaltInvocationError
+from salt.exceptions import SaltClientError, SaltInvocationError
 
 try:
     import deploy_master
@@ -153,10 +153,16 @@ class _Run:
             return {}
         jid = salt.utils.jid.gen_jid(__opts__)
         self.salt_calls += 1
-        ret = self.client.cmd(
-            nodes, fun, kwarg=kwarg or {}, tgt_type="list", full_return=True,
-            timeout=timeout or self.timeout, jid=jid,
-        ) or {}
+        try:
+            ret = self.client.cmd(
+                nodes, fun, kwarg=kwarg or {}, tgt_type="list", full_return=True,
+                timeout=timeout or self.timeout, jid=jid,
+            ) or {}
+        except SaltClientError as exc:
+            # a congested master (e.g. many nodes compiling their pillar at once) let Salt's client time
+            # out publishing or gathering: the job may run all the same; ask the nodes, as for a slow one
+            log.warning("deploy: %s on %d nodes: %s; asking the nodes whether they run it", fun, len(nodes), exc)
+            ret = {}
         ret = {n: r for n, r in ret.items() if not _no_return(r)}
         verdicts = {}
         if len(ret) < len(nodes):

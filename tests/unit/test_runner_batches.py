@@ -157,3 +157,29 @@ def test_a_failing_lb_call_puts_back_what_it_can():
         runner._stages(run, _plan([["w1"], ["w2"]]), "r2")
     assert run.lb_calls[-1] == ("attach", ["w1", "w2"], [])
     assert run.out == set() and run.lock.detached() == []
+
+
+def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):
+    """Issue 15 goal 5: at 50+ nodes the master, busy compiling every node's pillar, let Salt's client
+    time out (``SaltClientError: Salt request timed out. The master is not responding``) and the
+    release died with "unexpected error".  The job may run all the same: the nodes are asked, as
+    for a slow node (``stragglers``)."""
+    from salt.exceptions import SaltClientError
+
+    class Client:
+        def cmd(self, *args, **kwargs):
+            raise SaltClientError("Salt request timed out. The master is not responding.")
+
+    class Fake:
+        client, timeout, salt_calls = Client(), 5, 0
+
+        def stragglers(self, jid, missing):
+            self.asked = sorted(missing)
+            return {"web-1": {"ret": {"result": True}, "retcode": 0}}, {"web-2": runner.NO_RESPONSE}
+
+    monkeypatch.setattr(runner, "__opts__", {}, raising=False)
+    fake = Fake()
+    out = runner._Run.call(fake, ["web-2", "web-1"], "deploy.prepare")
+    assert fake.asked == ["web-1", "web-2"]
+    assert out["web-1"] == {"ok": True, "ret": {"result": True}}
+    assert out["web-2"]["ok"] is False and out["web-2"]["error"] == runner.NO_RESPONSE
