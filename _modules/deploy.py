@@ -42,6 +42,11 @@ import jinja2
 import jinja2.sandbox
 from salt.exceptions import CommandExecutionError
 
+try:  # Salt >= 3008 wraps pillar data to mask secrets in output
+    from salt.utils.secret import expose as expose_secrets
+except ImportError:
+    expose_secrets = None
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "deploy"
@@ -124,6 +129,25 @@ def _fresh_pillar():
         return __salt__["pillar.items"](unmask=True)
     except TypeError:  # Salt < 3008 has no masking
         return __salt__["pillar.items"]()
+
+
+def _plain(data):
+    """Pillar data as plain dicts and lists (Salt >= 3008 wraps it to mask secrets in output)."""
+    if expose_secrets is not None:
+        data = expose_secrets(data)
+    return data
+
+
+def _in_memory_pillar_is(fresh):
+    """Whether the minion's in-memory pillar (what later jobs see as ``__pillar__``) equals ``fresh``.
+
+    Refreshing it is a second pillar compile on the master for every node: asked for only when
+    the pillar really changed since the minion last compiled it."""
+    current = __pillar__.value() if hasattr(__pillar__, "value") else __pillar__
+    try:
+        return _plain(dict(current)) == _plain(dict(fresh))
+    except Exception:  # pylint: disable=broad-except  # anything odd: refresh, as before
+        return False
 
 
 def _paths(conf):
@@ -707,8 +731,10 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
         if os.path.isfile(_meta_path(paths, release)) and not os.path.isdir(final):
             os.unlink(_meta_path(paths, release))
         raise
-    # Later jobs (switch, checks) read the in-memory pillar: let the minion pick up what we just compiled.
-    __salt__["saltutil.refresh_pillar"](wait=False)
+    # Later jobs (switch, checks) read the in-memory pillar: let the minion pick up what we just
+    # compiled, if it differs from what the minion holds (a refresh is one more compile on the master).
+    if not _in_memory_pillar_is(pillar):
+        __salt__["saltutil.refresh_pillar"](wait=False)
     return _report(
         {"release": release, "changed": True, "path": final, "seconds": round(time.monotonic() - started, 3)},
         paths,

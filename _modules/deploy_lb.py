@@ -16,6 +16,8 @@ Drivers:
     maps minion ids to their ``host:port`` in that file; ``lb:nginx`` is the nginx
     command (default ``[nginx]``) for ``-t`` and ``-s reload``.
 
+``swap`` does an ``attach`` and a ``detach`` in one call (between two batches).
+
 Before it changes anything, ``detach`` writes the servers' prior states to a record on
 the LB minion (``<cachedir>/deploy_lb/<name>.json``).  ``attach`` restores exactly those
 states and removes them from the record, so a run killed in the middle can be repaired
@@ -441,6 +443,37 @@ def attach(lb, servers):
         record.pop(server, None)
     _save_record(drv.record, record)
     return {"restored": prior, "untouched": [s for s in servers if s not in prior]}
+
+
+def swap(lb, servers, restore=(), wait=30):
+    """
+    Put ``restore`` back (as :func:`attach`), then take ``servers`` out (as :func:`detach`), in
+    one call: between two batches of a rollout, the batch just done goes back and the next one
+    goes out without a second round trip to this minion.
+
+    lb
+        The project's ``lb`` pillar dict.
+    servers
+        Minion ids of the nodes to detach.
+    restore
+        Minion ids of the nodes to put back in their recorded state first.
+    wait
+        Longest wait, in seconds, for a draining server's sessions to end.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb-1 deploy_lb.swap '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' '[web-3, web-4]' restore='[web-1, web-2]'
+    """
+    servers = _check_servers(servers)
+    restore = _check_servers(restore or [])
+    both = set(servers) & set(restore)
+    if both:
+        raise CommandExecutionError(f"swap: {', '.join(sorted(both))} both to restore and to detach")
+    back = attach(lb, restore) if restore else {"restored": {}, "untouched": []}
+    out = detach(lb, servers, wait)
+    return {**out, "restored": back["restored"], "untouched": back["untouched"]}
 
 
 def status(lb, servers):

@@ -51,7 +51,7 @@ import salt.client
 import salt.utils.event
 import salt.utils.jid
 import salt.utils.minions
-from salt.exceptions import SaltInvocationError
+from salt.exceptions import SaltClientError, SaltInvocationError
 
 try:
     import deploy_master
@@ -113,6 +113,7 @@ class _Run:
         self.run_id = globals().get("__jid__") or salt.utils.jid.gen_jid(__opts__)  # names a paused run
         self.extra = {}  # what the summary and a paused run's state carry (ref, commit, version)
         self.outcome = None  # "aborted" for deploy.abort
+        self.salt_calls = 0  # Salt jobs this run published (the record's timings: salt_calls)
 
     def check_abort(self, where):
         """Stop here (no new step or batch) if a signal asked the run to stop."""
@@ -156,10 +157,17 @@ class _Run:
         if not nodes:
             return {}
         jid = salt.utils.jid.gen_jid(__opts__)
-        ret = self.client.cmd(
-            nodes, fun, kwarg=kwarg or {}, tgt_type="list", full_return=True,
-            timeout=timeout or self.timeout, jid=jid,
-        ) or {}
+        self.salt_calls += 1
+        try:
+            ret = self.client.cmd(
+                nodes, fun, kwarg=kwarg or {}, tgt_type="list", full_return=True,
+                timeout=timeout or self.timeout, jid=jid,
+            ) or {}
+        except SaltClientError as exc:
+            # a congested master (e.g. many nodes compiling their pillar at once) let Salt's client time
+            # out publishing or gathering: the job may run all the same; ask the nodes, as for a slow one
+            log.warning("deploy: %s on %d nodes: %s; asking the nodes whether they run it", fun, len(nodes), exc)
+            ret = {}
         ret = {n: r for n, r in ret.items() if not _no_return(r)}
         verdicts = {}
         if len(ret) < len(nodes):
@@ -228,6 +236,7 @@ class _Run:
     def find_job(self, jid, nodes):
         """node -> True (runs ``jid``), False (answers, does not run it); nodes that did not answer are absent."""
         gather = int(__opts__.get("gather_job_timeout", 10))
+        self.salt_calls += 1
         try:
             ret = self.client.cmd(nodes, "saltutil.find_job", [jid], tgt_type="list", timeout=gather,
                                   gather_job_timeout=1) or {}
@@ -447,33 +456,45 @@ def _preprod(run, plan, release, **switch_args):
     run.fire("stage", stage="preprod", nodes=[node], seconds=run.timings["preprod"])
 
 
-def _batch(run, stage, index, nodes, release, **switch_args):
+def _batch(run, stage, index, nodes, release, held=None, keep=False, **switch_args):
+    """One batch behind the LB: detach (drain, maint), switch, restore each server's recorded state.
+
+    ``held`` (a list) carries the previous batch of the stage, still out of the LB: the call that
+    takes this batch out puts that one back (``deploy_lb.swap``), so a batch costs two sequential
+    Salt calls, not three.  With ``keep``, this batch is left out and appended to ``held`` for the
+    next batch (or :func:`_put_back`); without, it is put back here (the stage's last batch, or a
+    step between batches that needs it in service).  Before any LB call changes
+    anything, the run's record of detached nodes (``run.lock.set_detached``) holds every server it
+    takes out, so an interrupted run is repaired by ``deploy.unlock``."""
     started = time.monotonic()
     label = f"stage {stage['name']} batch {index}/{len(stage['batches'])}"
+    back = [held.pop() for _ in range(len(held))] if held and run.has_lb else []
     detached_at = None
+    done = False
     try:
         if run.has_lb:
             run.lock.set_detached(set(run.lock.detached()) | set(nodes))
             detached_at = time.monotonic()
-            out = run.lb_call("detach", nodes, wait=float(run.lb.get("drain_timeout", 30)))
+            wait = float(run.lb.get("drain_timeout", 30))
+            if back:
+                out = run.lb_call("swap", nodes, restore=sorted(n for b in back for n in b["nodes"]), wait=wait)
+                _back_in(run, back)
+                back = []
+            else:
+                out = run.lb_call("detach", nodes, wait=wait)
             run.timings.setdefault("drain", []).append(out.get("drain_seconds"))
             run.progress(f"{label}: {', '.join(nodes)} out of the LB (drained in {out.get('drain_seconds')}s)")
         passed = _switch(run, nodes, release, **switch_args)
+        done = True
     finally:
         if detached_at is not None:
             # a node that never answered may be half-restarted: it stays out, and the summary says so
-            back = [n for n in nodes if n not in run.silent]
-            if back:
-                run.lb_call("attach", back)
-            run.lock.set_detached(set(run.lock.detached()) - set(back))
-            out_for = round(time.monotonic() - detached_at, 3)
-            for node in back:
-                run.nodes.setdefault(node, {})["out_of_lb"] = out_for
-            if back:
-                run.progress(f"{label}: {', '.join(back)} back in the LB after {out_for}s")
-            for node in sorted(set(nodes) - set(back)):
-                run.progress(f"{label}: {node} left out of the LB: it did not answer; check it, then "
-                             f"salt-run deploy.unlock project={run.project} env={run.env}")
+            back.append({"label": label, "since": detached_at, "nodes": [n for n in nodes if n not in run.silent],
+                         "left": sorted(n for n in nodes if n in run.silent)})
+        if back and (not done or not keep or held is None):
+            _put_back(run, back)
+        elif back:
+            held.extend(back)
     seconds = round(time.monotonic() - started, 3)
     run.timings.setdefault("batches", []).append({"stage": stage["name"], "batch": index, "nodes": nodes, "seconds": seconds})
     run.fire("batch", stage=stage["name"], batch=index, nodes=nodes, passed=passed, seconds=seconds)
@@ -492,24 +513,64 @@ class _AbortRequested(DeployError):
     """deploy.abort asked a run that waits in-process (``pause: N``) to stop and revert."""
 
 
+def _put_back(run, held):
+    """Restore the recorded LB state of the batches in ``held`` (one call), and say so."""
+    nodes = sorted(n for b in held for n in b["nodes"])
+    if nodes:
+        run.lb_call("attach", nodes)
+    _back_in(run, held)
+
+
+def _back_in(run, held):
+    """Bookkeeping once the batches in ``held`` are back in the LB: the run's record, time out, progress."""
+    nodes = {n for b in held for n in b["nodes"]}
+    run.lock.set_detached(set(run.lock.detached()) - nodes)
+    now = time.monotonic()
+    for batch in held:
+        out_for = round(now - batch["since"], 3)
+        for node in batch["nodes"]:
+            run.nodes.setdefault(node, {})["out_of_lb"] = out_for
+        if batch["nodes"]:
+            run.progress(f"{batch['label']}: {', '.join(batch['nodes'])} back in the LB after {out_for}s")
+        for node in batch["left"]:
+            run.progress(f"{batch['label']}: {node} left out of the LB: it did not answer; check it, then "
+                         f"salt-run deploy.unlock project={run.project} env={run.env}")
+    held.clear()
+
+
+def _analysis_per_batch(run, stage):
+    """True if the stage's analysis runs after each batch: the batch must then be back in the LB at once."""
+    if run.kind != "release" or not run.has_lb:
+        return False
+    settings = analysis.stage_settings(run.envc, stage["name"], f"env {run.env!r}")
+    return bool(settings) and settings["after"] == "batch"
+
+
 def _stages(run, plan, release, start=0, **switch_args):
     """The stages from ``start`` on, batch by batch; a release's stage ends with its gates."""
     for number, stage in enumerate(plan["stages"]):
         if number < start:
             continue
-        for index, batch in enumerate(stage["batches"], 1):
-            nodes = [n for n in batch if n not in run.failed]
-            run.check_abort(f"before stage {stage['name']} batch {index}")
-            if nodes:
-                if run.lock:
-                    run.lock.check()  # a shared store's lease lost: stop before the next batch
-                _batch(run, stage, index, nodes, release, **switch_args)
-            if len(run.failed) > run.max_failures:
-                raise DeployError(
-                    f"{len(run.failed)} node(s) failed ({', '.join(run.failed)}), more than max_failures="
-                    f"{run.max_failures}: stopped; nodes not reached stay on their release"
-                )
-            _analysis(run, plan, stage, batch=index)
+        held = []  # the stage's previous batch, still out of the LB: put back by the next batch's LB call
+        per_batch = _analysis_per_batch(run, stage)
+        try:
+            for index, batch in enumerate(stage["batches"], 1):
+                nodes = [n for n in batch if n not in run.failed]
+                run.check_abort(f"before stage {stage['name']} batch {index}")
+                if nodes:
+                    if run.lock:
+                        run.lock.check()  # a shared store's lease lost: stop before the next batch
+                    last = index == len(stage["batches"])
+                    _batch(run, stage, index, nodes, release, held=held, keep=not (last or per_batch), **switch_args)
+                if len(run.failed) > run.max_failures:
+                    raise DeployError(
+                        f"{len(run.failed)} node(s) failed ({', '.join(run.failed)}), more than max_failures="
+                        f"{run.max_failures}: stopped; nodes not reached stay on their release"
+                    )
+                _analysis(run, plan, stage, batch=index)
+        finally:
+            if held:
+                _put_back(run, held)
         run.fire("stage", stage=stage["name"])
         run.progress(f"stage {stage['name']} done")
         if getattr(run, "kind", None) == "release":  # a rollback has no gates
@@ -709,6 +770,7 @@ def _finish(run, plan, error=None, extra=None, aborted=False, paused=None):
         run.nodes.setdefault(node, {})["lb"] = state
     result = ("paused" if paused else "aborted" if aborted or run.outcome == "aborted"
               else "failure" if error or run.failed else "success")
+    run.timings["salt_calls"] = run.salt_calls
     seconds = round(time.monotonic() - run.started, 3)
     user, host = names.caller()
     record = {

@@ -30,7 +30,8 @@ if REPO_ROOT not in sys.path:
 
 from sandbox import pillar as sandbox_pillar  # noqa: E402
 from sandbox import repo as sample_repo  # noqa: E402
-from sandbox.cluster import ENV, NODE_PORT, PROJECT, Sandbox, SandboxError, salt_bin  # noqa: E402
+from sandbox.cluster import (ENV, NODE_PORT, PROJECT, Sandbox, SandboxError, _cmdline,  # noqa: E402
+                             processes_matching, salt_bin)
 
 RESULTS_DIR = os.path.join(REPO_ROOT, "bench", "results")
 DEFAULT_NET = "127.0.250"
@@ -130,6 +131,9 @@ def base_parser(name, description, reps):
     parser.add_argument("--lb-port", type=int, default=DEFAULT_LB_PORT, help="HAProxy port (default %(default)s)")
     parser.add_argument("--web", type=int, default=10, help="web nodes (default %(default)s)")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox running at the end (debugging)")
+    parser.add_argument("--light", action=argparse.BooleanOptionalAction, default=None,
+                        help="light sandbox: minions with multiprocessing: False, 1 PHP-FPM worker per node "
+                             "(default: on above 50 web nodes)")
     return parser
 
 
@@ -170,7 +174,7 @@ class Bench:
         elif os.path.exists(path) and os.listdir(path):
             raise SandboxError(f"{path} exists and is not a sandbox: choose another --path")
         self.box = BenchSandbox(path, web=self.args.web, lb_port=self.args.lb_port, net=self.args.net, out=say,
-                                **self.sandbox_kwargs)
+                                light=getattr(self.args, "light", None), **self.sandbox_kwargs)
         self.box.preflight()
         say(f"==> sandbox in {path}: {self.args.web} web nodes on {self.args.net}.x, LB 127.0.0.1:{self.args.lb_port}, "
             f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
@@ -478,6 +482,103 @@ class PortBytes:
         return {"sent": sent, "received": received, "connections": connections, "destroy_events": self.events}
 
 
+# --------------------------------------------------------------------------- CPU and memory of daemons
+
+
+def _proc_fields(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def proc_usage(pids):
+    """(CPU seconds (user+system of the processes and their reaped children), RSS bytes summed) of ``pids``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    page = os.sysconf("SC_PAGE_SIZE")
+    cpu = rss = 0
+    for pid in pids:
+        f = _proc_fields(pid)
+        if not f:
+            continue
+        cpu += (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / tick
+        rss += int(f[21]) * page
+    return cpu, rss
+
+
+def daemon_pids(box, name):
+    """PIDs of the sandbox's salt daemon ``name`` ('master' or a minion id) and its worker processes."""
+    conf = box.conf_dir if name == "master" else box.minion_conf_dir(name)
+    tool = "salt-master" if name == "master" else "salt-minion"
+    return [pid for pid in processes_matching(conf) if tool in _cmdline(pid) and conf in _cmdline(pid).split()]
+
+
+def proc_pss(pids):
+    """Proportional set size (bytes) summed over ``pids``: forked workers' shared pages counted once."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
+class PeakRSS:
+    """Peak memory (PSS, bytes, summed over the daemon's processes and live children: its job
+    processes) of the named daemons, sampled every ``interval`` s."""
+
+    def __init__(self, box, names, interval=0.25):
+        self.box, self.names, self.interval = box, list(names), interval
+        self.pids = {n: daemon_pids(box, n) for n in self.names}
+        self.peak = dict.fromkeys(self.names, 0)  # PSS
+        self.peak_rss = dict.fromkeys(self.names, 0)  # RSS summed (shared pages counted in every process)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        for name in self.names:
+            pids = self.pids[name] + _children(self.pids[name])
+            self.peak[name] = max(self.peak[name], proc_pss(pids))
+            self.peak_rss[name] = max(self.peak_rss[name], proc_usage(pids)[1])
+
+    def _run(self):
+        while not self.stopping.wait(self.interval):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self._sample()
+        return False
+
+
+def _children(pids):
+    """Live child processes of ``pids`` (a minion's job processes)."""
+    parents, out = set(pids), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            f = _proc_fields(int(entry))
+            if f and int(f[1]) in parents and int(entry) not in parents:
+                out.append(int(entry))
+    return out
+
+
+def cpu_of(box, names):
+    """CPU seconds so far of the named daemons (their processes and reaped children)."""
+    return proc_usage([pid for n in names for pid in daemon_pids(box, n)])[0]
+
+
 def human_bytes(n):
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
@@ -487,6 +588,6 @@ def human_bytes(n):
 
 
 __all__ = [
-    "Bench", "BenchSandbox", "PortBytes", "ENV", "PROJECT", "STAT_HEADERS", "base_parser", "batch_envs", "fmt",
+    "Bench", "BenchSandbox", "PeakRSS", "PortBytes", "cpu_of", "daemon_pids", "proc_usage", "ENV", "PROJECT", "STAT_HEADERS", "base_parser", "batch_envs", "fmt",
     "human_bytes", "salt_bin", "say", "stat_row", "stats", "table", "timings_of",
 ]

@@ -194,7 +194,7 @@ def cmd_up(args):
     if problems:
         raise SandboxError("this machine cannot run the sandbox yet:\n  " + "\n  ".join(problems))
     box = Sandbox(args.path, web=args.web, lb_port=args.lb_port, net=args.net, out=say,
-                  masters=args.masters, store=args.store, etcd_ttl=args.etcd_ttl)
+                  masters=args.masters, store=args.store, etcd_ttl=args.etcd_ttl, light=args.light)
     old = Sandbox.load(box.path, out=say)
     if old is not None:
         if old.anything_running():
@@ -299,7 +299,10 @@ def main(argv=None):
         p = sub.add_parser(name)
         p.add_argument("--path", default=None, help=f"sandbox folder (default {DEFAULT_PATH})")
         if name == "up":
-            p.add_argument("--web", type=int, default=3, help="number of web nodes (default 3)")
+            p.add_argument("--web", type=int, default=3, help="number of web nodes, 1-100 (default 3)")
+            p.add_argument("--light", action=argparse.BooleanOptionalAction, default=None,
+                           help="minions run jobs in threads (multiprocessing: False) and PHP-FPM has 1 worker "
+                                "per node (default: on above 50 web nodes)")
             p.add_argument("--lb-port", type=int, default=DEFAULT_LB_PORT,
                            help=f"HAProxy port on 127.0.0.1 (default {DEFAULT_LB_PORT})")
             p.add_argument("--net", default=DEFAULT_NET,

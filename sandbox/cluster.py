@@ -58,6 +58,8 @@ DEFAULT_LB_PORT = 8088
 DEFAULT_API_PORT = 8090  # salt-api with the web console (another free port if taken)
 DEFAULT_NET = "127.0.1"
 NODE_PORT = 8080
+MAX_WEB = 100  # web nodes a sandbox may have (their addresses: <net>.11 .. <net>.110)
+LIGHT_ABOVE = 50  # more web nodes than this: a light sandbox by default (see Sandbox)
 RESERVED_PORTS = {4505, 4506, 8080, DEFAULT_LB_PORT}
 # longest socket name salt puts in a sock_dir: minion_event_<10 hex>_pull.ipc
 _SOCK_NAME = 40
@@ -258,7 +260,7 @@ class Sandbox:
     """One sandbox cluster in ``path``; see the module docstring."""
 
     def __init__(self, path=None, web=3, lb_port=DEFAULT_LB_PORT, net=DEFAULT_NET, out=print,
-                 masters=1, store="local", etcd_ttl=10):
+                 masters=1, store="local", etcd_ttl=10, light=None):
         self.path = os.path.abspath(path or DEFAULT_PATH)
         self.masters = int(masters)
         if self.masters not in (1, 2):
@@ -269,8 +271,11 @@ class Sandbox:
             raise SandboxError("--masters 2 needs --store etcd (the masters share the lock and history there)")
         self.store, self.etcd_ttl = store, int(etcd_ttl)
         self.web = int(web)
-        if not 1 <= self.web <= 50:
-            raise SandboxError("--web must be between 1 and 50")
+        if not 1 <= self.web <= MAX_WEB:
+            raise SandboxError(f"--web must be between 1 and {MAX_WEB}")
+        # light: minions run jobs in threads (multiprocessing: False: no fork per job) and each node's
+        # PHP-FPM has 1 worker; the default above LIGHT_ABOVE web nodes, where 2 cores run them all
+        self.light = self.web > LIGHT_ABOVE if light is None else bool(light)
         self.lb_port = int(lb_port)
         self.net = net.rstrip(".")
         parts = self.net.split(".")
@@ -309,7 +314,7 @@ class Sandbox:
         )
         self.php = {
             node: web_stack.PhpNode(node, self.addr[node], self.node_root(node), os.path.join(self.path, "svc", node),
-                              user=USER, port=NODE_PORT)
+                              user=USER, port=NODE_PORT, fpm_children=1 if self.light else 4)
             for node in self.nodes
         }
 
@@ -382,7 +387,7 @@ class Sandbox:
             return None
         box = cls(path, web=state["web"], lb_port=state["lb_port"], net=state["net"], out=out,
                   masters=state.get("masters", 1), store=state.get("store", "local"),
-                  etcd_ttl=state.get("etcd_ttl", 10))
+                  etcd_ttl=state.get("etcd_ttl", 10), light=state.get("light"))
         box.base = state.get("base", box.base)
         box.ports = state.get("ports", {})
         box.pids = state.get("pids", {})
@@ -394,7 +399,7 @@ class Sandbox:
             "project": PROJECT, "env": ENV, "phase": phase, "path": self.path, "base": self.base,
             "web": self.web, "lb_port": self.lb_port, "net": self.net, "ports": self.ports,
             "masters": self.masters, "store": self.store, "etcd_ttl": self.etcd_ttl,
-            "pids": self.pids, "conf_dir": self.conf_dir, "python": sys.executable,
+            "light": self.light, "pids": self.pids, "conf_dir": self.conf_dir, "python": sys.executable,
             "minions": self.minion_ids, "nodes": {n: self.addr[n] for n in self.nodes},
             "job_node": self.job_node, "lb": self.lb.url, "lb_socket": self.lb.socket, "repo": self.repo,
             "updated": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -512,6 +517,8 @@ class Sandbox:
                 "random_reauth_delay": 0,
                 "enable_fqdns_grains": False,
             }
+            if self.light:
+                conf["multiprocessing"] = False
             if self.masters == 2:
                 # hot/hot: both masters as addr:ret_port; no global master_port/publish_port (each
                 # master tells its publish port when the minion signs in)
@@ -588,22 +595,35 @@ class Sandbox:
                                    f"{timeout}s:\n{_tail(os.path.join(self.log_dir, 'master-b.log'))}")
         procs = {mid: self._spawn_daemon("salt-minion", self.minion_conf_dir(mid), mid) for mid in self.minion_ids}
         api = self._spawn_daemon("salt-api", self.conf_dir, "api")
+        # they all start at once on a small machine: a minion's start-up waits for the others
+        per_minion = max(timeout, 30 + len(self.minion_ids))
         for mid, proc in procs.items():
-            self._daemon_started(proc, mid)
+            self._daemon_started(proc, mid, timeout=per_minion)
         self._daemon_started(api, "api")
         if not console.wait_api("127.0.0.1", self.ports["api"], timeout):
             raise SandboxError(f"salt-api does not answer on 127.0.0.1:{self.ports['api']} after {timeout}s:\n"
                                f"{_tail(os.path.join(self.log_dir, 'api.log'))}")
 
     def ping(self, minions, timeout=2, master="master"):
-        """The minions among ``minions`` that answer test.ping (one `salt` CLI call)."""
+        """The minions among ``minions`` that answer test.ping (one `salt` CLI call).  What the CLI
+        said last is kept in ``self.last_ping`` (for the error of :meth:`wait_minions`)."""
+        timeout = max(timeout, 2 + len(minions) // 10)  # many minions on a small machine answer slower
         argv = [*self.salt_cmd("salt", master), "--out=json", "--static", "--timeout", str(timeout), "-L",
                 ",".join(sorted(minions)), "test.ping"]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30, check=False)
-            ret = json.loads(proc.stdout or "{}")
-        except (subprocess.TimeoutExpired, ValueError):
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 60, check=False)
+        except subprocess.TimeoutExpired:
+            self.last_ping = f"salt CLI: no exit within {timeout + 60}s"
             return set()
+        self.last_ping = f"salt CLI exit {proc.returncode}: {proc.stdout[-600:]} {proc.stderr[-600:]}"
+        try:
+            ret = json.loads(proc.stdout or "{}")
+        except ValueError:
+            start = proc.stdout.find("{")  # anything printed before the JSON document
+            try:
+                ret = json.loads(proc.stdout[start:]) if start >= 0 else {}
+            except ValueError:
+                return set()
         return {m for m, v in ret.items() if v is True} if isinstance(ret, dict) else set()
 
     def _log_says_ready(self, mid):
@@ -619,7 +639,7 @@ class Sandbox:
         A `salt` call costs ~1.5 s, so it is made when the minions' logs say they are ready
         (or every 5 s regardless: the log line is only a hint)."""
         # with two masters a minion signs in to both, one after the other: it answers later
-        timeout = timeout or (90 if self.masters == 1 else 240)
+        timeout = timeout or (90 if self.masters == 1 else 240) + 4 * len(self.minion_ids)
         pending = set(self.minion_ids)
         deadline = time.monotonic() + timeout
         while pending:
@@ -633,6 +653,7 @@ class Sandbox:
                 logs = "".join(f"---- {m} ----\n{_tail(os.path.join(self.log_dir, m + '.log'))}"
                                for m in sorted(pending))
                 why = f"exited: {', '.join(sorted(dead))}" if dead else f"no answer within {timeout}s"
+                why += f"; last ping: {getattr(self, 'last_ping', '')}"
                 raise SandboxError(f"minions {', '.join(sorted(pending))} do not answer test.ping ({why}):\n{logs}")
             time.sleep(0.2)
 

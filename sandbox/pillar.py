@@ -9,7 +9,8 @@ Layout written by :func:`write_pillar`::
 
     top.sls            '*': project           (every minion and the master: the runner reads it)
                        'G@roles:<project>' (compound): secrets   (the nodes only, never the master)
-                       '<node id>': node_<node_id>               (one file per node)
+                       '<node id>': node_<node_id>               (one file per node; one Jinja
+                                                                  entry picks it by the minion's id)
     project.sls        deploy: {projects: {<project>: <project_pillar(...)>}}
     secrets.sls        <project>_secrets: {...}
     node_<id>.sls      deploy: {projects: {<project>: <node_pillar(...)>}}
@@ -20,6 +21,7 @@ Used by ``python -m sandbox`` (sandbox/cluster.py) and by the integration tests.
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import yaml
@@ -164,9 +166,11 @@ def write_pillar(pillar_dir, project_conf: dict, node_confs: dict, secrets: dict
     role = role or project
     top = {"base": {"*": ["project"], f"G@roles:{role}": [{"match": "compound"}, "secrets"]}}
     node_projects = node_projects or {}
+    own = {}  # minion id -> its sls
     for node in sorted(set(node_confs) | set(node_projects)):
         sls = node_sls_name(node)
         top["base"][node] = [sls]
+        own[str(node)] = sls
         projects = dict(node_projects.get(node, {}))
         if node in node_confs:
             projects[project] = node_confs[node]
@@ -174,5 +178,14 @@ def write_pillar(pillar_dir, project_conf: dict, node_confs: dict, secrets: dict
     projects = {**(other_projects or {}), project: project_conf}
     dump(os.path.join(pillar_dir, "project.sls"), {"deploy": {"projects": projects}})
     dump(os.path.join(pillar_dir, "secrets.sls"), {f"{project}_secrets": dict(SECRETS if secrets is None else secrets)})
-    dump(os.path.join(pillar_dir, "top.sls"), top)
+    # One entry for the node files, chosen by the minion's id in Jinja: the master matches three
+    # targets per pillar compile, not one per node (at 100 nodes that was most of a compile)
+    common = {"base": {k: v for k, v in top["base"].items() if k not in own}}
+    with open(os.path.join(pillar_dir, "top.sls"), "w", encoding="utf-8") as fh:
+        yaml.safe_dump(common, fh, default_flow_style=False)
+        fh.write("{%- set own = " + json.dumps(own, sort_keys=True) + " %}\n"
+                 "{%- if grains.get('id') in own %}\n"
+                 "  {{ grains['id'] }}:\n"
+                 "  - {{ own[grains['id']] }}\n"
+                 "{%- endif %}\n")
     return top

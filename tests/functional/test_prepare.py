@@ -137,11 +137,17 @@ def test_config_from_the_fileserver_and_new_directories_are_owned(project):
         assert _owner(os.path.join(final, rel)) == (WWW.pw_uid, WWW.pw_gid), rel
 
 
-def test_prepare_asks_the_minion_to_refresh_its_pillar(project):
-    # switch/activate read the in-memory pillar: prepare (which compiled it afresh) refreshes it
+def test_prepare_refreshes_the_minions_pillar_only_when_it_changed(project):
+    # switch/activate read the in-memory pillar; prepare compiles it afresh (current secrets) and
+    # asks the minion to refresh its in-memory copy only when that differs: a refresh is a second
+    # pillar compile on the master for every node (issue 15: prepare grew with the node count)
     project.prepare("r1")
+    assert project.pillar_refreshes == []  # the in-memory pillar is the current one
+    project.extra_pillar = {"rainbow_secrets": {"sms_key": "rotated-key"}}
+    project.write_pillar(reload=False)
+    project.prepare("r2")
     assert project.pillar_refreshes == [{"wait": False}]
-    project.prepare("r1")  # nothing done, nothing asked
+    project.prepare("r2")  # nothing done, nothing asked
     assert len(project.pillar_refreshes) == 1
 
 

@@ -39,3 +39,19 @@ def test_minion_paths_stay_inside_the_sandbox(box):
         opts = _minion_opts(box, mid)
         for key in PATH_OPTIONS:
             assert opts[key].startswith(box.base + "/"), (mid, key, opts[key])
+
+
+def test_a_hundred_web_nodes_run_light(tmp_path):
+    """Issue 15: up to 100 web nodes; above 50 the minions run jobs in threads (no fork per job)
+    and each node has one PHP-FPM worker, unless asked otherwise."""
+    big = cluster.Sandbox(str(tmp_path / "big"), web=100, out=lambda *_: None)
+    big.write_configs()
+    assert big.light and len(big.web_ids) == 100 and len(set(big.addr.values())) == 101
+    assert _minion_opts(big, "web-100")["multiprocessing"] is False
+    assert big.php["web-100"].fpm_children == 1
+    small = cluster.Sandbox(str(tmp_path / "small"), web=10, out=lambda *_: None)
+    small.write_configs()
+    assert not small.light and _minion_opts(small, "web-1")["multiprocessing"] is True
+    assert cluster.Sandbox(str(tmp_path / "l"), web=10, light=True, out=lambda *_: None).light
+    with pytest.raises(cluster.SandboxError, match="between 1 and 100"):
+        cluster.Sandbox(str(tmp_path / "x"), web=101, out=lambda *_: None)
