@@ -83,20 +83,28 @@ def test_release_events_reach_the_webhooks_once_each(clean_cluster, sink):
     c.set_pillar()
 
 
-def test_pause_and_rollback_tags_are_routed(clean_cluster, sink):
-    """The recipe maps every notifiable tag: pause and rollback events (fired by paused and
-    auto-rolled-back runs) reach the hooks that want them, once."""
+def test_a_paused_then_aborted_release_notifies_pause_then_rollback(clean_cluster, sink):
+    """A real release that pauses after the gray stage (exit 5), then deploy.abort: the hook that
+    wants pause and rollback gets exactly those two, in that order, in WeCom's format."""
     c = clean_cluster
     base, got = sink
-    c.set_pillar(project_extra={"notify": [{"url": f"{base}/wecom", "format": "wecom", "events": ["pause", "rollback"]}]})
-    for what, data in (("pause", {"kind": "release", "stage": "gray", "release": "r9", "run": "R1"}),
-                       ("rollback", {"kind": "release", "nodes": ["web-1"], "reason": "analysis failed"}),
-                       ("batch", {"kind": "release"})):
-        ret = c.run_cli.run("event.send", f"deploy/rainbow/pro/{what}", f"data={json.dumps(data)}")
-        assert ret.returncode == 0, ret
+    assert c.run("deploy.release", project="rainbow", env="pro").returncode == 0  # one release everywhere
+    c.set_pillar(project_extra={
+        "notify": [{"url": f"{base}/wecom?key=WECOMKEY-1", "format": "wecom", "events": ["pause", "rollback"]}],
+        "envs": {"pro": {"stages": [{"name": "gray", "target": "G@region:east", "batch": 1, "pause": True},
+                                    {"name": "all", "batch": 1}]}},
+    })
+    new_version(c)
+    paused = c.run("deploy.release", project="rainbow", env="pro")
+    assert paused.returncode == 5, (paused.stdout, paused.stderr[-2000:])
+    run, release = paused.data["run"], paused.data["release"]
+    assert wait_for(got, 1)[0][1]["text"]["content"] == (
+        f"rainbow/pro: release paused after stage gray: {release} (run {run}: salt-run deploy.promote or deploy.abort)")
+    aborted = c.run("deploy.abort", project="rainbow", env="pro")
+    assert aborted.returncode == 0, (aborted.stdout, aborted.stderr[-2000:])
     out = wait_for(got, 2)
-    assert [b["text"]["content"] for _, b in out] == [
-        "rainbow/pro: release paused after stage gray: r9 (run R1: salt-run deploy.promote or deploy.abort)",
-        "rainbow/pro: release rolled back 1 node(s) to their previous release after: analysis failed",
-    ]
+    assert len(out) == 2, out
+    assert out[1][1]["text"]["content"].startswith(
+        "rainbow/pro: release rolled back 2 node(s) to their previous release after: aborted by deploy.abort"), out
+    assert "WECOMKEY-1" not in json.dumps([b for _, b in out])
     c.set_pillar()
