@@ -1035,12 +1035,16 @@ def lacking(project, release, tree, blobs):
 
 
 def _discard(paths, release, tmp, final):
-    """What a failed prepare leaves: nothing (its blobs in the store go at the next cleanup)."""
+    """What a failed prepare leaves: nothing, and no blob that no release links (a full disk stays usable)."""
     shutil.rmtree(tmp, ignore_errors=True)
     if not os.path.isdir(final):
         for path in (_meta_path(paths, release), _manifest_path(paths, release)):
             if os.path.isfile(path):
                 os.unlink(path)
+    try:
+        _gc_store(paths)
+    except (OSError, CommandExecutionError) as exc:
+        log.warning("deploy: cannot clean the content store after a failed prepare: %s", exc)
 
 
 def prepare(project, release, source, checksum, meta=None, saltenv="base", inventory=False, tree=None):

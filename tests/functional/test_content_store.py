@@ -310,3 +310,14 @@ def test_the_store_must_be_roots_only(project):
             project.mod.lacking(PROJECT, "r2", "0" * 64, [])
     finally:
         os.chown(_store(project), 0, 0)
+
+
+def test_a_full_disk_while_filling_the_store_keeps_nothing(project, small_fs):
+    files = {f"data/{i}.bin": os.urandom(300_000) for i in range(10)}  # 3 MB > the 2 MiB root
+    url, checksum, doc, _ = _artifact(project, "big", files)
+    with pytest.raises(CommandExecutionError, match="No space left on device.*nothing was kept"):
+        project.mod.prepare(PROJECT, "big", url, checksum, tree=doc["tree"])
+    assert project.release_names() == []
+    assert project.leftovers() == []
+    assert os.listdir(_store(project)) == []  # the blobs that made it in went again
+    assert not os.path.exists(project.path("meta", "big.json"))
