@@ -17,12 +17,15 @@ good release.  Everything it needs about the project comes from the node's pilla
 :depends: jinja2 (ships with Salt)
 """
 
+import contextlib
 import copy
 import datetime
 import errno
 import grp
+import gzip
 import hashlib
 import http.client
+import io
 import json
 import logging
 import os
@@ -41,6 +44,7 @@ import zlib
 
 import jinja2
 import jinja2.sandbox
+import salt.fileclient
 from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
@@ -774,12 +778,89 @@ def _check_manifest(doc, tree, source):
     return entries
 
 
-def _ingest(archive, cfd, tree, source):
-    """Read a content archive: its manifest (checked against ``tree``), then each content the store
-    lacks, verified against its name, into the store.  Returns (entries, bytes written)."""
+class _SaltStream(io.RawIOBase):
+    """A file on the master's fileserver, read as it arrives: the chunks of Salt's own file transfer
+    (``_serve_file``, as ``cp.get_file`` asks for them), checked at the end against the master's hash
+    of the file.  Nothing is written to the minion's cache: the content store is the only copy."""
+
+    def __init__(self, client, source, saltenv):
+        super().__init__()
+        self.client, self.source, self.saltenv = client, source, saltenv
+        want = client.hash_file(source, saltenv) or {}
+        if not want.get("hsum"):
+            raise CommandExecutionError(f"cannot fetch {source}: not found on the master's fileserver")
+        self.want = want
+        self.digest = hashlib.new(want.get("hash_type") or "sha256")
+        self.path = source[len("salt://"):]
+        self.loc, self.buf, self.eof = 0, memoryview(b""), False
+
+    def readable(self):
+        return True
+
+    def _next(self):
+        data = self.client._channel_send(  # pylint: disable=protected-access
+            {"path": self.path, "saltenv": self.saltenv, "cmd": "_serve_file", "loc": self.loc}, raw=True)
+        data = {k.decode() if isinstance(k, bytes) else k: v for k, v in (data or {}).items()}
+        chunk = data.get("data") or b""
+        if isinstance(chunk, str):
+            chunk = chunk.encode()
+        if data.get("gzip"):
+            chunk = gzip.decompress(chunk)
+        if not chunk:
+            self.eof = True
+            if self.digest.hexdigest() != self.want["hsum"]:
+                raise CommandExecutionError(
+                    f"the transfer of {self.source} does not match the master's {self.want.get('hash_type')} of it")
+            return
+        self.loc += len(chunk)
+        self.digest.update(chunk)
+        self.buf = memoryview(chunk)
+
+    def readinto(self, b):
+        while not self.buf and not self.eof:
+            self._next()
+        n = min(len(b), len(self.buf))
+        b[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        return n
+
+
+@contextlib.contextmanager
+def _open_source(source, saltenv):
+    """The artifact ``source`` as a file object: streamed from the master (salt://), or a local file."""
+    if not source.startswith("salt://"):
+        with open(_fetch(source, saltenv), "rb") as fh:
+            yield fh
+        return
+    try:
+        client = __file_client__.value()  # pylint: disable=undefined-variable
+    except Exception:  # pylint: disable=broad-except  # not packed by this loader
+        client = None
+    own = client is None
+    if own:
+        client = salt.fileclient.get_file_client(__opts__)
+    try:
+        if not hasattr(client, "_channel_send"):  # a file client without Salt's chunked transfer
+            cached = _fetch(source, saltenv)
+            try:
+                with open(cached, "rb") as fh:
+                    yield fh
+            finally:
+                os.unlink(cached)
+            return
+        with io.BufferedReader(_SaltStream(client, source, saltenv), CHUNK) as fh:
+            yield fh
+    finally:
+        if own:
+            client.destroy()
+
+
+def _ingest(saltenv, cfd, tree, source):
+    """Read a content archive as it arrives: its manifest (checked against ``tree``), then each content
+    the store lacks, verified against its name, into the store.  Returns (entries, bytes written)."""
     written, entries = 0, None
     try:
-        with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        with _open_source(source, saltenv) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
                 if entries is None:
                     if member.name != MANIFEST_MEMBER or not member.isfile() or member.size > MANIFEST_MAX:
@@ -1121,8 +1202,8 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
     os.chmod(paths["releases"], 0o755)
     os.chmod(paths["meta"], 0o750)
 
-    artifact = _fetch(source, saltenv)
     if tree is None:
+        artifact = _fetch(source, saltenv)
         actual = _sha256(artifact)
         if actual != checksum:
             if source.startswith("salt://"):
@@ -1130,8 +1211,9 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
             raise CommandExecutionError(
                 f"checksum mismatch for {source}: expected {checksum}, got {actual}"
             )
-    # with a tree: Salt's fileclient checked the transfer against the master's sha256 of the file, each
-    # content is checked against its name as it enters the store, and the release against its tree hash
+    # with a tree: the archive is read as it arrives (checked at its end against the master's hash of
+    # the file, as cp.get_file does), each content against its name as it enters the store, and the
+    # release against its tree hash
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix=f".tmp-{release}-", dir=paths["releases"])
@@ -1141,11 +1223,7 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
             _unpack(artifact, tmp)
         else:
             cfd = _open_store(paths, create=True)
-            try:
-                entries, _ = _ingest(artifact, cfd, tree, source)
-            finally:
-                if source.startswith("salt://"):
-                    os.unlink(artifact)  # the store has it: a second copy in the cache would double the disk
+            entries, _ = _ingest(saltenv, cfd, tree, source)
             _assemble(release, entries, cfd, tmp)
             _verify_tree(release, entries, cfd, tmp, tree)
         _link_shared(conf, paths, tmp, uid, gid)
