@@ -377,12 +377,9 @@ def _distribute(run, nodes, info):
                                              "tree": info["tree"], "blobs": sorted(sizes)})
     errors = {n: r["error"] for n, r in ret.items() if not r["ok"]}
     answers = {n: r["ret"] for n, r in ret.items() if r["ok"]}
-    lacking = set().union(*(set(a.get("lacking") or []) for a in answers.values()))
-    unknown = lacking - set(sizes)
-    if unknown:  # a node cannot lack what the release does not hold
-        raise DeployError(f"deploy.lacking answered contents the release does not hold: {sorted(unknown)[:3]}")
+    lacking, whole = manifest.plan_transfer(answers, sizes)
     fresh = [n for n, a in answers.items() if not a.get("prepared")]
-    if not fresh or lacking == set(sizes):
+    if whole:
         what = {"source": info["source"], "checksum": info["checksum"], "bytes": info["bytes"]}
         run.progress(f"distribute: {len(fresh)} nodes to prepare, lacking {len(lacking)}/{len(sizes)} contents: "
                      f"the whole artifact ({info['bytes']} bytes)")

@@ -88,6 +88,21 @@ def blob_sizes(manifest):
     return {e[4]: e[3] for e in manifest["entries"] if e[1] == "f"}
 
 
+def plan_transfer(answers, sizes):
+    """What one archive must hold for the nodes' ``deploy.lacking`` answers ({node: answer}).
+
+    Returns ``(lacking, whole)``: the union of the contents some node still to prepare lacks, and
+    whether the whole artifact is the archive (a node lacks every content, or no node needs anything:
+    nothing is fetched then).  DeployError if a node names a content the release does not hold.
+    """
+    fresh = [a for a in answers.values() if not a.get("prepared")]
+    lacking = set().union(*(set(a.get("lacking") or []) for a in fresh))
+    unknown = lacking - set(sizes)
+    if unknown:
+        raise DeployError(f"deploy.lacking answered contents the release does not hold: {sorted(unknown)[:3]}")
+    return lacking, not fresh or lacking == set(sizes)
+
+
 def dumps(manifest):
     """The manifest as the archive and the fileserver hold it (bytes)."""
     return json.dumps(manifest, separators=(",", ":"), ensure_ascii=True).encode("ascii")

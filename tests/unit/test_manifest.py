@@ -92,3 +92,22 @@ def test_a_part_holds_the_manifest_and_only_the_wanted_contents(tmp_path):
         assert tar.getnames() == ["manifest.json"] + want
     with pytest.raises(DeployError, match="lacks"):
         manifest.write_part(str(artifact), str(tmp_path / "q.tar.gz"), ["f" * 64])
+
+
+def test_plan_transfer_one_archive_for_the_union_of_what_the_nodes_lack():
+    sizes = {"a" * 64: 1, "b" * 64: 2, "c" * 64: 3}
+    a, b, c = sizes
+    # two nodes lack one content each: a part with both
+    assert manifest.plan_transfer({"n1": {"lacking": [a]}, "n2": {"lacking": [b]}, "n3": {"lacking": []}},
+                                  sizes) == ({a, b}, False)
+    # a node with an empty store: the whole artifact
+    assert manifest.plan_transfer({"n1": {"lacking": [a]}, "n2": {"lacking": [a, b, c]}}, sizes) == ({a, b, c}, True)
+    # every node has the release: nothing is fetched (the artifact is named, never read)
+    assert manifest.plan_transfer({"n1": {"prepared": True, "lacking": []}}, sizes) == (set(), True)
+    # nodes with every content but not the release: a part with only the manifest
+    assert manifest.plan_transfer({"n1": {"lacking": []}}, sizes) == (set(), False)
+    # what a prepared node says it lacks does not count
+    assert manifest.plan_transfer({"n1": {"prepared": True, "lacking": [c]}, "n2": {"lacking": [a]}},
+                                  sizes) == ({a}, False)
+    with pytest.raises(DeployError, match="does not hold"):
+        manifest.plan_transfer({"n1": {"lacking": ["d" * 64]}}, sizes)
