@@ -7,7 +7,9 @@ Release a project to a whole environment, and roll it back: the cluster side of 
 2. build on the master from the project's source (git: a cached mirror, ``git describe``
    for the version), package once, sha256, publish on the master's fileserver;
 3. plan: the env's nodes, its pre-production node, its stages and their batches;
-4. prepare the release on every node in parallel (nothing switches yet);
+4. prepare the release on every node in parallel (nothing switches yet): each node says which
+   contents it lacks, one archive carries their union, each node builds the release from its
+   content store and verifies its tree hash;
 5. switch the pre-production node first, restart, test; stop on failure;
 6. then each stage, batch by batch: take the batch out of the load balancer, switch,
    restart, test, put it back; stop once failures exceed ``max_failures``;
