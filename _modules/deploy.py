@@ -2014,6 +2014,7 @@ def cleanup(project, keep=None, inventory=False):
                 pass
         removed.append(rel["name"])
     _remove_stale_tmp(paths)
-    blobs, freed = _gc_store(paths)  # after the releases: a blob goes once no kept release links it
-    return _report({"kept": kept, "removed": removed, "blobs_removed": blobs, "blob_bytes_removed": freed},
-                   paths, inventory)
+    result = {"kept": kept, "removed": removed}
+    if os.path.isdir(paths["content"]):  # after the releases: a blob goes once no kept release links it
+        result["blobs_removed"], result["blob_bytes_removed"] = _gc_store(paths)
+    return _report(result, paths, inventory)
