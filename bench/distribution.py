@@ -65,7 +65,7 @@ def disk(bench, nodes):
 
 def cached_archives(bench, nodes):
     return sum(1 for mid in nodes for _, _, files in os.walk(cache_dir(bench, mid))
-               for f in files if f.endswith(".tar.gz"))
+               for f in files if f.endswith((".tar.gz", ".tar")))
 
 
 def ports(bench):
@@ -108,13 +108,14 @@ def main(argv=None):
             # 1. full: a new seed, every content new
             commit(bench, f"v3.{i}.0", args.files, args.file_size, seed=i, changed=[])
             full = release(bench, nodes)
-            artifact = os.path.join(box.file_roots, "deploy_artifacts", "rainbow", f"{full['release']}.tar.gz")
-            size = os.path.getsize(artifact)
+            folder = os.path.join(box.file_roots, "deploy_artifacts", "rainbow")
+            name = next(n for n in os.listdir(folder) if n in (f"{full['release']}.tar.gz", f"{full['release']}.tar"))
+            size = os.path.getsize(os.path.join(folder, name))
             shutil.rmtree(getfile_dir, ignore_errors=True)
             os.makedirs(getfile_dir)
             meter = PortBytes(ports(bench)).start()
             g_wall, data = bench.salt("-L", ",".join(nodes), "cp.get_file",
-                                      f"salt://deploy_artifacts/rainbow/{full['release']}.tar.gz",
+                                      f"salt://deploy_artifacts/rainbow/{name}",
                                       os.path.join(getfile_dir, "{{ grains.id }}", "artifact.tar.gz"),
                                       "template=jinja", "makedirs=True", cli_timeout=600)
             g_moved = meter.stop()

@@ -42,7 +42,8 @@ def package(src, revision, workdir, commands, env, progress):
     as a content archive (see :mod:`deploy_master.manifest`).
 
     ``env``: extra environment of the commands (``DEPLOY_PROJECT``, ``DEPLOY_ENV``,
-    ``DEPLOY_RELEASE``).  Returns (the artifact's path inside ``workdir``, its manifest).
+    ``DEPLOY_RELEASE``).  Returns (the artifact's path inside ``workdir``: ``release.tar.gz``, or
+    ``release.tar`` when the contents do not compress, its manifest).
     """
     tree = os.path.join(workdir, "src")
     os.makedirs(tree)
@@ -57,12 +58,13 @@ def package(src, revision, workdir, commands, env, progress):
             raise DeployError(
                 f"build command failed (exit {proc.returncode}): {command}: {(proc.stderr or proc.stdout).strip()[-300:]}"
             )
-    out = os.path.join(workdir, "release.tar.gz")
     # a content archive (deploy_master.manifest): the manifest, then each content once, named by its
     # sha256; the same bytes from the same tree (no times, owners or gzip name), so that two masters
     # building one commit publish one checksum (a take-over rebuilds it)
     doc, blobs = manifest.scan(tree)
-    manifest.write_archive(out, doc, blobs)
+    compress = manifest.compressible(list(blobs.values()))
+    out = os.path.join(workdir, "release.tar.gz" if compress else "release.tar")
+    manifest.write_archive(out, doc, blobs, compress)
     return out, doc
 
 
@@ -72,11 +74,11 @@ def prune_artifacts(opts, directory):
     keep = int(opts.get("deploy_keep_artifacts", 10))
     names_ = os.listdir(directory)
     tars = sorted(
-        (os.path.join(directory, n) for n in names_ if n.endswith(".tar.gz") and ".part-" not in n),
+        (os.path.join(directory, n) for n in names_ if n.endswith((".tar.gz", ".tar")) and ".part-" not in n),
         key=os.path.getmtime, reverse=True,
     )
     for path in tars[keep:]:
-        stem = path[: -len(".tar.gz")]
+        stem = path[: -len(".tar.gz")] if path.endswith(".tar.gz") else path[: -len(".tar")]
         for victim in (path, stem + ".json", stem + ".manifest.json"):
             if os.path.exists(victim):
                 os.unlink(victim)
@@ -91,12 +93,14 @@ def part(opts, project, info, wanted):
     contents ``wanted`` (shas).  Returns ``{source, checksum, bytes, path}``; the same set, the same part."""
     directory, url = artifacts_dir(opts, project)
     digest = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16]
-    name = f"{info['release']}.part-{digest}.tar.gz"
+    artifact = os.path.join(directory, info["source"].rsplit("/", 1)[-1])
+    compress = artifact.endswith(".tar.gz")
+    name = f"{info['release']}.part-{digest}.tar{'.gz' if compress else ''}"
     path = os.path.join(directory, name)
     if not os.path.isfile(path):
         tmp = f"{path}.tmp-{os.getpid()}"
         try:
-            manifest.write_part(os.path.join(directory, f"{info['release']}.tar.gz"), tmp, wanted)
+            manifest.write_part(artifact, tmp, wanted, compress)
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
@@ -140,7 +144,6 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     if test:
         return info
     directory, url = artifacts_dir(opts, project)
-    artifact = os.path.join(directory, f"{release}.tar.gz")
     record_path = os.path.join(directory, f"{release}.json")
     manifest_path = os.path.join(directory, f"{release}.manifest.json")
     # an artifact is reused for the same commit built by the same commands (records without a
@@ -149,11 +152,13 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     steps = hashlib.sha256(json.dumps(commands).encode()).hexdigest()
     record = None
     rebuilt = False
-    if os.path.isfile(artifact) and os.path.isfile(record_path):
+    if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as fh:
             record = json.load(fh)
+        artifact = os.path.join(directory, record.get("artifact") or f"{release}.tar.gz")
         rebuilt = record.get("build", steps) != steps
-        if record.get("commit") != revision.id or sha256(artifact) != record.get("checksum") or rebuilt \
+        if not os.path.isfile(artifact) or record.get("commit") != revision.id \
+                or sha256(artifact) != record.get("checksum") or rebuilt \
                 or not record.get("tree") or not os.path.isfile(manifest_path):
             record = None  # no tree: an artifact from before the content archive, built again
     reused = record is not None
@@ -164,7 +169,9 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
         with tempfile.TemporaryDirectory(prefix="deploy-build-", dir=config.state_dir(opts, "build")) as workdir:
             env_vars = {"DEPLOY_PROJECT": project, "DEPLOY_ENV": env, "DEPLOY_RELEASE": release}
             built, doc = package(src, revision, workdir, commands, env_vars, progress)
-            record = {"commit": revision.id, "checksum": sha256(built), "build": steps, "tree": doc["tree"]}
+            artifact = os.path.join(directory, release + built[len(os.path.join(workdir, "release")):])
+            record = {"commit": revision.id, "checksum": sha256(built), "build": steps, "tree": doc["tree"],
+                      "artifact": os.path.basename(artifact)}
             with open(f"{manifest_path}.tmp", "wb") as fh:
                 fh.write(manifest.dumps(doc))
             os.chmod(f"{manifest_path}.tmp", 0o644)
@@ -175,7 +182,7 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
             json.dump(record, fh)
         prune_artifacts(opts, directory)
     info.update({
-        "source": f"{url}/{release}.tar.gz",
+        "source": f"{url}/{os.path.basename(artifact)}",
         "checksum": record["checksum"],
         "tree": record["tree"],
         "reused": reused,

@@ -13,12 +13,14 @@ file name that is not UTF-8 hashes alike everywhere).  The node module keeps its
 :func:`tree_hash` (``_modules/deploy.py``: the minion has no ``deploy_master``);
 tests/unit/test_manifest.py pins that both give the same hash.
 
-The **content archive** (the artifact, ``<release>.tar.gz``) holds ``manifest.json`` first,
+The **content archive** (the artifact, ``<release>.tar.gz``, or ``<release>.tar`` when its contents
+do not compress) holds ``manifest.json`` first,
 then each distinct content once, as a member named by its sha256: no paths, so nothing in it
 can land anywhere but in a node's content store.  A **part** is the same format with only
 some of the contents: what the nodes lack (see ``deploy.lacking`` on the node).
 """
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -27,6 +29,7 @@ import os
 import re
 import stat
 import tarfile
+import zlib
 
 from deploy_master import DeployError
 
@@ -116,15 +119,33 @@ def _info(name, size):
     return info
 
 
-def _open_out(out):
-    """A gzip stream without time or name (the same bytes from the same content)."""
+def _open_out(out, compress=True):
+    """A gzip stream without time or name (the same bytes from the same content), or the plain file."""
     raw = open(out, "wb")  # pylint: disable=consider-using-with
+    if not compress:
+        return contextlib.nullcontext(raw), raw
     return raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0)
 
 
-def write_archive(out, manifest, blobs):
-    """Write the content archive ``out`` (tar.gz): ``manifest.json``, then ``blobs`` ({sha: path}) by sha."""
-    raw, gz = _open_out(out)
+def compressible(paths, sample=1 << 20):
+    """Whether gzip is worth it for these files: a sample of up to ``sample`` bytes from their starts
+    shrinks by 10 % at zlib's fastest level (or is under 64 KiB).  Incompressible content (media, archives, random data)
+    goes into a plain tar: inflating it costs every node CPU for nothing."""
+    data, per = bytearray(), max(sample // max(len(paths), 1), 4096)
+    for path in sorted(paths):
+        if len(data) >= sample:
+            break
+        with open(path, "rb") as fh:
+            data += fh.read(per)
+    if len(data) < 65536:  # small files: the tar's padding alone is worth gzip, and it costs little
+        return True
+    return len(zlib.compress(bytes(data), 1)) < 0.9 * len(data)
+
+
+def write_archive(out, manifest, blobs, compress=True):
+    """Write the content archive ``out`` (tar.gz, or a plain tar if not ``compress``): ``manifest.json``,
+    then ``blobs`` ({sha: path}) by sha."""
+    raw, gz = _open_out(out, compress)
     with raw, gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         data = dumps(manifest)
         tar.addfile(_info(MANIFEST, len(data)), io.BytesIO(data))
@@ -134,11 +155,11 @@ def write_archive(out, manifest, blobs):
                 tar.addfile(_info(sha, size), fh)
 
 
-def write_part(artifact, out, wanted):
+def write_part(artifact, out, wanted, compress=True):
     """Write a part ``out``: the artifact's manifest and only the contents in ``wanted`` (shas)."""
     wanted = set(wanted)
     found = set()
-    raw, gz = _open_out(out)
+    raw, gz = _open_out(out, compress)
     with raw, gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as dst, \
             tarfile.open(artifact, "r:*") as src:
         for member in src:

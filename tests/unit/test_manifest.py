@@ -111,3 +111,20 @@ def test_plan_transfer_one_archive_for_the_union_of_what_the_nodes_lack():
                                   sizes) == ({a}, False)
     with pytest.raises(DeployError, match="does not hold"):
         manifest.plan_transfer({"n1": {"lacking": ["d" * 64]}}, sizes)
+
+
+def test_incompressible_contents_go_into_a_plain_tar(tmp_path):
+    text = tmp_path / "a.php"
+    text.write_text("<?php echo 'x'; ?>\n" * 10000)
+    noise = tmp_path / "b.bin"
+    noise.write_bytes(os.urandom(200_000))
+    small = tmp_path / "c.bin"
+    small.write_bytes(os.urandom(100))
+    assert manifest.compressible([str(text)]) and manifest.compressible([str(small)])
+    assert not manifest.compressible([str(noise)])
+    doc, blobs = manifest.scan(str(tmp_path))
+    manifest.write_archive(str(tmp_path / "x.tar"), doc, blobs, compress=False)
+    with open(tmp_path / "x.tar", "rb") as fh:
+        assert fh.read(2) != b"\x1f\x8b"
+    with tarfile.open(tmp_path / "x.tar") as tar:
+        assert tar.getnames()[0] == "manifest.json"
