@@ -1172,7 +1172,9 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
     _check_release(release)
     if not isinstance(checksum, str) or not re.match(r"^[0-9a-f]{64}$", checksum):
         raise CommandExecutionError(f"checksum {checksum!r} is not a sha256 hex digest")
+    called = time.monotonic()
     pillar = _fresh_pillar()
+    steps = {"pillar": round(time.monotonic() - called, 3)}
     conf = _project(project, pillar)
     conf["name"] = project
     paths = _paths(conf)
@@ -1217,9 +1219,13 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
             _unpack(artifact, tmp)
         else:
             cfd = _open_store(paths, create=True)
-            entries, _ = _ingest(saltenv, cfd, tree, source)
+            t = time.monotonic()
+            entries, steps["stored_bytes"] = _ingest(saltenv, cfd, tree, source)
+            steps["transfer"] = round(time.monotonic() - t, 3)
+            t = time.monotonic()
             _assemble(release, entries, cfd, tmp)
             _verify_tree(release, entries, cfd, tmp, tree)
+            steps["build"] = round(time.monotonic() - t, 3)
         _link_shared(conf, paths, tmp, uid, gid)
         _render_config(conf, pillar, tmp, release, uid, gid)
         _write_files(conf, tmp, uid, gid)
@@ -1259,7 +1265,8 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
     # Later jobs (switch, checks) read the in-memory pillar: let the minion pick up what we just compiled.
     __salt__["saltutil.refresh_pillar"](wait=False)
     return _report(
-        {"release": release, "changed": True, "path": final, "seconds": round(time.monotonic() - started, 3)},
+        {"release": release, "changed": True, "path": final, "seconds": round(time.monotonic() - started, 3),
+         **({"timings": steps} if tree else {})},
         paths,
         inventory,
     )

@@ -68,6 +68,31 @@ def cached_archives(bench, nodes):
                for f in files if f.endswith((".tar.gz", ".tar")))
 
 
+def node_timings(bench, release):
+    """Medians over the nodes of their deploy.prepare ``timings`` (pillar compile, transfer into the
+    store, build + verify), from the master's job cache."""
+    _, proc = bench.salt_run("jobs.list_jobs", out="json", search_function="deploy.prepare")
+    try:
+        jobs = json.loads(proc.stdout)
+    except ValueError:
+        return {}
+    for jid in sorted(jobs, reverse=True):
+        _, proc = bench.salt_run("jobs.lookup_jid", jid, out="json")
+        try:
+            ret = json.loads(proc.stdout)
+        except ValueError:
+            continue
+        rets = [v for v in ret.values() if isinstance(v, dict) and v.get("release") == release]
+        if rets:
+            out = {}
+            for key in ("pillar", "transfer", "build"):
+                values = [r["timings"][key] for r in rets if isinstance(r.get("timings"), dict) and key in r["timings"]]
+                if values:
+                    out[key] = stats(values)["median"]
+            return out
+    return {}
+
+
 def ports(bench):
     return [bench.box.ports["ret"], bench.box.ports["publish"]]
 
@@ -108,6 +133,7 @@ def main(argv=None):
             # 1. full: a new seed, every content new
             commit(bench, f"v3.{i}.0", args.files, args.file_size, seed=i, changed=[])
             full = release(bench, nodes)
+            full["node_timings"] = node_timings(bench, full["release"])
             folder = os.path.join(box.file_roots, "deploy_artifacts", "rainbow")
             name = next(n for n in os.listdir(folder) if n in (f"{full['release']}.tar.gz", f"{full['release']}.tar"))
             size = os.path.getsize(os.path.join(folder, name))
@@ -145,7 +171,7 @@ def main(argv=None):
             }
             reps.append(rep)
             say(f"rep {i}/{args.reps}: artifact {human_bytes(size)}; full: prepare {full['prepare']}s "
-                f"(distribute {full['distribute'].get('seconds')}s), master sent {human_bytes(full['bytes']['sent'])}; "
+                f"(distribute {full['distribute'].get('seconds')}s; node medians {full['node_timings']}), master sent {human_bytes(full['bytes']['sent'])}; "
                 f"cp.get_file {g_wall:.1f}s ({human_bytes(g_moved['sent'])}); 1 %: prepare {inc['prepare']}s, "
                 f"lacking {inc['distribute'].get('lacking')} contents, part {human_bytes(inc['distribute'].get('bytes', 0))}, "
                 f"master sent {human_bytes(inc['bytes']['sent'])} ({100 * rep['bytes_ratio']:.2f}% of full), "
