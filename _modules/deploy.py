@@ -1001,7 +1001,8 @@ def _check_complete(paths, release):
     def refuse(path, why):
         raise CommandExecutionError(
             f"release {release!r} is incomplete on this node: {path!r} {why}; refusing to switch to it "
-            "(release it again, or choose another release)"
+            "(choose another release; to use this one again, remove it on this node with deploy.cleanup or by "
+            "hand and release it again)"
         )
 
     def dir_fd(rel):
