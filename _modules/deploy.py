@@ -17,12 +17,15 @@ good release.  Everything it needs about the project comes from the node's pilla
 :depends: jinja2 (ships with Salt)
 """
 
+import contextlib
 import copy
 import datetime
 import errno
 import grp
+import gzip
 import hashlib
 import http.client
+import io
 import json
 import logging
 import os
@@ -37,9 +40,11 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import zlib
 
 import jinja2
 import jinja2.sandbox
+import salt.fileclient
 from salt.exceptions import CommandExecutionError
 
 try:  # Salt >= 3008 wraps pillar data to mask secrets in output
@@ -63,6 +68,10 @@ TEMPLATE_GRAINS = ("id", "host", "nodename", "fqdn", "domain", "os", "os_family"
 MAX_REDIRECTS = 5
 BACKOFF_FIRST = 0.05  # seconds before a check's second attempt; doubled after each one, up to its delay
 REDIRECTS = (301, 302, 303, 307, 308)
+BLOB_RE = re.compile(r"^[0-9a-f]{64}$")
+MANIFEST_MEMBER = "manifest.json"
+MANIFEST_MAX = 256 << 20  # bytes of a content archive's manifest.json
+CHUNK = 1 << 20
 
 
 def __virtual__():
@@ -159,6 +168,8 @@ def _paths(conf):
         "shared": os.path.join(root, "shared"),
         "meta": os.path.join(root, "meta"),
         "current": os.path.join(root, "current"),
+        "content": os.path.join(root, "content"),
+        "manifests": os.path.join(root, "meta", "manifest"),
     }
     _check_layout(paths)
     return paths
@@ -185,7 +196,8 @@ def _check_layout(paths):
     (like /tmp, mode 1777) is accepted: nobody else can rename or remove what root made in it.
     """
     root = paths["root"]
-    checks = [(a, True) for a in _ancestors(root)] + [(root, False), (paths["releases"], False), (paths["meta"], False)]
+    checks = [(a, True) for a in _ancestors(root)] + [
+        (root, False), (paths["releases"], False), (paths["meta"], False), (paths["content"], False)]
     for path, is_ancestor in checks:
         try:
             st = os.lstat(path)
@@ -194,7 +206,7 @@ def _check_layout(paths):
                 break  # nothing below a missing folder exists yet
             continue
         if stat.S_ISLNK(st.st_mode):
-            fix = (f"give the real path of the project root in pillar (deploy:projects:<project>:root)"
+            fix = ("give the real path of the project root in pillar (deploy:projects:<project>:root)"
                    if is_ancestor or path == root else "make it a real directory owned by root, mode 0755")
             raise CommandExecutionError(f"{path} is a symlink: refusing the project layout; {fix}")
         if not stat.S_ISDIR(st.st_mode):
@@ -202,7 +214,7 @@ def _check_layout(paths):
         why = _root_only(st, sticky_ok=is_ancestor)
         if why:
             raise CommandExecutionError(
-                f"{path} {why[0]}: the project root, releases/, meta/ and every folder above them must be "
+                f"{path} {why[0]}: the project root, releases/, meta/, content/ and every folder above them must be "
                 f"writable by root only, or another user could swap releases or metadata and make root act "
                 f"on them; fix it with: {why[1]} {path} (salt/deploy/init.sls lays the root out right)"
             )
@@ -433,9 +445,9 @@ def _link_shared(conf, paths, tmp, uid, gid):
 
 def _write_file(path, text, mode, uid, gid):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    if os.path.islink(path):
-        os.unlink(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)  # a fresh file: never written through a link (a store blob's hard link)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     os.chown(path, uid, gid)
@@ -621,10 +633,522 @@ def _remove_stale_tmp(paths):
                 log.warning("deploy: cannot remove stale %s: %s", full, exc)
 
 
+# --------------------------------------------------------------------------- content store
+#
+# <root>/content/<sha256> holds each file content once: root's, mode 0444 (0555 for an executable
+# file, named <sha256>.x), in a folder only root can enter (0700).  A release built from a
+# manifest (see deploy_master.manifest on the master) is made of hard links to these blobs, so an
+# unchanged file costs no transfer and no disk.  Nobody but root can write or chmod a blob, so
+# nothing writes through a link of a release; per-node files (config, files) are written fresh.
+# A blob whose only link left is the store's belongs to no release: cleanup removes it.
+
+
+def _tree_hash(entries):
+    """sha256 of a manifest's entries, one compact JSON array per line (deploy_master.manifest.tree_hash:
+    a copy, pinned by tests/unit/test_manifest.py)."""
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(json.dumps(list(entry), separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n")
+    return digest.hexdigest()
+
+
+def _check_hex(value, what):
+    if not isinstance(value, str) or not BLOB_RE.fullmatch(value):
+        raise CommandExecutionError(f"{what} {value!r} is not a sha256 hex digest")
+    return value
+
+
+def _open_store(paths, create=False):
+    """A descriptor of <root>/content (made root's 0700 if ``create``), or None if there is none."""
+    if create:
+        try:
+            os.mkdir(paths["content"], 0o700)
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(paths["content"], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    st = os.fstat(fd)
+    if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
+        if create and st.st_uid == 0:
+            os.fchmod(fd, 0o700)
+        else:
+            os.close(fd)
+            raise CommandExecutionError(f"{paths['content']} must be root's, mode 0700 (chown root:root; chmod 0700)")
+    return fd
+
+
+def _blob_exists(cfd, name):
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=cfd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _has_blob(cfd, sha):
+    return cfd is not None and (_blob_exists(cfd, sha) or _blob_exists(cfd, sha + ".x"))
+
+
+def _store_tmp(cfd):
+    for _ in range(100):
+        name = f".tmp-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            return name, os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                 dir_fd=cfd)
+        except FileExistsError:
+            continue
+    raise CommandExecutionError("cannot create a temporary file in the content store")
+
+
+def _put_blob(cfd, name, reader, expect=None):
+    """Write a blob from ``reader`` (a file object) under ``name``, read-only; with ``expect``, only
+    if its sha256 is that (else CommandExecutionError, nothing kept)."""
+    tmp, fd = _store_tmp(cfd)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            while True:
+                chunk = reader.read(CHUNK)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+        if expect is not None and digest.hexdigest() != expect:
+            raise CommandExecutionError(
+                f"content {expect} of the archive does not match its name (its sha256 is {digest.hexdigest()}): "
+                "release refused"
+            )
+        os.fchmod(fd, 0o555 if name.endswith(".x") else 0o444)
+        os.rename(tmp, name, src_dir_fd=cfd, dst_dir_fd=cfd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=cfd)
+        except FileNotFoundError:
+            pass
+        raise
+    finally:
+        os.close(fd)
+
+
+def _blob_for(cfd, sha, mode):
+    """The store name of ``sha`` with the mode a release file needs (``<sha>`` or ``<sha>.x``),
+    made from the other one if only that is there; None if the store has neither."""
+    name, other = (sha + ".x", sha) if mode & 0o100 else (sha, sha + ".x")
+    if _blob_exists(cfd, name):
+        return name
+    if not _blob_exists(cfd, other):
+        return None
+    src = os.open(other, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cfd)
+    with os.fdopen(src, "rb") as reader:
+        _put_blob(cfd, name, reader)
+    return name
+
+
+def _check_manifest(doc, tree, source):
+    """Refuse a manifest that is not the release's (tree hash) or holds an entry that could land
+    outside the release: an absolute, '.', '..' or empty part, a path whose folder is not a folder
+    entry (so never through a symlink), a symlink pointing outside or through another symlink."""
+    entries = doc.get("entries") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, list) and len(e) == 5 for e in entries):
+        raise CommandExecutionError(f"{source} holds no valid manifest: release refused")
+    actual = _tree_hash(entries)
+    if actual != tree:
+        raise CommandExecutionError(
+            f"the manifest of {source} does not match the release's tree hash {tree} (it hashes to {actual}): "
+            "release refused"
+        )
+    kinds, seen = {}, None
+    for path, kind, mode, size, ref in entries:
+        if not isinstance(path, str) or seen is not None and path <= seen:
+            raise CommandExecutionError(f"manifest entry {path!r} is out of order or twice: release refused")
+        seen = path
+        parts = path.split("/")
+        if path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise CommandExecutionError(
+                f"manifest entry {path!r} is unsafe (absolute path, '.', '..' or empty part): release refused")
+        parent = "/".join(parts[:-1])
+        if parent and kinds.get(parent) != "d":
+            raise CommandExecutionError(
+                f"manifest entry {path!r}: {parent!r} is not a folder of the release: release refused")
+        if kind == "f":
+            if mode not in (0o644, 0o755) or not isinstance(size, int) or size < 0:
+                raise CommandExecutionError(f"manifest entry {path!r}: bad mode or size: release refused")
+            _check_hex(ref, f"manifest entry {path!r}: content")
+        elif kind == "d":
+            pass
+        elif kind == "l":
+            if not isinstance(ref, str) or not ref or ref.startswith("/"):
+                raise CommandExecutionError(
+                    f"manifest entry {path!r} links to {ref!r}, outside the release: release refused")
+            walk = parts[:-1]
+            for step in ref.split("/"):
+                if step in ("", "."):
+                    continue
+                if walk and kinds.get("/".join(walk)) == "l":
+                    raise CommandExecutionError(
+                        f"manifest entry {path!r} links to {ref!r} through the symlink {'/'.join(walk)!r}: "
+                        "release refused")
+                if step != "..":
+                    walk.append(step)
+                elif walk:
+                    walk.pop()
+                else:
+                    raise CommandExecutionError(
+                        f"manifest entry {path!r} links to {ref!r}, outside the release: release refused")
+        else:
+            raise CommandExecutionError(f"manifest entry {path!r}: unknown kind {kind!r}: release refused")
+        kinds[path] = kind
+    return entries
+
+
+class _SaltStream(io.RawIOBase):
+    """A file on the master's fileserver, read as it arrives: the chunks of Salt's own file transfer
+    (``_serve_file``, as ``cp.get_file`` asks for them).  Nothing is written to the minion's cache:
+    the content store is the only copy.  No hash of the whole file: each content is checked against
+    its sha256 as it enters the store and the manifest against the tree hash, and a short transfer
+    fails the tar reader."""
+
+    def __init__(self, client, source, saltenv):
+        super().__init__()
+        self.client, self.source, self.saltenv = client, source, saltenv
+        self.path = source[len("salt://"):]
+        self.loc, self.buf, self.eof = 0, memoryview(b""), False
+
+    def readable(self):
+        return True
+
+    def _next(self):
+        data = self.client._channel_send(  # pylint: disable=protected-access
+            {"path": self.path, "saltenv": self.saltenv, "cmd": "_serve_file", "loc": self.loc}, raw=True)
+        data = {k.decode() if isinstance(k, bytes) else k: v for k, v in (data or {}).items()}
+        chunk = data.get("data") or b""
+        if isinstance(chunk, str):
+            chunk = chunk.encode()
+        if data.get("gzip"):
+            chunk = gzip.decompress(chunk)
+        if not chunk:
+            self.eof = True
+            if not self.loc:
+                raise CommandExecutionError(f"cannot fetch {self.source}: not found on the master's fileserver")
+            return
+        self.loc += len(chunk)
+        self.buf = memoryview(chunk)
+
+    def readinto(self, b):
+        while not self.buf and not self.eof:
+            self._next()
+        n = min(len(b), len(self.buf))
+        b[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        return n
+
+
+@contextlib.contextmanager
+def _open_source(source, saltenv):
+    """The artifact ``source`` as a file object: streamed from the master (salt://), or a local file."""
+    if not source.startswith("salt://"):
+        with open(_fetch(source, saltenv), "rb") as fh:
+            yield fh
+        return
+    try:
+        client = __file_client__.value()  # pylint: disable=undefined-variable
+    except Exception:  # pylint: disable=broad-except  # not packed by this loader
+        client = None
+    own = client is None
+    if own:
+        client = salt.fileclient.get_file_client(__opts__)
+    try:
+        if not hasattr(client, "_channel_send"):  # a file client without Salt's chunked transfer
+            cached = _fetch(source, saltenv)
+            try:
+                with open(cached, "rb") as fh:
+                    yield fh
+            finally:
+                os.unlink(cached)
+            return
+        with io.BufferedReader(_SaltStream(client, source, saltenv), CHUNK) as fh:
+            yield fh
+    finally:
+        if own:
+            client.destroy()
+
+
+def _ingest(saltenv, cfd, tree, source):
+    """Read a content archive as it arrives: its manifest (checked against ``tree``), then each content
+    the store lacks, verified against its name, into the store.  Returns (entries, bytes written)."""
+    written, entries = 0, None
+    try:
+        with _open_source(source, saltenv) as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            for member in tar:
+                if entries is None:
+                    if member.name != MANIFEST_MEMBER or not member.isfile() or member.size > MANIFEST_MAX:
+                        raise CommandExecutionError(f"{source} is not a content archive (no {MANIFEST_MEMBER} first)")
+                    try:
+                        doc = json.loads(tar.extractfile(member).read())
+                    except ValueError:
+                        doc = None
+                    entries = _check_manifest(doc, tree, source)
+                    continue
+                if not BLOB_RE.fullmatch(member.name) or not member.isfile():
+                    raise CommandExecutionError(
+                        f"archive member {member.name!r} of {source} is not a content: release refused")
+                if _has_blob(cfd, member.name):
+                    continue
+                _put_blob(cfd, member.name, tar.extractfile(member), expect=member.name)
+                written += member.size
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise CommandExecutionError(f"cannot read {source}: {exc}") from None
+    if entries is None:
+        raise CommandExecutionError(f"{source} is not a content archive (it is empty)")
+    return entries, written
+
+
+def _assemble(release, entries, cfd, tmp):
+    """Build the tree of ``entries`` inside the fresh folder ``tmp``: folders, symlinks, and hard
+    links to the store's blobs (a private read-only copy if the blob has all the links it can)."""
+    tfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for path, kind, mode, _, ref in entries:
+            if kind == "d":
+                os.mkdir(path, 0o755, dir_fd=tfd)
+            elif kind == "l":
+                os.symlink(ref, path, dir_fd=tfd)
+            else:
+                name = _blob_for(cfd, ref, mode)
+                if name is None:
+                    raise CommandExecutionError(
+                        f"release {release!r}: this node lacks content {ref} ({path}): it is neither in the "
+                        "archive nor in the content store (removed since the master asked?): release refused"
+                    )
+                try:
+                    os.link(name, path, src_dir_fd=cfd, dst_dir_fd=tfd, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno != errno.EMLINK:
+                        raise
+                    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cfd)
+                    dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                  dir_fd=tfd)
+                    try:
+                        with os.fdopen(src, "rb") as reader, os.fdopen(dst, "wb", closefd=False) as writer:
+                            shutil.copyfileobj(reader, writer, CHUNK)
+                        os.fchmod(dst, 0o555 if mode & 0o100 else 0o444)
+                    finally:
+                        os.close(dst)
+    finally:
+        os.close(tfd)
+
+
+def _verify_tree(release, entries, cfd, tmp, tree):
+    """The tree hash of what ``tmp`` really holds must be ``tree``: paths, kinds, modes, sizes, link
+    targets, and each file's content (a link to a store blob is that blob, verified when it entered
+    the store; anything else is hashed)."""
+    known = {}
+    for _, kind, mode, _, ref in entries:
+        if kind == "f":
+            for name in (ref, ref + ".x"):
+                try:
+                    st = os.stat(name, dir_fd=cfd, follow_symlinks=False)
+                    known[(st.st_dev, st.st_ino)] = ref
+                except FileNotFoundError:
+                    pass
+    found = []
+
+    def walk(rel):
+        with os.scandir(os.path.join(tmp, rel) if rel else tmp) as it:
+            items = list(it)
+        for item in items:
+            path = f"{rel}/{item.name}" if rel else item.name
+            st = item.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                found.append([path, "l", 0o777, 0, os.readlink(item.path)])
+            elif stat.S_ISDIR(st.st_mode):
+                found.append([path, "d", 0o755, 0, ""])
+                walk(path)
+            else:
+                sha = known.get((st.st_dev, st.st_ino))
+                if sha is None:
+                    sha = _sha256(item.path)
+                found.append([path, "f" if stat.S_ISREG(st.st_mode) else "?", 0o755 if st.st_mode & 0o100 else 0o644,
+                              st.st_size, sha])
+
+    walk("")
+    found.sort(key=lambda e: e[0])
+    actual = _tree_hash(found)
+    if actual != tree:
+        want = {e[0]: e for e in entries}
+        got = {e[0]: e for e in found}
+        diff = next((p for p in sorted(set(want) | set(got)) if want.get(p) != got.get(p)), "?")
+        raise CommandExecutionError(
+            f"release {release!r}: the tree built on this node does not match its manifest (tree hash {actual}, "
+            f"expected {tree}; first difference at {diff!r}): release refused"
+        )
+
+
+def _overrides(conf):
+    """Paths of a release that prepare replaces per node: shared links, config, files."""
+    out = set(conf.get("shared") or [])
+    out.update(conf.get("config") or {})
+    out.update(conf.get("files") or {})
+    return sorted(p for p in out if isinstance(p, str))
+
+
+def _chown_dirs(path, uid, gid):
+    """Hand a release built from the store to the project user: its folders, symlinks and per-node
+    files; never a read-only root file (a blob's link: chowning it would chown the blob)."""
+    os.lchown(path, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o222:
+                continue
+            os.lchown(full, uid, gid)
+
+
+def _manifest_path(paths, release):
+    return os.path.join(paths["manifests"], f"{release}.json")
+
+
+def _check_complete(paths, release):
+    """Refuse to switch to a release built from the store that is no longer whole: every entry of its
+    manifest (but what prepare replaced per node) as it was built: folders, symlinks, and files that are
+    root's, read-only, of the right size.  Walked with descriptors: no symlink is followed."""
+    record = _read_json(_manifest_path(paths, release))
+    if not record:
+        return  # a release unpacked from a tree archive (by hand, or before the content store)
+    skip = record.get("skip") or []
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    base = os.open(os.path.join(paths["releases"], release), flags)
+    cache = {"": base}
+
+    def refuse(path, why):
+        raise CommandExecutionError(
+            f"release {release!r} is incomplete on this node: {path!r} {why}; refusing to switch to it "
+            "(choose another release; to use this one again, remove it on this node with deploy.cleanup or by "
+            "hand and release it again)"
+        )
+
+    def dir_fd(rel):
+        if rel in cache:
+            return cache[rel]
+        parent, _, name = rel.rpartition("/")
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd(parent))
+        except OSError:
+            refuse(rel, "is not a folder")
+        cache[rel] = fd
+        return fd
+
+    try:
+        for path, kind, mode, size, ref in record.get("entries") or []:
+            if any(path == s or path.startswith(s + "/") for s in skip):
+                continue
+            parent, _, name = path.rpartition("/")
+            try:
+                st = os.stat(name, dir_fd=dir_fd(parent), follow_symlinks=False)
+            except FileNotFoundError:
+                refuse(path, "is missing")
+            if kind == "d" and not stat.S_ISDIR(st.st_mode):
+                refuse(path, "is not a folder")
+            elif kind == "l" and (not stat.S_ISLNK(st.st_mode) or os.readlink(name, dir_fd=dir_fd(parent)) != ref):
+                refuse(path, "is not the symlink it was")
+            elif kind == "f" and (not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o222
+                                  or st.st_size != size or bool(st.st_mode & 0o100) != bool(mode & 0o100)):
+                refuse(path, "is not the read-only root file it was")
+    finally:
+        for fd in cache.values():
+            os.close(fd)
+
+
+def _gc_store(paths):
+    """Remove the blobs no release uses (their only link is the store's) and stale temporary files."""
+    cfd = _open_store(paths)
+    if cfd is None:
+        return 0, 0
+    count = size = 0
+    try:
+        for name in os.listdir(cfd):
+            try:
+                st = os.stat(name, dir_fd=cfd, follow_symlinks=False)
+                if name.startswith(".tmp-"):
+                    if time.time() - st.st_mtime >= STALE_TMP_SECONDS:
+                        os.unlink(name, dir_fd=cfd)
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    os.unlink(name, dir_fd=cfd)
+                    count += 1
+                    size += st.st_size
+            except FileNotFoundError:
+                continue
+    finally:
+        os.close(cfd)
+    return count, size
+
+
+def lacking(project, release, tree, blobs):
+    """
+    Which contents of a release this node lacks: the first half of an incremental distribution.
+
+    The runner sends every node the release's tree hash and the sha256 of each of its contents
+    in one batched call, then publishes one archive with only the contents some node lacks, and
+    ``deploy.prepare`` (with ``tree=``) builds the release from the node's content store
+    (``<root>/content``) and that archive.
+
+    project
+        Project name.
+    release
+        Release name.
+    tree
+        The release's tree hash (from its manifest).
+    blobs
+        The sha256 of the release's contents.
+
+    Returns ``{release, prepared, lacking, have}``: ``prepared`` is True when the release is
+    already prepared here with this tree (nothing to send).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.lacking rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei <tree> '[<sha256>, ...]'
+    """
+    _check_release(release)
+    _check_hex(tree, "tree")
+    if not isinstance(blobs, (list, tuple)):
+        raise CommandExecutionError("blobs must be a list of sha256 hex digests")
+    for sha in blobs:
+        _check_hex(sha, "content")
+    paths = _paths(_project(project))
+    meta = _read_meta(paths, release)
+    if os.path.isdir(os.path.join(paths["releases"], release)) and meta and meta.get("tree") == tree:
+        return {"release": release, "prepared": True, "lacking": [], "have": len(set(blobs))}
+    cfd = _open_store(paths)
+    try:
+        missing = sorted(sha for sha in set(blobs) if not _has_blob(cfd, sha))
+    finally:
+        if cfd is not None:
+            os.close(cfd)
+    return {"release": release, "prepared": False, "lacking": missing, "have": len(set(blobs)) - len(missing)}
+
+
 # --------------------------------------------------------------------------- prepare
 
 
-def prepare(project, release, source, checksum, meta=None, saltenv="base", inventory=False):
+def _discard(paths, release, tmp, final):
+    """What a failed prepare leaves: nothing, and no blob that no release links (a full disk stays usable)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not os.path.isdir(final):
+        for path in (_meta_path(paths, release), _manifest_path(paths, release)):
+            if os.path.isfile(path):
+                os.unlink(path)
+    try:
+        _gc_store(paths)
+    except (OSError, CommandExecutionError) as exc:
+        log.warning("deploy: cannot clean the content store after a failed prepare: %s", exc)
+
+
+def prepare(project, release, source, checksum, meta=None, saltenv="base", inventory=False, tree=None):
     """
     Prepare a release on this node, ready to be switched to.
 
@@ -635,7 +1159,14 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
     writes the per-node ``files``, hands everything to the project's
     ``user``/``group`` and renames the directory into ``<root>/releases/<release>``.
     Nothing is left behind on failure.  If the release is already prepared with the
-    same checksum nothing is done.
+    same checksum (with ``tree``: the same tree hash) nothing is done.
+
+    With ``tree`` (what ``salt-run deploy.release`` sends), ``source`` is a content archive
+    (``manifest.json`` and contents named by their sha256, see ``deploy.lacking``): the contents
+    this node lacks go into its content store ``<root>/content`` (each verified against its name),
+    the release is built from the manifest as hard links to the store's read-only blobs, and its
+    tree hash is verified before anything else is done; the archive is not kept in the minion's
+    cache.  Without ``tree``, ``source`` is a tar of the release tree, unpacked as it is.
 
     project
         Project name (pillar ``deploy:projects:<project>``).
@@ -652,6 +1183,8 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
     inventory
         ``True``: add this node's inventory (as ``deploy.releases`` gives it) to the
         return; the runner keeps it as its record of the node.
+    tree
+        The release's tree hash: ``source`` is a content archive (see above).
 
     CLI Example:
 
@@ -664,16 +1197,20 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
     _check_release(release)
     if not isinstance(checksum, str) or not re.match(r"^[0-9a-f]{64}$", checksum):
         raise CommandExecutionError(f"checksum {checksum!r} is not a sha256 hex digest")
+    called = time.monotonic()
     pillar = _fresh_pillar()
+    steps = {"pillar": round(time.monotonic() - called, 3)}
     conf = _project(project, pillar)
     conf["name"] = project
     paths = _paths(conf)
     uid, gid = _ids(conf)
     final = os.path.join(paths["releases"], release)
 
+    if tree is not None:
+        _check_hex(tree, "tree")
     existing = _read_meta(paths, release)
     if os.path.isdir(final):
-        if existing and existing.get("checksum") == checksum:
+        if existing and (existing.get("tree") == tree if tree else existing.get("checksum") == checksum):
             return _report({"release": release, "changed": False, "path": final, "comment": "already prepared"},
                            paths, inventory)
         raise CommandExecutionError(
@@ -687,23 +1224,42 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
     os.chmod(paths["releases"], 0o755)
     os.chmod(paths["meta"], 0o750)
 
-    artifact = _fetch(source, saltenv)
-    actual = _sha256(artifact)
-    if actual != checksum:
-        if source.startswith("salt://"):
-            os.unlink(artifact)
-        raise CommandExecutionError(
-            f"checksum mismatch for {source}: expected {checksum}, got {actual}"
-        )
+    if tree is None:
+        artifact = _fetch(source, saltenv)
+        actual = _sha256(artifact)
+        if actual != checksum:
+            if source.startswith("salt://"):
+                os.unlink(artifact)
+            raise CommandExecutionError(
+                f"checksum mismatch for {source}: expected {checksum}, got {actual}"
+            )
+    # with a tree: the archive is read as it arrives, each content is checked against its name as it
+    # enters the store, and the release against its tree hash
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix=f".tmp-{release}-", dir=paths["releases"])
+    cfd = None
     try:
-        _unpack(artifact, tmp)
+        if tree is None:
+            _unpack(artifact, tmp)
+        else:
+            cfd = _open_store(paths, create=True)
+            t = time.monotonic()
+            entries, steps["stored_bytes"] = _ingest(saltenv, cfd, tree, source)
+            steps["transfer"] = round(time.monotonic() - t, 3)
+            t = time.monotonic()
+            _assemble(release, entries, cfd, tmp)
+            _verify_tree(release, entries, cfd, tmp, tree)
+            steps["build"] = round(time.monotonic() - t, 3)
         _link_shared(conf, paths, tmp, uid, gid)
         _render_config(conf, pillar, tmp, release, uid, gid)
         _write_files(conf, tmp, uid, gid)
-        _chown_tree(tmp, uid, gid)  # after config and files: the directories they created too
+        if tree is None:
+            _chown_tree(tmp, uid, gid)  # after config and files: the directories they created too
+        else:
+            _chown_dirs(tmp, uid, gid)  # never a blob's link
+            os.makedirs(paths["manifests"], mode=0o750, exist_ok=True)
+            _write_json(_manifest_path(paths, release), {"tree": tree, "skip": _overrides(conf), "entries": entries})
         os.chmod(tmp, 0o755)
         record = dict(meta or {})
         record.update(
@@ -712,6 +1268,7 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
                 "project": project,
                 "checksum": checksum,
                 "source": source,
+                **({"tree": tree} if tree else {}),
                 "prepared_at": time.time(),
                 "status": "prepared",
                 "history": [{"event": "prepared", "at": _now()}],
@@ -720,23 +1277,23 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
         _write_json(_meta_path(paths, release), record)
         os.rename(tmp, final)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.isfile(_meta_path(paths, release)) and not os.path.isdir(final):
-            os.unlink(_meta_path(paths, release))
+        _discard(paths, release, tmp, final)
         raise CommandExecutionError(
             f"preparing release {release!r} failed: {exc.strerror or exc} ({exc.filename or paths['root']}); nothing was kept"
         ) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.isfile(_meta_path(paths, release)) and not os.path.isdir(final):
-            os.unlink(_meta_path(paths, release))
+        _discard(paths, release, tmp, final)
         raise
+    finally:
+        if cfd is not None:
+            os.close(cfd)
     # Later jobs (switch, checks) read the in-memory pillar: let the minion pick up what we just
     # compiled, if it differs from what the minion holds (a refresh is one more compile on the master).
     if not _in_memory_pillar_is(pillar):
         __salt__["saltutil.refresh_pillar"](wait=False)
     return _report(
-        {"release": release, "changed": True, "path": final, "seconds": round(time.monotonic() - started, 3)},
+        {"release": release, "changed": True, "path": final, "seconds": round(time.monotonic() - started, 3),
+         **({"timings": steps} if tree else {})},
         paths,
         inventory,
     )
@@ -772,6 +1329,7 @@ def activate(project, release):
         raise CommandExecutionError(f"release {release!r} is not prepared on this node")
     if previous == release:
         return {"previous": previous, "current": release, "changed": False}
+    _check_complete(paths, release)
     _switch_link(paths, release)
     _write_json(
         os.path.join(paths["meta"], "switch.json"),
@@ -1442,7 +2000,8 @@ def cleanup(project, keep=None, inventory=False):
     Never removes ``current``, the previous release or the newest good one.  Bad and
     never-activated releases do not use up the keep count: they are removed only once
     they are older than the oldest release kept.  Leftovers of interrupted prepares are
-    removed too.
+    removed too, and then every blob of the content store that no release left links to
+    (its only link is the store's): what a kept release uses is never removed.
 
     project
         Project name.
@@ -1476,10 +2035,14 @@ def cleanup(project, keep=None, inventory=False):
             counted += 1 if counts else 0
             continue
         shutil.rmtree(os.path.join(paths["releases"], rel["name"]))
-        try:
-            os.unlink(_meta_path(paths, rel["name"]))
-        except FileNotFoundError:
-            pass
+        for path in (_meta_path(paths, rel["name"]), _manifest_path(paths, rel["name"])):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         removed.append(rel["name"])
     _remove_stale_tmp(paths)
-    return _report({"kept": kept, "removed": removed}, paths, inventory)
+    result = {"kept": kept, "removed": removed}
+    if os.path.isdir(paths["content"]):  # after the releases: a blob goes once no kept release links it
+        result["blobs_removed"], result["blob_bytes_removed"] = _gc_store(paths)
+    return _report(result, paths, inventory)

@@ -7,7 +7,9 @@ Release a project to a whole environment, and roll it back: the cluster side of 
 2. build on the master from the project's source (git: a cached mirror, ``git describe``
    for the version), package once, sha256, publish on the master's fileserver;
 3. plan: the env's nodes, its pre-production node, its stages and their batches;
-4. prepare the release on every node in parallel (nothing switches yet);
+4. prepare the release on every node in parallel (nothing switches yet): each node says which
+   contents it lacks, one archive carries their union, each node builds the release from its
+   content store and verifies its tree hash;
 5. switch the pre-production node first, restart, test; stop on failure;
 6. then each stage, batch by batch: take the batch out of the load balancer, switch,
    restart, test, put it back; stop once failures exceed ``max_failures``;
@@ -59,8 +61,8 @@ except ImportError:  # a source checkout whose editable install predates _utils/
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_utils"))
     import deploy_master
 from deploy_master import (  # noqa: E402
-    Aborted, DeployError, Locked, NotPaused, analysis, build, config, contract, names, plan as planning, policy,
-    store,
+    Aborted, DeployError, Locked, NotPaused, analysis, build, config, contract, manifest, names, plan as planning,
+    policy, store,
 )
 
 log = logging.getLogger(__name__)
@@ -380,14 +382,48 @@ def _check_lb(run, plan):
     return status["states"]
 
 
+def _distribute(run, nodes, info):
+    """What travels: one call asks every node which contents of the release it lacks, then ONE
+    archive holds their union (the artifact itself when a node lacks everything or every node has
+    the release).  Returns (the archive's ``{source, checksum}``, the nodes to prepare, errors)."""
+    started = time.monotonic()
+    doc = build.manifest_of(__opts__, run.project, run.release)
+    sizes = manifest.blob_sizes(doc)
+    ret = run.call(nodes, "deploy.lacking", {"project": run.project, "release": run.release,
+                                             "tree": info["tree"], "blobs": sorted(sizes)})
+    errors = {n: r["error"] for n, r in ret.items() if not r["ok"]}
+    answers = {n: r["ret"] for n, r in ret.items() if r["ok"]}
+    lacking, whole = manifest.plan_transfer(answers, sizes)
+    fresh = [n for n, a in answers.items() if not a.get("prepared")]
+    if whole:
+        what = {"source": info["source"], "checksum": info["checksum"], "bytes": info["bytes"]}
+        run.progress(f"distribute: {len(fresh)} nodes to prepare, lacking {len(lacking)}/{len(sizes)} contents: "
+                     f"the whole artifact ({info['bytes']} bytes)")
+    else:
+        what = build.part(__opts__, run.project, info, lacking)
+        run.progress(f"distribute: {len(fresh)} nodes to prepare, lacking {len(lacking)}/{len(sizes)} contents "
+                     f"({sum(sizes[s] for s in lacking)} bytes): a part of {what['bytes']} bytes "
+                     f"({100 * what['bytes'] / max(info['bytes'], 1):.2f}% of the artifact)")
+    run.timings["distribute"] = {"seconds": round(time.monotonic() - started, 3), "contents": len(sizes),
+                                 "lacking": len(lacking), "bytes": what["bytes"], "artifact_bytes": info["bytes"]}
+    return what, [n for n in nodes if n in answers], errors
+
+
 def _prepare_everywhere(run, plan, build):
     started = time.monotonic()
+    archive, nodes, errors = _distribute(run, plan["nodes"], build)
     kwarg = {
-        "project": run.project, "release": run.release, "source": build["source"], "checksum": build["checksum"],
+        "project": run.project, "release": run.release, "source": archive["source"], "checksum": archive["checksum"],
+        "tree": build["tree"],
         "meta": {k: build[k] for k in ("version", "branch", "commit", "committer", "time")}, "inventory": True,
     }
-    ret = _node_call(run, plan["nodes"], "deploy.prepare", kwarg)
-    errors = {n: r["error"] for n, r in ret.items() if not r["ok"]}
+    try:
+        ret = _node_call(run, nodes, "deploy.prepare", kwarg)
+    finally:
+        if archive.get("path"):  # a part serves this run only
+            os.unlink(archive["path"])
+    errors.update({n: r["error"] for n, r in ret.items() if not r["ok"]})
+    ret.update({n: {"ok": False, "error": e} for n, e in errors.items()})
     _fail(run, errors, errors)
     run.timings["prepare"] = round(time.monotonic() - started, 3)
     fresh = sum(1 for r in ret.values() if r["ok"] and r["ret"].get("changed"))
@@ -928,7 +964,6 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
     plan = {}
 
     def body():
-        nonlocal plan
         run.fire("start", ref=ref)
         build = _build(run, ref, branch=default_branch)
         plan.update(_plan(run))

@@ -327,6 +327,10 @@ class Bench:
     def add_release(self, version):
         return sample_repo.add_release(self.box.repo, version)
 
+    def add_release_files(self, version, files):
+        """A commit of ``version`` with ``files`` ({path: text}) on top."""
+        return sample_repo.add_release(self.box.repo, version, files=files)
+
     def currents(self, nodes=None):
         return {n: self.box.current(n) for n in (nodes or self.box.nodes)}
 

@@ -4,17 +4,16 @@ Master options: ``deploy_artifacts_dir`` (inside a ``file_roots`` directory of `
 default ``<first base file_root>/deploy_artifacts``), ``deploy_keep_artifacts`` (default 10).
 """
 
-import gzip
 import hashlib
 import json
 import os
 import subprocess
-import tarfile
 import tempfile
+import time
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import DeployError, config, names, source
+from deploy_master import DeployError, config, manifest, names, source
 
 
 def sha256(path):
@@ -39,10 +38,12 @@ def artifacts_dir(opts, project):
 
 
 def package(src, revision, workdir, commands, env, progress):
-    """Export ``revision`` from ``src`` (a Source), run the build ``commands`` in it, tar.gz it.
+    """Export ``revision`` from ``src`` (a Source), run the build ``commands`` in it, and pack it
+    as a content archive (see :mod:`deploy_master.manifest`).
 
     ``env``: extra environment of the commands (``DEPLOY_PROJECT``, ``DEPLOY_ENV``,
-    ``DEPLOY_RELEASE``).  Returns the artifact's path inside ``workdir``.
+    ``DEPLOY_RELEASE``).  Returns (the artifact's path inside ``workdir``: ``release.tar.gz``, or
+    ``release.tar`` when the contents do not compress, its manifest).
     """
     tree = os.path.join(workdir, "src")
     os.makedirs(tree)
@@ -57,35 +58,62 @@ def package(src, revision, workdir, commands, env, progress):
             raise DeployError(
                 f"build command failed (exit {proc.returncode}): {command}: {(proc.stderr or proc.stdout).strip()[-300:]}"
             )
-    out = os.path.join(workdir, "release.tar.gz")
-    # the same bytes from the same tree: no time or name in the gzip header, no owner names, so
-    # that two masters building one commit publish one checksum (a take-over rebuilds it)
-    with open(out, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name in sorted(os.listdir(tree)):
-                tar.add(os.path.join(tree, name), arcname=name, filter=_anonymous)
-    return out
-
-
-def _anonymous(member):
-    member.uid = member.gid = 0
-    member.uname = member.gname = ""
-    if member.issym():  # a link's own time is the export's, not the commit's (and nodes never use it)
-        member.mtime = 0
-    return member
+    # a content archive (deploy_master.manifest): the manifest, then each content once, named by its
+    # sha256; the same bytes from the same tree (no times, owners or gzip name), so that two masters
+    # building one commit publish one checksum (a take-over rebuilds it)
+    doc, blobs = manifest.scan(tree)
+    compress = manifest.compressible(list(blobs.values()))
+    out = os.path.join(workdir, "release.tar.gz" if compress else "release.tar")
+    manifest.write_archive(out, doc, blobs, compress)
+    return out, doc
 
 
 def prune_artifacts(opts, directory):
-    """Keep the newest ``deploy_keep_artifacts`` artifacts (and their records) of a project."""
+    """Keep the newest ``deploy_keep_artifacts`` artifacts (and their records and manifests) of a
+    project; parts older than an hour go too (a run removes its own part when its prepare is done)."""
     keep = int(opts.get("deploy_keep_artifacts", 10))
+    names_ = os.listdir(directory)
     tars = sorted(
-        (os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(".tar.gz")),
+        (os.path.join(directory, n) for n in names_ if n.endswith((".tar.gz", ".tar")) and ".part-" not in n),
         key=os.path.getmtime, reverse=True,
     )
     for path in tars[keep:]:
-        for victim in (path, path[: -len(".tar.gz")] + ".json"):
+        stem = path[: -len(".tar.gz")] if path.endswith(".tar.gz") else path[: -len(".tar")]
+        for victim in (path, stem + ".json", stem + ".manifest.json"):
             if os.path.exists(victim):
                 os.unlink(victim)
+    for name in names_:
+        path = os.path.join(directory, name)
+        if ".part-" in name and time.time() - os.path.getmtime(path) > 3600:
+            os.unlink(path)
+
+
+def part(opts, project, info, wanted):
+    """Publish a part of the release ``info`` (what :func:`build` returned): its manifest and only the
+    contents ``wanted`` (shas).  Returns ``{source, checksum, bytes, path}``; the same set, the same part."""
+    directory, url = artifacts_dir(opts, project)
+    digest = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16]
+    artifact = os.path.join(directory, info["source"].rsplit("/", 1)[-1])
+    compress = artifact.endswith(".tar.gz")
+    name = f"{info['release']}.part-{digest}.tar{'.gz' if compress else ''}"
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            manifest.write_part(artifact, tmp, wanted, compress)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return {"source": f"{url}/{name}", "checksum": sha256(path), "bytes": os.path.getsize(path), "path": path}
+
+
+def manifest_of(opts, project, release):
+    """The manifest published beside a release's artifact."""
+    directory, _ = artifacts_dir(opts, project)
+    return manifest.read(os.path.join(directory, f"{release}.manifest.json"))
 
 
 def source_for(opts, project, conf):
@@ -97,7 +125,8 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     """Resolve ``ref``, name the release, and (unless ``test``) build and publish its artifact.
 
     Returns ``{release, commit, version, branch, committer, time}``, plus ``source`` (salt://),
-    ``checksum``, ``reused`` and ``bytes`` when not ``test``.  An artifact is reused for the same
+    ``checksum``, ``tree`` (the manifest's tree hash; the manifest is ``<release>.manifest.json``
+    beside the artifact), ``reused`` and ``bytes`` when not ``test``.  An artifact is reused for the same
     commit built by the same commands.  ``branch=True``: ``ref`` is the env's default branch
     (resolved only as a branch).
     """
@@ -115,20 +144,23 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     if test:
         return info
     directory, url = artifacts_dir(opts, project)
-    artifact = os.path.join(directory, f"{release}.tar.gz")
     record_path = os.path.join(directory, f"{release}.json")
+    manifest_path = os.path.join(directory, f"{release}.manifest.json")
     # an artifact is reused for the same commit built by the same commands (records without a
     # digest predate it, and were built by the commands of their time: taken as they are)
     commands = conf.get("build") or []
     steps = hashlib.sha256(json.dumps(commands).encode()).hexdigest()
     record = None
     rebuilt = False
-    if os.path.isfile(artifact) and os.path.isfile(record_path):
+    if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as fh:
             record = json.load(fh)
+        artifact = os.path.join(directory, record.get("artifact") or f"{release}.tar.gz")
         rebuilt = record.get("build", steps) != steps
-        if record.get("commit") != revision.id or sha256(artifact) != record.get("checksum") or rebuilt:
-            record = None
+        if not os.path.isfile(artifact) or record.get("commit") != revision.id \
+                or sha256(artifact) != record.get("checksum") or rebuilt \
+                or not record.get("tree") or not os.path.isfile(manifest_path):
+            record = None  # no tree: an artifact from before the content archive, built again
     reused = record is not None
     if rebuilt:
         progress(f"build: the build commands changed since {release} was built: building it again "
@@ -136,16 +168,23 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
     if not reused:
         with tempfile.TemporaryDirectory(prefix="deploy-build-", dir=config.state_dir(opts, "build")) as workdir:
             env_vars = {"DEPLOY_PROJECT": project, "DEPLOY_ENV": env, "DEPLOY_RELEASE": release}
-            built = package(src, revision, workdir, commands, env_vars, progress)
-            record = {"commit": revision.id, "checksum": sha256(built), "build": steps}
+            built, doc = package(src, revision, workdir, commands, env_vars, progress)
+            artifact = os.path.join(directory, release + built[len(os.path.join(workdir, "release")):])
+            record = {"commit": revision.id, "checksum": sha256(built), "build": steps, "tree": doc["tree"],
+                      "artifact": os.path.basename(artifact)}
+            with open(f"{manifest_path}.tmp", "wb") as fh:
+                fh.write(manifest.dumps(doc))
+            os.chmod(f"{manifest_path}.tmp", 0o644)
+            os.replace(f"{manifest_path}.tmp", manifest_path)
             os.replace(built, artifact)
         os.chmod(artifact, 0o644)
         with open(record_path, "w", encoding="utf-8") as fh:
             json.dump(record, fh)
         prune_artifacts(opts, directory)
     info.update({
-        "source": f"{url}/{release}.tar.gz",
+        "source": f"{url}/{os.path.basename(artifact)}",
         "checksum": record["checksum"],
+        "tree": record["tree"],
         "reused": reused,
         "bytes": os.path.getsize(artifact),
     })

@@ -196,3 +196,49 @@ class Project:
         return tree(self.root)
 
 
+
+
+def content_artifact(directory, name, files=None, links=None, executable=(), marker=None):
+    """A content archive as the master builds it (deploy_master.manifest): ``files`` {path: text},
+    ``links`` {path: target}, ``executable`` paths with mode 0755.  Returns
+    (path, sha256, manifest, {sha: content bytes})."""
+    from deploy_master import manifest  # pylint: disable=import-outside-toplevel
+
+    if files is None:
+        files = {k: v.replace("@RELEASE@", marker or name) for k, v in APP_FILES.items()}
+    with tempfile.TemporaryDirectory(prefix="ca-", dir=directory) as tree:
+        for rel, text in files.items():
+            full = os.path.join(tree, rel)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "wb") as fh:
+                fh.write(text.encode() if isinstance(text, str) else text)
+            os.chmod(full, 0o755 if rel in executable else 0o644)
+        for rel, target in (links or {}).items():
+            full = os.path.join(tree, rel)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            os.symlink(target, full)
+        doc, blobs = manifest.scan(tree)
+        contents = {}
+        for sha, path in blobs.items():
+            with open(path, "rb") as fh:
+                contents[sha] = fh.read()
+        out = os.path.join(directory, f"{name}.tar.gz")
+        manifest.write_archive(out, doc, blobs)
+    return out, sha256(out), doc, contents
+
+
+def write_content_archive(path, doc, contents):
+    """A content archive with any manifest and contents (crafted ones too): {name: bytes}."""
+    from deploy_master import manifest  # pylint: disable=import-outside-toplevel
+
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
+        data = manifest.dumps(doc)
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name, blob in contents.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path, sha256(path)

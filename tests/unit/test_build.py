@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 from salt.exceptions import SaltInvocationError
-from deploy_master import DeployError, build, source
+from deploy_master import DeployError, build, manifest, source
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Xu Liangwei", "GIT_AUTHOR_EMAIL": "x@example.com",
            "GIT_COMMITTER_NAME": "Xu Liangwei", "GIT_COMMITTER_EMAIL": "x@example.com",
@@ -46,8 +46,13 @@ def test_build_names_packages_publishes_and_reuses(repo, tmp_path):
     assert info["source"] == f"salt://deploy_artifacts/rainbow/{info['release']}.tar.gz"
     artifact = tmp_path / "file_roots" / "deploy_artifacts" / "rainbow" / f"{info['release']}.tar.gz"
     assert build.sha256(str(artifact)) == info["checksum"]
+    # a content archive: the manifest (also beside the artifact), then each content by its sha256
+    doc = manifest.read(str(artifact).replace(".tar.gz", ".manifest.json"))
+    assert [e[:2] for e in doc["entries"]] == [["BUILD_pro", "f"], ["home.php", "l"], ["index.php", "f"]]
+    assert doc["tree"] == info["tree"] == manifest.tree_hash(doc["entries"])
     with tarfile.open(artifact) as tar:
-        assert sorted(tar.getnames()) == ["BUILD_pro", "home.php", "index.php"]
+        names = tar.getnames()
+        assert names[0] == "manifest.json" and sorted(names[1:]) == sorted(e[4] for e in doc["entries"] if e[1] == "f")
     assert lines == ["build: echo built > BUILD_$DEPLOY_ENV"]
     again = build.build(opts, "rainbow", "pro", conf, "master", lines.append)
     assert again["reused"] and again["checksum"] == info["checksum"]
@@ -151,3 +156,16 @@ def test_two_masters_build_the_same_artifact_from_the_same_commit(repo, tmp_path
     time.sleep(1.1)  # another second: the gzip header's time would differ
     second = build.build(_opts(two), "rainbow", "pro", {"repo": repo}, "master", lambda _l: None)
     assert first["release"] == second["release"] and first["checksum"] == second["checksum"]
+    assert first["tree"] == second["tree"]
+
+
+def test_a_part_holds_only_the_wanted_contents_and_is_the_same_for_the_same_set(repo, tmp_path):
+    opts = _opts(tmp_path)
+    info = build.build(opts, "rainbow", "pro", {"repo": repo}, "master", print)
+    doc = build.manifest_of(opts, "rainbow", info["release"])
+    want = [e[4] for e in doc["entries"] if e[0] == "index.php"]
+    got = build.part(opts, "rainbow", info, want)
+    assert got["source"].startswith(f"salt://deploy_artifacts/rainbow/{info['release']}.part-")
+    with tarfile.open(got["path"]) as tar:
+        assert tar.getnames() == ["manifest.json"] + want
+    assert build.part(opts, "rainbow", info, want) == got
