@@ -142,7 +142,7 @@ def test_classic_route_file_roots_and_sync(cluster):
         assert found["package"] == os.path.join(extmods_master, "utils", "deploy_master", "__init__.py")
         assert found["source"] == os.path.join(extmods_master, "utils", "deploy_master", "source", "git.py")
         assert isinstance(found["history"], list)
-        assert found["stats"]["releases"] == {"success": 0, "failure": 0, "interrupted": 0, "aborted": 0}
+        assert found["stats"]["releases"] == {"success": 0, "failure": 0, "interrupted": 0, "aborted": 0, "paused": 0}
         # the synced modules answer
         listed = c.call("web-1", "sys.list_functions", "deploy")
         assert "deploy.prepare" in listed.data and "deploy.switch" in listed.data
