@@ -701,9 +701,10 @@ def _store_tmp(cfd):
     raise CommandExecutionError("cannot create a temporary file in the content store")
 
 
-def _put_blob(cfd, name, reader, expect=None):
+def _put_blob(cfd, name, reader, expect=None, mtime=None):
     """Write a blob from ``reader`` (a file object) under ``name``, read-only; with ``expect``, only
-    if its sha256 is that (else CommandExecutionError, nothing kept)."""
+    if its sha256 is that (else CommandExecutionError, nothing kept).  ``mtime``: the build's
+    modification time of the content (servers and Tomcat's JSP compiler read it)."""
     tmp, fd = _store_tmp(cfd)
     try:
         digest = hashlib.sha256()
@@ -719,6 +720,8 @@ def _put_blob(cfd, name, reader, expect=None):
                 f"content {expect} of the archive does not match its name (its sha256 is {digest.hexdigest()}): "
                 "release refused"
             )
+        if mtime:
+            os.utime(fd, (mtime, mtime))
         os.fchmod(fd, 0o555 if name.endswith(".x") else 0o444)
         os.rename(tmp, name, src_dir_fd=cfd, dst_dir_fd=cfd)
     except BaseException:
@@ -895,7 +898,7 @@ def _ingest(saltenv, cfd, tree, source):
                         f"archive member {member.name!r} of {source} is not a content: release refused")
                 if _has_blob(cfd, member.name):
                     continue
-                _put_blob(cfd, member.name, tar.extractfile(member), expect=member.name)
+                _put_blob(cfd, member.name, tar.extractfile(member), expect=member.name, mtime=member.mtime)
                 written += member.size
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise CommandExecutionError(f"cannot read {source}: {exc}") from None

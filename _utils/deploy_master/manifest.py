@@ -111,9 +111,9 @@ def dumps(manifest):
     return json.dumps(manifest, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def _info(name, size):
+def _info(name, size, mtime=0):
     info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, 0o444, 0
+    info.size, info.mode, info.mtime = size, 0o444, int(mtime)
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
@@ -151,8 +151,8 @@ def write_archive(out, manifest, blobs, compress=True):
         tar.addfile(_info(MANIFEST, len(data)), io.BytesIO(data))
         for sha in sorted(blobs):
             with open(blobs[sha], "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                tar.addfile(_info(sha, size), fh)
+                st = os.fstat(fh.fileno())
+                tar.addfile(_info(sha, st.st_size, st.st_mtime), fh)  # the build's mtime travels with the content
 
 
 def write_part(artifact, out, wanted, compress=True):
