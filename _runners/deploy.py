@@ -574,11 +574,17 @@ def _back_in(run, held):
     held.clear()
 
 
+def _analysis_settings(run, stage):
+    """The analysis settings after ``stage`` (None: no analysis): releases behind an LB only (a
+    rollback goes back to known code as fast as it can)."""
+    if run.kind != "release" or not run.has_lb:
+        return None
+    return analysis.stage_settings(run.envc, stage["name"], f"env {run.env!r}")
+
+
 def _analysis_per_batch(run, stage):
     """True if the stage's analysis runs after each batch: the batch must then be back in the LB at once."""
-    if run.kind != "release" or not run.has_lb:
-        return False
-    settings = analysis.stage_settings(run.envc, stage["name"], f"env {run.env!r}")
+    settings = _analysis_settings(run, stage)
     return bool(settings) and settings["after"] == "batch"
 
 
@@ -619,9 +625,7 @@ def _analysis(run, plan, stage, switched_nodes=None, batch=None):
     the servers now on the release against those still on the old one; DeployError if worse than
     the limits.  Releases only (a rollback goes back to known code as fast as it can).
     ``switched_nodes``: the nodes on the release (default: those this run switched)."""
-    if run.kind != "release" or not run.has_lb:
-        return
-    settings = analysis.stage_settings(run.envc, stage["name"], f"env {run.env!r}")
+    settings = _analysis_settings(run, stage)
     if not settings or (settings["after"] == "batch") != (batch is not None):
         return
     behind = planning.behind_lb(plan)
