@@ -28,6 +28,16 @@ def silent_rounds(opts):
     return max(1, int(opts.get("deploy_silent_rounds", 2)))
 
 
+def find_job_interval(opts, nodes):
+    """Seconds between two ``saltutil.find_job`` rounds asking ``nodes`` nodes whether they run a job.
+
+    ``gather_job_timeout`` (default 10), and at least ``deploy_find_job_per_node`` (default 0.2 s)
+    per node asked: each round is one more job on every node asked, and on 100 busy nodes
+    (two cores, issue 15) a round every 10 s was most of what they did."""
+    per_node = float(opts.get("deploy_find_job_per_node", 0.2))
+    return max(int(opts.get("gather_job_timeout", 10)), int(per_node * nodes + 0.5))
+
+
 def job_timeout(opts):
     """Longest wait for a node that says it still runs the job (``deploy_job_timeout``, default 600 s)."""
     return int(opts.get("deploy_job_timeout", 600))

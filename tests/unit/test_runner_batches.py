@@ -184,3 +184,127 @@ def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):
     assert fake.asked == ["web-1", "web-2"]
     assert out["web-1"] == {"ok": True, "ret": {"result": True}}
     assert out["web-2"]["ok"] is False and out["web-2"]["error"] == runner.NO_RESPONSE
+
+
+class FindJobClient:
+    """A master whose nodes answer ``saltutil.find_job`` late: an answer lands in the job cache
+    ``late[node]`` rounds after the round that asked (None: never; a dead node).  The job's own
+    return lands in the cache at round ``done[node]``."""
+
+    def __init__(self, late, done):
+        self.late, self.done = dict(late), dict(done)
+        self.rounds = []  # (nodes asked, timeout) per find_job round
+        self.cache = {}  # jid -> {node: {"ret": ...}}
+        self.fj_jids = []
+
+    def tick(self):
+        r = len(self.rounds) - 1  # the round asking now
+        for i, fj in enumerate(self.fj_jids):
+            for node, delay in self.late.items():
+                if delay is not None and i + delay == r:
+                    self.cache.setdefault(fj, {})[node] = {"ret": {"jid": "J"} if r < self.done.get(node, 99) else {}}
+        for node, at in self.done.items():
+            if r >= at:
+                self.cache.setdefault("J", {})[node] = {"ret": {"result": True}}
+
+    def cmd(self, nodes, fun, args, tgt_type=None, timeout=None, gather_job_timeout=None, jid=None, **kwargs):
+        assert fun == "saltutil.find_job"
+        self.rounds.append((sorted(nodes), timeout))
+        jid = jid or f"fj{len(self.rounds)}"  # Salt makes a new jid for each call
+        self.fj_jids.append(jid)
+        self.tick()  # answers within the round (late == 0)
+        got = {n: v for n, v in self.cache.get(jid, {}).items() if n in nodes}
+        return {n: v["ret"] for n, v in got.items()}
+
+    def get_cache_returns(self, jid):
+        return self.cache.get(jid, {})
+
+
+def _straggler_run(monkeypatch, client, **opts):
+    monkeypatch.setattr(runner, "__opts__", {"gather_job_timeout": 10, **opts}, raising=False)
+    clock = [1000.0]  # a clock that moves only when the runner sleeps
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(runner.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+    class Fake:
+        salt_calls = 0
+
+    fake = Fake()
+    fake.client = client
+    fake.find_job = lambda jid, nodes, **kw: runner._Run.find_job(fake, jid, nodes, **kw)
+    fake.cached_returns = lambda jid, missing, grace=0: runner._Run.cached_returns(fake, jid, missing)
+    fake.late_answers = lambda jids, missing, heard: runner._Run.late_answers(fake, jids, missing, heard)
+    fake.returns_while_landing = lambda *a, **kw: runner._Run.returns_while_landing(fake, *a, **kw)
+    return fake
+
+
+def test_a_node_whose_find_job_answer_lands_late_is_alive_not_gone(monkeypatch):
+    """Issue 15 goal 5: at 100 nodes on a small machine every node took ~30 s to answer a
+    ``find_job`` (a test.ping of 101 nodes: 29.8 s); the first release reported all 101 live
+    nodes "minion down or not connected".  An answer to an earlier round that lands later still
+    says the node lives, and each round waits twice as long as the one before."""
+    client = FindJobClient(late={"web-1": 1, "web-2": None}, done={"web-1": 3})
+    fake = _straggler_run(monkeypatch, client)
+    found, verdicts = runner._Run.stragglers(fake, "J", ["web-1", "web-2"])
+    assert found == {"web-1": {"ret": {"result": True}, "retcode": 0}}
+    assert verdicts == {"web-2": runner.NO_RESPONSE}
+    assert [t for _, t in client.rounds][:2] == [10, 20]
+
+
+def test_a_dead_node_is_gone_after_its_silent_rounds(monkeypatch):
+    client = FindJobClient(late={"web-2": None}, done={})
+    fake = _straggler_run(monkeypatch, client, deploy_silent_rounds=3)
+    found, verdicts = runner._Run.stragglers(fake, "J", ["web-2"])
+    assert found == {} and verdicts == {"web-2": runner.NO_RESPONSE}
+    assert client.rounds == [(["web-2"], 10), (["web-2"], 20), (["web-2"], 40)]
+
+
+def test_a_question_the_master_did_not_take_is_no_evidence_against_the_node(monkeypatch):
+    """A ``find_job`` the congested master could not publish (``SaltClientError``) is not a round
+    the node left unanswered: at 100 nodes the runner's own publish timed out and every node was
+    counted silent."""
+    from salt.exceptions import SaltClientError
+
+    client = FindJobClient(late={"web-1": 0}, done={"web-1": 3})
+    answer = client.cmd
+    refused = [2]
+
+    def cmd(*args, **kwargs):
+        if refused[0]:
+            refused[0] -= 1
+            raise SaltClientError("Salt request timed out. The master is not responding.")
+        return answer(*args, **kwargs)
+
+    client.cmd = cmd
+    fake = _straggler_run(monkeypatch, client)
+    found, verdicts = runner._Run.stragglers(fake, "J", ["web-1"])
+    assert verdicts == {} and found == {"web-1": {"ret": {"result": True}, "retcode": 0}}
+
+
+def test_find_job_rounds_are_spaced_by_the_nodes_they_ask():
+    """Salt's client re-asks every ``gather_job_timeout`` while a node runs the job: at 100 nodes a
+    round every 10 s cost every node one more job (test.ping of 101 nodes: 30 s on two cores)."""
+    from deploy_master import config
+
+    assert config.find_job_interval({"gather_job_timeout": 10}, 5) == 10
+    assert config.find_job_interval({"gather_job_timeout": 10}, 101) == 20
+    assert config.find_job_interval({"gather_job_timeout": 5, "deploy_find_job_per_node": 0}, 101) == 5
+
+
+def test_a_node_that_answered_once_and_then_died_is_gone(monkeypatch):
+    """An answer counts once: the round-1 "running" of a node that died after it does not keep it
+    alive in every later round."""
+    client = FindJobClient(late={"web-3": 0}, done={})
+    client.late["web-3"] = 0
+    fake = _straggler_run(monkeypatch, client)
+    original = client.tick
+
+    def tick():  # web-3 answers the first round only, then dies
+        if len(client.rounds) > 1:
+            client.late.pop("web-3", None)
+        original()
+
+    client.tick = tick
+    found, verdicts = runner._Run.stragglers(fake, "J", ["web-3"])
+    assert found == {} and verdicts == {"web-3": runner.NO_RESPONSE}
+    assert len(client.rounds) == 3  # answered, then two silent rounds
