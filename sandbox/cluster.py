@@ -637,7 +637,9 @@ class Sandbox:
     def ping(self, minions, timeout=2, master="master"):
         """The minions among ``minions`` that answer test.ping (one `salt` CLI call).  What the CLI
         said last is kept in ``self.last_ping`` (for the error of :meth:`wait_minions`)."""
-        timeout = max(timeout, 2 + len(minions) // 10)  # many minions on a small machine answer slower
+        # many minions on a small machine answer slower: a job costs each ~0.1 CPU-s (a ping of 101
+        # took 30 s); a ping that gives up sooner is sent again while the last one still runs
+        timeout = max(timeout, 2 + len(minions) // (2 if self.light else 10))
         argv = [*self.salt_cmd("salt", master), "--out=json", "--static", "--timeout", str(timeout), "-L",
                 ",".join(sorted(minions)), "test.ping"]
         try:
