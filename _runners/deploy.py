@@ -215,6 +215,7 @@ class _Run:
         wait = config.find_job_interval(__opts__, len(missing))
         asked = []  # the find_job jids of the rounds so far
         heard = set()  # (find_job jid, node): answers already counted
+        running_seen = set()  # nodes that said at least once that they run the job
         while missing:
             # while returns keep landing the nodes are working through the job: wait for them
             # before asking (at 100 nodes each find_job round is one more job on every busy node)
@@ -223,8 +224,9 @@ class _Run:
                 break
             if time.monotonic() > deadline:
                 for node in missing:
-                    verdicts[node] = (f"no return within deploy_job_timeout ({limit}s): "
-                                      "the minion still runs the job")
+                    verdicts[node] = (f"no return within deploy_job_timeout ({limit}s): " + (
+                        "the minion still runs the job" if node in running_seen else
+                        "the master did not take the question whether the minion runs the job"))
                 break
             asked.append(salt.utils.jid.gen_jid(__opts__))
             running = self.find_job(jid, sorted(missing), fj_jid=asked[-1], timeout=wait)
@@ -239,6 +241,7 @@ class _Run:
                 state = running.get(node)
                 if state is True:
                     silent[node] = 0
+                    running_seen.add(node)
                     continue
                 if state is False:  # it answers, runs no such job, and its return is nowhere
                     verdicts[node] = ("no return: the minion answers but does not run this job "

@@ -308,3 +308,17 @@ def test_a_node_that_answered_once_and_then_died_is_gone(monkeypatch):
     found, verdicts = runner._Run.stragglers(fake, "J", ["web-3"])
     assert found == {} and verdicts == {"web-3": runner.NO_RESPONSE}
     assert len(client.rounds) == 3  # answered, then two silent rounds
+
+
+def test_a_master_that_never_takes_the_question_is_named_at_the_deadline(monkeypatch):
+    from salt.exceptions import SaltClientError
+
+    class Client(FindJobClient):
+        def cmd(self, *args, **kwargs):
+            raise SaltClientError("Salt request timed out. The master is not responding.")
+
+    fake = _straggler_run(monkeypatch, Client(late={}, done={}), deploy_job_timeout=30)
+    found, verdicts = runner._Run.stragglers(fake, "J", ["web-1"])
+    assert found == {}
+    assert verdicts == {"web-1": "no return within deploy_job_timeout (30s): the master did not take the "
+                                 "question whether the minion runs the job"}
