@@ -258,30 +258,26 @@ class _Run:
                 time.sleep(0.5)
         return found, verdicts
 
-    def find_job(self, jid, nodes, fj_jid=None, timeout=None):
+    def find_job(self, jid, nodes, fj_jid, timeout):
         """node -> True (runs ``jid``), False (answers, does not run it); nodes that did not answer are absent.
 
+        ``fj_jid``: the round's own jid (its answers that land later are read from the job cache).
         None when the question could not be published (a congested master): no answer from anyone."""
-        timeout = timeout or int(__opts__.get("gather_job_timeout", 10))
         self.salt_calls += 1
         try:
             ret = self.client.cmd(nodes, "saltutil.find_job", [jid], tgt_type="list", timeout=timeout,
-                                  gather_job_timeout=1, jid=fj_jid or "") or {}
+                                  gather_job_timeout=1, jid=fj_jid) or {}
         except Exception:  # pylint: disable=broad-except
             log.debug("deploy: find_job %s failed", jid, exc_info=True)
             return None
         return {n: bool(r) for n, r in ret.items() if isinstance(r, dict)}
 
     def returns_while_landing(self, jid, missing, quiet, deadline):
-        """Returns of ``missing`` nodes from the job cache; while they land, wait until none has for ``quiet`` s."""
-        found = self.cached_returns(jid, missing)
-        last = time.monotonic()
-        while found and missing and time.monotonic() - last < quiet and time.monotonic() < deadline:
-            time.sleep(0.5)
-            got = self.cached_returns(jid, missing)
-            if got:
-                found.update(got)
-                last = time.monotonic()
+        """Returns of ``missing`` nodes from the job cache; while they land, look again until ``quiet`` s bring none."""
+        found = got = self.cached_returns(jid, missing)
+        while got and missing and time.monotonic() < deadline:
+            got = self.cached_returns(jid, missing, grace=quiet)
+            found.update(got)
         return found
 
     def late_answers(self, fj_jids, missing, heard):

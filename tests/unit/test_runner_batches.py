@@ -232,7 +232,7 @@ def _straggler_run(monkeypatch, client, **opts):
     fake = Fake()
     fake.client = client
     fake.find_job = lambda jid, nodes, **kw: runner._Run.find_job(fake, jid, nodes, **kw)
-    fake.cached_returns = lambda jid, missing, grace=0: runner._Run.cached_returns(fake, jid, missing)
+    fake.cached_returns = lambda jid, missing, grace=0: runner._Run.cached_returns(fake, jid, missing, grace)
     fake.late_answers = lambda jids, missing, heard: runner._Run.late_answers(fake, jids, missing, heard)
     fake.returns_while_landing = lambda *a, **kw: runner._Run.returns_while_landing(fake, *a, **kw)
     return fake
