@@ -1089,14 +1089,45 @@ def _gc_store(paths):
     return count, size
 
 
-def lacking(project, release, tree, blobs):
+def _ranges(flags):
+    """``[[start, stop], ...]``: the runs of True in ``flags`` (a few numbers for "all" or a 1 % change)."""
+    out, start = [], None
+    for i, flag in enumerate(list(flags) + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            out.append([start, i])
+            start = None
+    return out
+
+
+def _manifest_blobs(manifest, tree, saltenv):
+    """The sorted contents of the release whose manifest the master serves at ``manifest``
+    (checked against ``tree``, so a wrong or changed file is refused)."""
+    try:
+        with _open_source(manifest, saltenv) as fh:
+            data = fh.read(MANIFEST_MAX + 1)
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot read the manifest {manifest}: {exc.strerror or exc}") from None
+    if len(data) > MANIFEST_MAX:
+        raise CommandExecutionError(f"the manifest {manifest} is larger than {MANIFEST_MAX} bytes: refused")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    entries = _check_manifest(doc, tree, manifest)
+    return sorted({e[4] for e in entries if e[1] == "f"})
+
+
+def lacking(project, release, tree, blobs=None, manifest=None, saltenv="base"):
     """
     Which contents of a release this node lacks: the first half of an incremental distribution.
 
-    The runner sends every node the release's tree hash and the sha256 of each of its contents
-    in one batched call, then publishes one archive with only the contents some node lacks, and
-    ``deploy.prepare`` (with ``tree=``) builds the release from the node's content store
-    (``<root>/content``) and that archive.
+    The runner asks every node in one batched call, then publishes one archive with only the
+    contents some node lacks, and ``deploy.prepare`` (with ``tree=``) builds the release from the
+    node's content store (``<root>/content``) and that archive.  The call stays small whatever
+    the release's size: the node reads the release's contents from ``manifest`` on the master's
+    fileserver (a Salt return and its arguments are read by the master at a few hundred kB/s).
 
     project
         Project name.
@@ -1104,35 +1135,48 @@ def lacking(project, release, tree, blobs):
         Release name.
     tree
         The release's tree hash (from its manifest).
+    manifest
+        ``salt://`` URL of the release's manifest (``<release>.manifest.json`` beside its
+        artifact); it must hash to ``tree``.
     blobs
-        The sha256 of the release's contents.
+        Instead of ``manifest``: the sha256 of the release's contents.
 
-    Returns ``{release, prepared, lacking, have}``: ``prepared`` is True when the release is
-    already prepared here with this tree (nothing to send).
+    Returns ``{release, prepared, lacking}``: ``prepared`` is True when the release is already
+    prepared here with this tree (nothing to send); ``lacking`` lists ``[start, stop]`` ranges of
+    indexes into the release's distinct contents in sorted order (``[[0, total]]``: all of them;
+    ``[]``: none), and ``have`` and ``total`` count them.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt '*' deploy.lacking rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei <tree> '[<sha256>, ...]'
+        salt '*' deploy.lacking rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei <tree> \\
+            manifest=salt://deploy_artifacts/rainbow/rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei.manifest.json
     """
     _check_release(release)
     _check_hex(tree, "tree")
-    if not isinstance(blobs, (list, tuple)):
-        raise CommandExecutionError("blobs must be a list of sha256 hex digests")
-    for sha in blobs:
-        _check_hex(sha, "content")
+    if (blobs is None) == (manifest is None):
+        raise CommandExecutionError("give the release's contents as either manifest (a salt:// URL) or blobs")
+    if blobs is not None:
+        if not isinstance(blobs, (list, tuple)):
+            raise CommandExecutionError("blobs must be a list of sha256 hex digests")
+        for sha in blobs:
+            _check_hex(sha, "content")
+    elif not isinstance(manifest, str) or not manifest.startswith("salt://"):
+        raise CommandExecutionError(f"manifest {manifest!r} is not a salt:// URL")
     paths = _paths(_project(project))
     meta = _read_meta(paths, release)
     if os.path.isdir(os.path.join(paths["releases"], release)) and meta and meta.get("tree") == tree:
-        return {"release": release, "prepared": True, "lacking": [], "have": len(set(blobs))}
+        return {"release": release, "prepared": True, "lacking": []}
+    blobs = sorted(set(blobs)) if blobs is not None else _manifest_blobs(manifest, tree, saltenv)
     cfd = _open_store(paths)
     try:
-        missing = sorted(sha for sha in set(blobs) if not _has_blob(cfd, sha))
+        missing = [not _has_blob(cfd, sha) for sha in blobs]
     finally:
         if cfd is not None:
             os.close(cfd)
-    return {"release": release, "prepared": False, "lacking": missing, "have": len(set(blobs)) - len(missing)}
+    return {"release": release, "prepared": False, "lacking": _ranges(missing),
+            "have": missing.count(False), "total": len(blobs)}
 
 
 # --------------------------------------------------------------------------- prepare

@@ -432,29 +432,40 @@ def _check_lb(run, plan):
 
 
 def _distribute(run, nodes, info):
-    """What travels: one call asks every node which contents of the release it lacks, then ONE
-    archive holds their union (the artifact itself when a node lacks everything or every node has
-    the release).  Returns (the archive's ``{source, checksum}``, the nodes to prepare, errors)."""
+    """What travels: ONE archive for every node, the artifact itself when a node lacks everything
+    (or every node has the release), else a part with the contents some node lacks.
+
+    A node the master's record shows without any release of the project lacks everything: the
+    artifact, nobody is asked (a first release).  Otherwise one call asks every node which contents
+    it lacks; the node reads the release's manifest from the fileserver, so neither the question
+    nor the answer grows with the files.  Returns (the archive's ``{source, checksum}``, the nodes
+    to prepare, errors)."""
     started = time.monotonic()
     doc = build.manifest_of(__opts__, run.project, run.release)
     sizes = manifest.blob_sizes(doc)
-    ret = run.call(nodes, "deploy.lacking", {"project": run.project, "release": run.release,
-                                             "tree": info["tree"], "blobs": sorted(sizes)})
-    errors = {n: r["error"] for n, r in ret.items() if not r["ok"]}
-    answers = {n: r["ret"] for n, r in ret.items() if r["ok"]}
-    lacking, whole = manifest.plan_transfer(answers, sizes)
+    record = run.store.record_read(run.project, run.env)
+    new = [n for n in nodes if not (isinstance(record.get(n), dict) and record[n].get("releases"))]
+    if new:
+        errors, answers, lacking, whole = {}, dict.fromkeys(nodes, {}), set(sizes), True
+        why = f"{len(new)} nodes hold no release of {run.project} (the master's record)"
+    else:
+        ret = run.call(nodes, "deploy.lacking", {"project": run.project, "release": run.release,
+                                                 "tree": info["tree"], "manifest": info["manifest"]})
+        errors = {n: r["error"] for n, r in ret.items() if not r["ok"]}
+        answers = {n: r["ret"] for n, r in ret.items() if r["ok"]}
+        lacking, whole = manifest.plan_transfer(answers, sizes)
+        why = f"lacking {len(lacking)}/{len(sizes)} contents"
     fresh = [n for n, a in answers.items() if not a.get("prepared")]
     if whole:
         what = {"source": info["source"], "checksum": info["checksum"], "bytes": info["bytes"]}
-        run.progress(f"distribute: {len(fresh)} nodes to prepare, lacking {len(lacking)}/{len(sizes)} contents: "
-                     f"the whole artifact ({info['bytes']} bytes)")
+        run.progress(f"distribute: {len(fresh)} nodes to prepare, {why}: the whole artifact ({info['bytes']} bytes)")
     else:
         what = build.part(__opts__, run.project, info, lacking)
-        run.progress(f"distribute: {len(fresh)} nodes to prepare, lacking {len(lacking)}/{len(sizes)} contents "
-                     f"({sum(sizes[s] for s in lacking)} bytes): a part of {what['bytes']} bytes "
-                     f"({100 * what['bytes'] / max(info['bytes'], 1):.2f}% of the artifact)")
+        run.progress(f"distribute: {len(fresh)} nodes to prepare, {why} ({sum(sizes[s] for s in lacking)} bytes): "
+                     f"a part of {what['bytes']} bytes ({100 * what['bytes'] / max(info['bytes'], 1):.2f}% of the artifact)")
     run.timings["distribute"] = {"seconds": round(time.monotonic() - started, 3), "contents": len(sizes),
-                                 "lacking": len(lacking), "bytes": what["bytes"], "artifact_bytes": info["bytes"]}
+                                 "lacking": len(lacking), "bytes": what["bytes"], "artifact_bytes": info["bytes"],
+                                 "asked": not new}
     return what, [n for n in nodes if n in answers], errors
 
 

@@ -126,7 +126,7 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
 
     Returns ``{release, commit, version, branch, committer, time}``, plus ``source`` (salt://),
     ``checksum``, ``tree`` (the manifest's tree hash; the manifest is ``<release>.manifest.json``
-    beside the artifact), ``reused`` and ``bytes`` when not ``test``.  An artifact is reused for the same
+    beside the artifact, served at ``manifest``), ``reused`` and ``bytes`` when not ``test``.  An artifact is reused for the same
     commit built by the same commands.  ``branch=True``: ``ref`` is the env's default branch
     (resolved only as a branch).
     """
@@ -183,6 +183,7 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False):
         prune_artifacts(opts, directory)
     info.update({
         "source": f"{url}/{os.path.basename(artifact)}",
+        "manifest": f"{url}/{release}.manifest.json",
         "checksum": record["checksum"],
         "tree": record["tree"],
         "reused": reused,

@@ -94,15 +94,24 @@ def blob_sizes(manifest):
 def plan_transfer(answers, sizes):
     """What one archive must hold for the nodes' ``deploy.lacking`` answers ({node: answer}).
 
-    Returns ``(lacking, whole)``: the union of the contents some node still to prepare lacks, and
-    whether the whole artifact is the archive (a node lacks every content, or no node needs anything:
-    nothing is fetched then).  DeployError if a node names a content the release does not hold.
+    An answer names what a node lacks as ``[start, stop]`` ranges of indexes into the release's
+    contents in sorted order (``sorted(sizes)``).  Returns ``(lacking, whole)``: the union of the
+    contents some node still to prepare lacks, and whether the whole artifact is the archive (a node
+    lacks every content, or no node needs anything: nothing is fetched then).  DeployError if a node
+    answers for another set of contents or with a range outside it.
     """
-    fresh = [a for a in answers.values() if not a.get("prepared")]
-    lacking = set().union(*(set(a.get("lacking") or []) for a in fresh))
-    unknown = lacking - set(sizes)
-    if unknown:
-        raise DeployError(f"deploy.lacking answered contents the release does not hold: {sorted(unknown)[:3]}")
+    order = sorted(sizes)
+    fresh = {n: a for n, a in answers.items() if not a.get("prepared")}
+    lacking = set()
+    for node, answer in sorted(fresh.items()):
+        ranges = answer.get("lacking")
+        if answer.get("total") != len(order) or not isinstance(ranges, list) or not all(
+                isinstance(r, list) and len(r) == 2 and all(isinstance(i, int) for i in r)
+                and 0 <= r[0] < r[1] <= len(order) for r in ranges):
+            raise DeployError(f"deploy.lacking on {node} answered for other contents than the release's "
+                              f"{len(order)}: {str(answer)[:200]}")
+        for start, stop in ranges:
+            lacking.update(order[start:stop])
     return lacking, not fresh or lacking == set(sizes)
 
 

@@ -44,6 +44,19 @@ def _blobs(doc):
     return sorted({e[4] for e in doc["entries"] if e[1] == "f"})
 
 
+def _manifest_url(project, name, doc, data=None):
+    """The release's manifest beside its artifact on the fileserver, as the master publishes it."""
+    from deploy_master import manifest  # pylint: disable=import-outside-toplevel
+
+    with open(os.path.join(project.artifacts, f"{name}.manifest.json"), "wb") as fh:
+        fh.write(data if data is not None else manifest.dumps(doc))
+    return f"salt://artifacts/{os.path.basename(project.artifacts)}/{name}.manifest.json"
+
+
+def _ask(project, release, doc):
+    return project.mod.lacking(PROJECT, release, doc["tree"], manifest=_manifest_url(project, release, doc))
+
+
 def _prepare(project, release, url, checksum, doc):
     return project.mod.prepare(PROJECT, release, url, checksum, tree=doc["tree"], inventory=True)
 
@@ -59,8 +72,9 @@ def _as_app_user(*argv, check=True):
 
 def _first(project, release="r1", **changes):
     url, checksum, doc, contents = _artifact(project, release, _files(release, **changes))
-    assert project.mod.lacking(PROJECT, release, doc["tree"], _blobs(doc)) == {
-        "release": release, "prepared": False, "lacking": _blobs(doc), "have": 0}
+    total = len(_blobs(doc))
+    assert _ask(project, release, doc) == {
+        "release": release, "prepared": False, "lacking": [[0, total]], "have": 0, "total": total}
     ret = _prepare(project, release, url, checksum, doc)
     assert ret["changed"] is True, ret
     return doc, contents
@@ -120,9 +134,12 @@ def test_a_second_release_lacks_only_the_changed_content_and_shares_the_rest(pro
     changed = {"lib/mod3.php": "<?php // module 3, new\n"}
     url, checksum, doc2, contents2 = _artifact(project, "r2", _files("r1", **changed))
     new_sha = hashlib.sha256(changed["lib/mod3.php"].encode()).hexdigest()
-    ask = project.mod.lacking(PROJECT, "r2", doc2["tree"], _blobs(doc2))
-    assert ask["lacking"] == [new_sha] and ask["prepared"] is False
+    ask = _ask(project, "r2", doc2)
+    at = _blobs(doc2).index(new_sha)
+    assert ask["lacking"] == [[at, at + 1]] and ask["prepared"] is False
     assert ask["have"] == len(_blobs(doc2)) - 1
+    # the same question with the contents listed in the call (as from the command line)
+    assert project.mod.lacking(PROJECT, "r2", doc2["tree"], _blobs(doc2)) == ask
     part_url, part_sum = _part(project, "r2.part", doc2, contents2, [new_sha])
     ret = _prepare(project, "r2", part_url, part_sum, doc2)
     assert ret["changed"] is True
@@ -133,7 +150,7 @@ def test_a_second_release_lacks_only_the_changed_content_and_shares_the_rest(pro
     with open(os.path.join(project.release_dir("r2"), "lib", "mod3.php"), encoding="utf-8") as fh:
         assert fh.read() == changed["lib/mod3.php"]
     # the same release again: prepared, nothing lacking, nothing done
-    assert project.mod.lacking(PROJECT, "r2", doc2["tree"], _blobs(doc2))["prepared"] is True
+    assert _ask(project, "r2", doc2) == {"release": "r2", "prepared": True, "lacking": []}
     again = _prepare(project, "r2", url, checksum, doc2)
     assert again["changed"] is False
 
@@ -300,6 +317,36 @@ def test_a_config_file_shipped_in_the_tree_is_rendered_into_a_fresh_file_never_t
         assert fh.read() == template  # the blob keeps the template, no secret
     with open(os.path.join(project.release_dir("r1"), "config", "app.ini"), encoding="utf-8") as fh:
         assert fh.read() == f"key = {SECRET}\n"
+
+
+def test_the_question_stays_small_whatever_the_release_holds(project):
+    """The call carries a URL, not the contents: its arguments and answer, which the master reads
+    from every node's return at a few hundred kB/s, do not grow with the files of the release."""
+    files = _files("many", **{f"data/{i:04d}.txt": f"file {i}\n" for i in range(1000)})
+    url, checksum, doc, _ = _artifact(project, "many", files)
+    total = len(_blobs(doc))
+    ask = _ask(project, "many", doc)
+    assert total > 1000 and ask["lacking"] == [[0, total]] and ask["total"] == total
+    assert len(repr(ask)) < 200
+    project.mod.prepare(PROJECT, "many", url, checksum, tree=doc["tree"])
+    files["data/0500.txt"] = "changed\n"
+    _, _, doc2, _ = _artifact(project, "many2", files)
+    at = _blobs(doc2).index(hashlib.sha256(b"changed\n").hexdigest())
+    assert _ask(project, "many2", doc2)["lacking"] == [[at, at + 1]]
+
+
+def test_a_manifest_that_is_not_the_releases_is_refused(project):
+    _, _, doc, _ = _artifact(project, "r1", _files("r1"))
+    other = dict(doc, entries=doc["entries"][:-1])
+    from deploy_master import manifest  # pylint: disable=import-outside-toplevel
+
+    url = _manifest_url(project, "r1", doc, data=manifest.dumps(other))
+    with pytest.raises(CommandExecutionError, match="does not match the release's tree hash"):
+        project.mod.lacking(PROJECT, "r1", doc["tree"], manifest=url)
+    with pytest.raises(CommandExecutionError, match="either manifest .* or blobs"):
+        project.mod.lacking(PROJECT, "r1", doc["tree"])
+    with pytest.raises(CommandExecutionError, match="not a salt:// URL"):
+        project.mod.lacking(PROJECT, "r1", doc["tree"], manifest="/etc/passwd")
 
 
 def test_the_store_must_be_roots_only(project):

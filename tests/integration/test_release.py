@@ -289,6 +289,30 @@ def _manifest(cluster, release):
         return json.load(fh)
 
 
+def test_nodes_the_record_shows_without_a_release_get_the_artifact_unasked(clean_cluster):
+    """A first release: the master's record shows no release of the project on a node, so that node
+    lacks everything and the artifact itself travels without a deploy.lacking round trip.  The
+    record is only a hint: nodes that do hold contents take what they lack from the artifact."""
+    c = clean_cluster
+    record = os.path.join(c.state_dir, "inventory", "rainbow_pro.json")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(record)  # as on a new deployment server, or before any release
+    tag = new_version(c)
+    ret = c.run("deploy.release", project="rainbow", env="pro", ref=tag)
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    dist = ret.data["timings"]["distribute"]
+    assert dist["asked"] is False and dist["bytes"] == dist["artifact_bytes"], dist
+    assert f"{len(NODES)} nodes hold no release of rainbow (the master's record): the whole artifact" \
+        in ret.stdout + ret.stderr
+    assert c.currents() == {n: ret.data["release"] for n in NODES}
+    # the record is back: the next release asks again
+    sample_repo.add_release(c.repo, tag, files={"lib/unasked.txt": "one more file\n"}, tag=False)
+    again = c.run("deploy.release", project="rainbow", env="pro")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.data["timings"]["distribute"]["asked"] is True
+    assert "a part of" in again.stdout + again.stderr
+
+
 def test_a_release_that_changes_one_file_moves_only_that_content(clean_cluster):
     """Incremental distribution (issue 15 goal 4): only the changed file's content travels, the
     rest of the new release is hard links to the blobs the nodes already hold."""

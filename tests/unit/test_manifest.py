@@ -96,21 +96,28 @@ def test_a_part_holds_the_manifest_and_only_the_wanted_contents(tmp_path):
 
 def test_plan_transfer_one_archive_for_the_union_of_what_the_nodes_lack():
     sizes = {"a" * 64: 1, "b" * 64: 2, "c" * 64: 3}
-    a, b, c = sizes
+    a, b, c = sorted(sizes)
+
+    def lacks(*ranges):
+        return {"lacking": [list(r) for r in ranges], "total": 3}
+
     # two nodes lack one content each: a part with both
-    assert manifest.plan_transfer({"n1": {"lacking": [a]}, "n2": {"lacking": [b]}, "n3": {"lacking": []}},
-                                  sizes) == ({a, b}, False)
+    assert manifest.plan_transfer({"n1": lacks((0, 1)), "n2": lacks((1, 2)), "n3": lacks()}, sizes) == ({a, b}, False)
     # a node with an empty store: the whole artifact
-    assert manifest.plan_transfer({"n1": {"lacking": [a]}, "n2": {"lacking": [a, b, c]}}, sizes) == ({a, b, c}, True)
+    assert manifest.plan_transfer({"n1": lacks((0, 1)), "n2": lacks((0, 3))}, sizes) == ({a, b, c}, True)
+    assert manifest.plan_transfer({"n1": lacks((0, 1), (2, 3)), "n2": lacks((1, 2))}, sizes) == ({a, b, c}, True)
     # every node has the release: nothing is fetched (the artifact is named, never read)
     assert manifest.plan_transfer({"n1": {"prepared": True, "lacking": []}}, sizes) == (set(), True)
     # nodes with every content but not the release: a part with only the manifest
-    assert manifest.plan_transfer({"n1": {"lacking": []}}, sizes) == (set(), False)
+    assert manifest.plan_transfer({"n1": lacks()}, sizes) == (set(), False)
     # what a prepared node says it lacks does not count
-    assert manifest.plan_transfer({"n1": {"prepared": True, "lacking": [c]}, "n2": {"lacking": [a]}},
+    assert manifest.plan_transfer({"n1": {"prepared": True, "lacking": [[2, 3]]}, "n2": lacks((0, 1))},
                                   sizes) == ({a}, False)
-    with pytest.raises(DeployError, match="does not hold"):
-        manifest.plan_transfer({"n1": {"lacking": ["d" * 64]}}, sizes)
+    # an answer for another set of contents, or a range outside the release's, is refused
+    for bad in ({"lacking": [[0, 1]], "total": 4}, lacks((2, 4)), lacks((1, 1)), lacks((-1, 1)),
+                {"lacking": ["d" * 64], "total": 3}, {"total": 3}):
+        with pytest.raises(DeployError, match="n1 answered for other contents"):
+            manifest.plan_transfer({"n1": bad}, sizes)
 
 
 def test_incompressible_contents_go_into_a_plain_tar(tmp_path):
