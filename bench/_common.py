@@ -36,6 +36,9 @@ from sandbox.cluster import (ENV, NODE_PORT, PROJECT, Sandbox, SandboxError, _cm
 RESULTS_DIR = os.path.join(REPO_ROOT, "bench", "results")
 DEFAULT_NET = "127.0.250"
 DEFAULT_LB_PORT = 8250
+# what the salt CLI prints when the master did not take its publish in time (no job ran)
+NOT_PUBLISHED = "The master is not responding"
+PUBLISH_TRIES = 3
 
 
 def say(text=""):
@@ -248,11 +251,25 @@ class Bench:
             say(proc.stdout)
         return wall, proc
 
-    def salt(self, *args, timeout=600, check=True, cli_timeout=None):
-        """`salt -c <conf> --out=json --static [-t cli_timeout] <args>`; returns (wall, parsed JSON)."""
+    def salt(self, *args, timeout=600, check=True, cli_timeout=None, tries=PUBLISH_TRIES):
+        """`salt -c <conf> --out=json --static [-t cli_timeout] <args>`; returns (wall, parsed JSON).
+
+        A CLI that could not hand its job to a congested master (``The master is not responding``:
+        nothing ran) tries again, up to ``tries`` times, 10 s apart; the wall is the attempt that
+        published, and each retry is said and counted in ``result["cli_retries"]``."""
         argv = [*self.box.salt_cmd("salt"), "--out=json", "--static",
                 *(["-t", str(cli_timeout)] if cli_timeout else []), *args]
-        wall, proc = self.run(argv, timeout=timeout, check=check)
+        for attempt in range(1, tries + 1):
+            wall, proc = self.run(argv, timeout=timeout)
+            if NOT_PUBLISHED not in proc.stdout + proc.stderr or attempt == tries:
+                break
+            self.result["cli_retries"] = self.result.get("cli_retries", 0) + 1
+            say(f"    salt {' '.join(args[:3])} ...: the master took no job ({NOT_PUBLISHED}); again in 10 s "
+                f"({attempt}/{tries})")
+            time.sleep(10)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                               f"{proc.stderr[-2000:]}")
         try:
             data = json.loads(proc.stdout or "{}")
         except ValueError:
