@@ -9,7 +9,8 @@ batches of 34%).  The project's build step writes ``data/f0000.bin`` … (``--fi
 seed and its generation in the committed ``bench-gen.json``, so that a commit can change exactly
 the files it names.  ``--reps`` times:
 
-1. **full**: a commit with a new seed (every content new, as on a node's first release); the
+1. **full**: a commit with a new seed (every content new, as on a node's first release; rep 1 is
+   the nodes' first release: the master's record shows no release, nobody is asked); the
    runner's ``prepare`` timing (``deploy.lacking`` call + archive + ``deploy.prepare`` call) and
    its ``distribute`` part; baseline in the same run: ``salt -L <nodes> cp.get_file`` of the same
    artifact (the same bytes through the master's fileserver, nothing else);
@@ -222,7 +223,11 @@ def main(argv=None):
         ratio = full_prepare["median"] / getfile["median"]
         bytes_ratio = inc_sent["median"] / full_sent["median"]
         disk_ratio = disk_max["median"] * 1e6 / reps[0]["artifact_bytes"]
+        first = reps[0]
+        first_ratio = first["full"]["prepare"] / first["getfile_wall"]
         say(f"full release: prepare / cp.get_file (medians): {ratio:.2f}  (goal <= 1.0)")
+        say(f"first release (rep 1, no node holds a release; asked: {first['full']['distribute'].get('asked')}): "
+            f"prepare {first['full']['prepare']}s / cp.get_file {first['getfile_wall']}s = {first_ratio:.2f}")
         say(f"1 % release: master sent / full release's: {100 * bytes_ratio:.2f}%  (goal <= 2 %)")
         say(f"1 % release: extra disk per node / release size: {100 * disk_ratio:.2f}%  (goal <= 2 %)")
         say()
@@ -235,7 +240,7 @@ def main(argv=None):
             ["release directory unchanged (inode)", f"{redeploy['release_dir_unchanged']}/{len(nodes)}"],
             ["archives left in the minions' caches", str(redeploy["archives_in_minion_caches"])],
         ], ["redeploy", "value"]))
-        bench.finish(reps=reps, prepare_over_getfile=round(ratio, 3), incremental_bytes_ratio=round(bytes_ratio, 5),
+        bench.finish(reps=reps, prepare_over_getfile=round(ratio, 3), first_release_over_getfile=round(first_ratio, 3), incremental_bytes_ratio=round(bytes_ratio, 5),
                      incremental_disk_ratio=round(disk_ratio, 5), redeploy=redeploy, nodes=nodes,
                      files=args.files, file_size=args.file_size, changed_files=changes,
                      bytes_method="tcp_info bytes_acked/bytes_received of the master's ret+publish port "
