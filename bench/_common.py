@@ -264,8 +264,8 @@ class Bench:
             if NOT_PUBLISHED not in proc.stdout + proc.stderr or attempt == tries:
                 break
             self.result["cli_retries"] = self.result.get("cli_retries", 0) + 1
-            say(f"    salt {' '.join(args[:3])} ...: the master took no job ({NOT_PUBLISHED}); again in 10 s "
-                f"({attempt}/{tries})")
+            fun = next((a for a in args[1:] if "." in a and "," not in a), args[0])  # not the node list
+            say(f"    salt {fun}: the master took no job ({NOT_PUBLISHED}); again in 10 s ({attempt}/{tries})")
             time.sleep(10)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n"

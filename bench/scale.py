@@ -114,7 +114,8 @@ def one_size(args, n):
             say(f"    emergency rollback to {to[:40]}...: {rollbacks[-1]}")
         ping, floor = [], []
         target = ",".join(nodes)
-        bench.salt("-L", target, "test.ping")  # warm-up
+        # warm-up; -t also bounds the CLI's publish, which the default 5 s misses on a 100-node master
+        bench.salt("-L", target, "test.ping", cli_timeout=60)
         for _ in range(args.reps):
             wall, data = bench.salt("-L", target, "test.ping", cli_timeout=60)
             if sum(1 for v in data.values() if v is True) != len(nodes):
