@@ -445,8 +445,8 @@ def _distribute(run, nodes, info):
     sizes = manifest.blob_sizes(doc)
     record = run.store.record_read(run.project, run.env)
     new = [n for n in nodes if not (isinstance(record.get(n), dict) and record[n].get("releases"))]
-    if new:
-        errors, answers, lacking, whole = {}, dict.fromkeys(nodes, {}), set(sizes), True
+    if new:  # unasked, every node is one to prepare (an empty answer: not prepared)
+        errors, answers, lacking, whole = {}, {n: {} for n in nodes}, set(sizes), True
         why = f"{len(new)} nodes hold no release of {run.project} (the master's record)"
     else:
         ret = run.call(nodes, "deploy.lacking", {"project": run.project, "release": run.release,

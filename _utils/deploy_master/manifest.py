@@ -104,15 +104,19 @@ def plan_transfer(answers, sizes):
     fresh = {n: a for n, a in answers.items() if not a.get("prepared")}
     lacking = set()
     for node, answer in sorted(fresh.items()):
-        ranges = answer.get("lacking")
-        if answer.get("total") != len(order) or not isinstance(ranges, list) or not all(
-                isinstance(r, list) and len(r) == 2 and all(isinstance(i, int) for i in r)
-                and 0 <= r[0] < r[1] <= len(order) for r in ranges):
+        if answer.get("total") != len(order) or not _ranges_within(answer.get("lacking"), len(order)):
             raise DeployError(f"deploy.lacking on {node} answered for other contents than the release's "
                               f"{len(order)}: {str(answer)[:200]}")
-        for start, stop in ranges:
+        for start, stop in answer["lacking"]:
             lacking.update(order[start:stop])
     return lacking, not fresh or lacking == set(sizes)
+
+
+def _ranges_within(ranges, total):
+    """Whether ``ranges`` is a list of non-empty ``[start, stop]`` index ranges within ``total``."""
+    return isinstance(ranges, list) and all(
+        isinstance(r, list) and len(r) == 2 and all(isinstance(i, int) for i in r) and 0 <= r[0] < r[1] <= total
+        for r in ranges)
 
 
 def dumps(manifest):
