@@ -64,8 +64,8 @@ except ImportError:  # a source checkout whose editable install predates _utils/
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_utils"))
     import deploy_master
 from deploy_master import (  # noqa: E402
-    Aborted, DeployError, Locked, NotPaused, analysis, build, config, contract, manifest, names, plan as planning,
-    policy, store,
+    Aborted, DeployError, Locked, NotPaused, analysis, build, config, contract, jobs, manifest, names,
+    plan as planning, policy, store,
 )
 
 log = logging.getLogger(__name__)
@@ -163,18 +163,17 @@ class _Run:
             return {}
         jid = salt.utils.jid.gen_jid(__opts__)
         self.salt_calls += 1
+        timeout = timeout or self.timeout
         try:
-            ret = self.client.cmd(
-                nodes, fun, kwarg=kwarg or {}, tgt_type="list", full_return=True,
-                timeout=timeout or self.timeout, jid=jid,
-                gather_job_timeout=config.find_job_interval(__opts__, len(nodes)),
-            ) or {}
+            published = jobs.publish(self.client, nodes, fun, kwarg or {}, jid, timeout)
         except SaltClientError as exc:
             # a congested master (e.g. many nodes compiling their pillar at once) let Salt's client time
-            # out publishing or gathering: the job may run all the same; ask the nodes, as for a slow one
+            # out publishing: the job may run all the same; ask the nodes, as for a slow one
             log.warning("deploy: %s on %d nodes: %s; asking the nodes whether they run it", fun, len(nodes), exc)
-            ret = {}
-        ret = {n: r for n, r in ret.items() if not _no_return(r)}
+            published = False
+        ret = {}
+        if published:
+            ret = jobs.gather(self.client, jid, nodes, timeout, config.find_job_interval(__opts__, len(nodes)))
         verdicts = {}
         if len(ret) < len(nodes):
             late, verdicts = self.stragglers(jid, [n for n in nodes if n not in ret])
@@ -197,18 +196,21 @@ class _Run:
         return out
 
     def stragglers(self, jid, missing):
-        """The returns of the nodes Salt's client gave up on, and a verdict for each node still without one.
+        """The returns of the nodes that had not returned when :func:`jobs.gather` stopped reading
+        (``deploy_timeout`` passed and no return landed for a ``find_job`` interval), and a verdict
+        for each node still without one.
 
-        The client stops waiting for a node that leaves one ``saltutil.find_job`` unanswered for
-        ``gather_job_timeout``: on a loaded master or minion that is often a live node still running
-        the job (at 100 nodes on two cores, every node took ~30 s to answer).  Here a node is waited
+        Such a node is often a live node still running the job on a loaded master or minion (at 100
+        nodes on two cores, every node took ~30 s to answer a ``find_job``).  Here a node is waited
         for as long as it says it runs the job (up to ``deploy_job_timeout``), and counts as gone
-        only after ``deploy_silent_rounds`` more ``find_job`` rounds without an answer.  A round waits
+        only after ``deploy_silent_rounds`` more ``find_job`` rounds without an answer (or as many
+        rounds in a row answering that it does not run the job).  A round waits
         :func:`config.find_job_interval`, each one twice as long as the one before, and an answer to an earlier round that lands in
         the job cache later still says the node lives.  Returns that land meanwhile count."""
         missing = set(missing)
         found, verdicts = {}, {}
-        silent = dict.fromkeys(missing, 0)
+        silent = dict.fromkeys(missing, 0)  # rounds in a row without an answer
+        denied = dict.fromkeys(missing, 0)  # rounds in a row answered "I do not run this job"
         rounds = config.silent_rounds(__opts__)
         limit = config.job_timeout(__opts__)
         deadline = time.monotonic() + limit
@@ -240,12 +242,18 @@ class _Run:
             for node in sorted(missing):
                 state = running.get(node)
                 if state is True:
-                    silent[node] = 0
+                    silent[node] = denied[node] = 0
                     running_seen.add(node)
                     continue
-                if state is False:  # it answers, runs no such job, and its return is nowhere
-                    verdicts[node] = ("no return: the minion answers but does not run this job "
-                                      "(it never received it, or its return was lost)")
+                if state is False:
+                    # it lives but runs no such job: maybe not yet (a minion that was frozen or swamped
+                    # answers the question before the job it received first has started); after
+                    # ``rounds`` such answers in a row, it never received the job or lost its return
+                    silent[node], denied[node] = 0, denied[node] + 1
+                    if denied[node] < rounds:
+                        continue
+                    verdicts[node] = ("no return: the minion answers but does not run this job (it never "
+                                      "received it, or its return was lost)")
                 else:
                     silent[node] += 1
                     if silent[node] < rounds:
@@ -265,12 +273,13 @@ class _Run:
         None when the question could not be published (a congested master): no answer from anyone."""
         self.salt_calls += 1
         try:
-            ret = self.client.cmd(nodes, "saltutil.find_job", [jid], tgt_type="list", timeout=timeout,
-                                  gather_job_timeout=1, jid=fj_jid) or {}
+            if not jobs.publish(self.client, nodes, "saltutil.find_job", None, fj_jid, timeout, arg=[jid]):
+                return {}
+            ret = jobs.gather(self.client, fj_jid, nodes, timeout, quiet=0)
         except Exception:  # pylint: disable=broad-except
             log.debug("deploy: find_job %s failed", jid, exc_info=True)
             return None
-        return {n: bool(r) for n, r in ret.items() if isinstance(r, dict)}
+        return {n: bool(r["ret"]) for n, r in ret.items() if isinstance(r["ret"], dict)}
 
     def returns_while_landing(self, jid, missing, quiet, deadline):
         """Returns of ``missing`` nodes from the job cache; while they land, look again until ``quiet`` s bring none."""
@@ -347,11 +356,6 @@ def _progress_to_stderr():
     """With an outputter chosen (``--out=json``, ``yaml``...), stdout is the return alone: progress
     lines go to stderr.  Otherwise they are progress events, which salt-run prints as they come."""
     return (__opts__.get("output") or "deploy_progress") != "deploy_progress"
-
-
-def _no_return(got):
-    data = got.get("ret") if isinstance(got, dict) else got
-    return isinstance(data, str) and data.startswith("Minion did not return")
 
 
 def _first_error(data):

@@ -168,7 +168,7 @@ def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):
     from salt.exceptions import SaltClientError
 
     class Client:
-        def cmd(self, *args, **kwargs):
+        def run_job(self, *args, **kwargs):
             raise SaltClientError("Salt request timed out. The master is not responding.")
 
     class Fake:
@@ -186,6 +186,23 @@ def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):
     assert out["web-2"]["ok"] is False and out["web-2"]["error"] == runner.NO_RESPONSE
 
 
+class FakeBus:
+    """The master's event bus as ``jobs.gather`` reads it: the queued events, then silence (``wait``
+    seconds on the test's clock)."""
+
+    def __init__(self):
+        self.queue = []
+
+    def get_event(self, wait, tag, **kwargs):
+        if self.queue:
+            return self.queue.pop(0)
+        runner.time.sleep(wait)
+        return None
+
+    def unsubscribe(self, tag):
+        pass
+
+
 class FindJobClient:
     """A master whose nodes answer ``saltutil.find_job`` late: an answer lands in the job cache
     ``late[node]`` rounds after the round that asked (None: never; a dead node).  The job's own
@@ -196,6 +213,7 @@ class FindJobClient:
         self.rounds = []  # (nodes asked, timeout) per find_job round
         self.cache = {}  # jid -> {node: {"ret": ...}}
         self.fj_jids = []
+        self.event = FakeBus()
 
     def tick(self):
         r = len(self.rounds) - 1  # the round asking now
@@ -207,14 +225,14 @@ class FindJobClient:
             if r >= at:
                 self.cache.setdefault("J", {})[node] = {"ret": {"result": True}}
 
-    def cmd(self, nodes, fun, args, tgt_type=None, timeout=None, gather_job_timeout=None, jid=None, **kwargs):
-        assert fun == "saltutil.find_job"
+    def run_job(self, nodes, fun, arg=(), tgt_type=None, timeout=None, jid=None, **kwargs):
+        assert fun == "saltutil.find_job" and list(arg) == ["J"]
         self.rounds.append((sorted(nodes), timeout))
-        jid = jid or f"fj{len(self.rounds)}"  # Salt makes a new jid for each call
         self.fj_jids.append(jid)
-        self.tick()  # answers within the round (late == 0)
-        got = {n: v for n, v in self.cache.get(jid, {}).items() if n in nodes}
-        return {n: v["ret"] for n, v in got.items()}
+        self.tick()  # answers within the round (late == 0) land on the event bus
+        self.event.queue = [{"tag": f"salt/job/{jid}/ret/{n}", "data": {"id": n, "return": v["ret"]}}
+                            for n, v in self.cache.get(jid, {}).items() if n in nodes]
+        return {"jid": jid, "minions": sorted(nodes)}
 
     def get_cache_returns(self, jid):
         return self.cache.get(jid, {})
@@ -266,16 +284,16 @@ def test_a_question_the_master_did_not_take_is_no_evidence_against_the_node(monk
     from salt.exceptions import SaltClientError
 
     client = FindJobClient(late={"web-1": 0}, done={"web-1": 3})
-    answer = client.cmd
+    answer = client.run_job
     refused = [2]
 
-    def cmd(*args, **kwargs):
+    def run_job(*args, **kwargs):
         if refused[0]:
             refused[0] -= 1
             raise SaltClientError("Salt request timed out. The master is not responding.")
         return answer(*args, **kwargs)
 
-    client.cmd = cmd
+    client.run_job = run_job
     fake = _straggler_run(monkeypatch, client)
     found, verdicts = runner._Run.stragglers(fake, "J", ["web-1"])
     assert verdicts == {} and found == {"web-1": {"ret": {"result": True}, "retcode": 0}}
@@ -314,7 +332,7 @@ def test_a_master_that_never_takes_the_question_is_named_at_the_deadline(monkeyp
     from salt.exceptions import SaltClientError
 
     class Client(FindJobClient):
-        def cmd(self, *args, **kwargs):
+        def run_job(self, *args, **kwargs):
             raise SaltClientError("Salt request timed out. The master is not responding.")
 
     fake = _straggler_run(monkeypatch, Client(late={}, done={}), deploy_job_timeout=30)
@@ -322,3 +340,41 @@ def test_a_master_that_never_takes_the_question_is_named_at_the_deadline(monkeyp
     assert found == {}
     assert verdicts == {"web-1": "no return within deploy_job_timeout (30s): the master did not take the "
                                  "question whether the minion runs the job"}
+
+
+class ScriptedClient(FindJobClient):
+    """Each round, each node answers ``find_job`` as its script says (None: silence, False: "I run no
+    such job", True: "I run it"); the job's return lands in the cache at round ``done[node]``."""
+
+    def __init__(self, script, done):
+        super().__init__(late={}, done=done)
+        self.script = script
+
+    def tick(self):
+        r = len(self.rounds) - 1
+        for node, answers in self.script.items():
+            answer = answers[min(r, len(answers) - 1)]
+            if answer is not None:
+                self.cache.setdefault(self.fj_jids[-1], {})[node] = {"ret": {"jid": "J"} if answer else {}}
+        for node, at in self.done.items():
+            if r >= at:
+                self.cache.setdefault("J", {})[node] = {"ret": {"result": True}}
+
+
+def test_a_node_that_thaws_and_answers_before_its_job_started_is_waited_for(monkeypatch):
+    """A minion frozen (or swamped) while the job was published answers the next ``find_job`` with
+    "no such job" when it runs the question before the job it received first has started (Salt 3008
+    loads the job's modules before the job shows in the minion's proc folder).  One such answer is
+    no verdict: the next round finds the job running."""
+    client = ScriptedClient({"web-2": [None, False, True, True]}, done={"web-2": 3})
+    fake = _straggler_run(monkeypatch, client)
+    found, verdicts = runner._Run.stragglers(fake, "J", ["web-2"])
+    assert verdicts == {} and found == {"web-2": {"ret": {"result": True}, "retcode": 0}}
+
+
+def test_a_node_that_keeps_saying_it_runs_no_such_job_is_named_so(monkeypatch):
+    client = ScriptedClient({"web-2": [False]}, done={})
+    fake = _straggler_run(monkeypatch, client)
+    found, verdicts = runner._Run.stragglers(fake, "J", ["web-2"])
+    assert found == {} and verdicts["web-2"].startswith("no return: the minion answers but does not run this job")
+    assert len(client.rounds) == 2  # deploy_silent_rounds answers in a row
