@@ -165,15 +165,13 @@ class _Run:
         self.salt_calls += 1
         timeout = timeout or self.timeout
         try:
-            published = jobs.publish(self.client, nodes, fun, kwarg or {}, jid, timeout)
+            ret = jobs.run(self.client, nodes, fun, jid, timeout, config.find_job_interval(__opts__, len(nodes)),
+                           kwarg=kwarg)
         except SaltClientError as exc:
             # a congested master (e.g. many nodes compiling their pillar at once) let Salt's client time
             # out publishing: the job may run all the same; ask the nodes, as for a slow one
             log.warning("deploy: %s on %d nodes: %s; asking the nodes whether they run it", fun, len(nodes), exc)
-            published = False
-        ret = {}
-        if published:
-            ret = jobs.gather(self.client, jid, nodes, timeout, config.find_job_interval(__opts__, len(nodes)))
+            ret = {}
         verdicts = {}
         if len(ret) < len(nodes):
             late, verdicts = self.stragglers(jid, [n for n in nodes if n not in ret])
@@ -273,9 +271,7 @@ class _Run:
         None when the question could not be published (a congested master): no answer from anyone."""
         self.salt_calls += 1
         try:
-            if not jobs.publish(self.client, nodes, "saltutil.find_job", None, fj_jid, timeout, arg=[jid]):
-                return {}
-            ret = jobs.gather(self.client, fj_jid, nodes, timeout, quiet=0)
+            ret = jobs.run(self.client, nodes, "saltutil.find_job", fj_jid, timeout, quiet=0, arg=[jid])
         except Exception:  # pylint: disable=broad-except
             log.debug("deploy: find_job %s failed", jid, exc_info=True)
             return None

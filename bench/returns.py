@@ -16,7 +16,7 @@ made two ways, in-process on the sandbox's master, with the same client:
 - **Salt's client** (the runner up to this change): ``LocalClient.cmd(..., tgt_type='list',
   full_return=True)``; it polls the event bus without blocking, and Salt 3008's TCP transport reads
   one 4 kB chunk per poll, with 10 ms between polls;
-- **blocking reads** (the runner now): ``jobs.publish`` + ``jobs.gather``.
+- **blocking reads** (the runner now): ``jobs.run`` (``jobs.publish`` + ``jobs.gather``).
 
 Reported: medians (min/max) of each and the ratio.  Every call must bring back every node.
 """
@@ -50,10 +50,7 @@ def salt_cmd(client, nodes, fun, arg, kwarg):
 def blocking(client, nodes, fun, arg, kwarg):
     import salt.utils.jid  # pylint: disable=import-outside-toplevel
 
-    jid = salt.utils.jid.gen_jid(client.opts)
-    if not jobs.publish(client, nodes, fun, kwarg, jid, 30, arg=arg):
-        return {}
-    return jobs.gather(client, jid, nodes, timeout=30, quiet=10)
+    return jobs.run(client, nodes, fun, salt.utils.jid.gen_jid(client.opts), timeout=30, quiet=10, arg=arg, kwarg=kwarg)
 
 
 WAYS = (("Salt's client (LocalClient.cmd)", salt_cmd), ("blocking reads (jobs.gather)", blocking))

@@ -41,3 +41,11 @@ def gather(client, jid, nodes, timeout, quiet):
     finally:
         client.event.unsubscribe(f"salt/job/{jid}")  # run_job subscribed: drop what it kept for this job
     return found
+
+
+def run(client, nodes, fun, jid, timeout, quiet, arg=(), kwarg=None):
+    """:func:`publish` then :func:`gather`: the returns that landed (``{}`` if the master matched none of
+    ``nodes``).  Raises ``SaltClientError`` as :func:`publish` does."""
+    if not publish(client, nodes, fun, kwarg, jid, timeout, arg=arg):
+        return {}
+    return gather(client, jid, nodes, timeout, quiet)

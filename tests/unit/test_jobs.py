@@ -96,3 +96,16 @@ def test_publish_lists_the_nodes_and_listens_first():
             return {}  # Salt's client: no minion matched, nothing published
 
     assert jobs.publish(Nobody(Bus([0.0], [])), ["gone"], "test.ping", None, "J", 15) is False
+
+
+def test_run_publishes_then_gathers_and_a_job_nobody_took_has_no_returns(clock):
+    bus = Bus(clock, [ret("J", "web-1", True, at=100.2)])
+    client = Client(bus)
+    assert jobs.run(client, ["web-1"], "test.ping", "J", timeout=5, quiet=1) == {"web-1": {"ret": True, "retcode": 0}}
+    assert client.published[0][:2] == (["web-1"], "test.ping")
+
+    class Nobody(Client):
+        def run_job(self, *args, **kwargs):
+            return {}
+
+    assert jobs.run(Nobody(Bus(clock, [])), ["gone"], "test.ping", "J", timeout=5, quiet=1) == {}
