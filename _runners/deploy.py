@@ -151,7 +151,9 @@ class _Run:
             self.fire("node" if "node" in data else "step", message=message, **data)
 
     def fire(self, what, **data):
-        data.update({"project": self.project, "env": self.env, "kind": self.kind, "mode": self.mode})
+        user, _ = names.caller()
+        data.update({"project": self.project, "env": self.env, "kind": self.kind, "mode": self.mode, "user": user,
+                     "by": names.by()})
         if self.release:
             data.setdefault("release", self.release)
         self.event.fire_event(data, f"deploy/{self.project}/{self.env}/{what}")
@@ -346,6 +348,12 @@ def _refused(exc):
     else:
         code = contract.FAILED
     return _failed({"result": "refused", "error": str(exc)}, code)
+
+
+def _acting(kwargs):
+    """Name whom this runner call acts for (Salt's user of the call; ``by=``, a CI's own job identity,
+    taken out of ``kwargs``): every record, event and notification of the run carries both."""
+    names.acting(globals().get("__user__"), kwargs.pop("by", None))
 
 
 def _progress_to_stderr():
@@ -833,7 +841,7 @@ def _revert(run, plan, why):
     try:
         run.store.history_append(run.project, {
             "kind": "rollback", "mode": "abort" if run.outcome == "aborted" else "auto", "env": run.env,
-            "result": done["result"], "user": user, "host": host, "release": targets[0] if len(targets) == 1 else targets,
+            "result": done["result"], "user": user, "host": host, "by": names.by(), "release": targets[0] if len(targets) == 1 else targets,
             "from": run.release, "run": run.run_id, "started": run.started_at, "finished": names.now(),
             "nodes": back, "error": error or (f"failed on {', '.join(failed)}" if failed else None), "reason": why,
         }, lock=run.lock)
@@ -875,7 +883,7 @@ def _finish(run, plan, error=None, extra=None, aborted=False, paused=None):
     user, host = names.caller()
     record = {
         "kind": run.kind, "mode": run.mode, "env": run.env, "result": result, "user": user, "host": host,
-        "release": run.release, "started": run.started_at, "finished": names.now(), "seconds": seconds,
+        "by": names.by(), "release": run.release, "started": run.started_at, "finished": names.now(), "seconds": seconds,
         "nodes": run.nodes, "timings": run.timings, "error": error, "run": run.run_id, **(extra or {}),
     }
     if paused:
@@ -1011,7 +1019,9 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
         salt-run deploy.release project=rainbow env=pro test=True
     """
     try:
-        contract.check_arguments("deploy.release", ("project", "env", "ref", "test"), kwargs, project=project, env=env)
+        _acting(kwargs)
+        contract.check_arguments("deploy.release", ("project", "env", "ref", "test", "by"), kwargs, project=project,
+                                 env=env)
         run = _Run(project, env, "release")
     except SaltInvocationError as exc:
         return _refused(exc)
@@ -1062,7 +1072,8 @@ def _gate_command(action, project, env, kwargs, body):
     """deploy.promote / deploy.abort: a run waiting in-process (``pause: N``) gets a request; a paused
     run (``pause: true``) is taken over and ``body(run, plan, state)`` goes on with it."""
     try:
-        contract.check_arguments(f"deploy.{action}", ("project", "env"), kwargs, project=project, env=env)
+        _acting(kwargs)
+        contract.check_arguments(f"deploy.{action}", ("project", "env", "by"), kwargs, project=project, env=env)
         run = _Run(project, env, "release", action)
     except SaltInvocationError as exc:
         return _refused(exc)
@@ -1289,7 +1300,8 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, test
     """
     mode = "emergency" if emergency else "normal"
     try:
-        contract.check_arguments("deploy.rollback", ("project", "env", "to", "emergency", "force", "test"), kwargs,
+        _acting(kwargs)
+        contract.check_arguments("deploy.rollback", ("project", "env", "to", "emergency", "force", "test", "by"), kwargs,
                                  project=project, env=env)
         if to is not None:
             names.valid(to, names.RELEASE_RE, "release")
@@ -1483,7 +1495,9 @@ def unlock(project=None, env=None, force=False, show=False, **kwargs):
         salt-run deploy.unlock project=rainbow env=pro
     """
     try:
-        contract.check_arguments("deploy.unlock", ("project", "env", "force", "show"), kwargs, project=project, env=env)
+        _acting(kwargs)
+        contract.check_arguments("deploy.unlock", ("project", "env", "force", "show", "by"), kwargs, project=project,
+                                 env=env)
         _config(project, env)
     except SaltInvocationError as exc:
         return _refused(exc)

@@ -341,7 +341,7 @@ async function loadHistory() {
     body.append(el("tr", { class: `result-${rec.result}` },
       el("td", {}, fmtTime(rec.started)),
       el("td", {}, rec.kind === "rollback" ? `rollback (${rec.mode || "normal"})` : (rec.kind || "")),
-      el("td", {}, `${rec.user || "?"}@${rec.host || "?"}`),
+      el("td", {}, `${rec.user || "?"}@${rec.host || "?"}` + (rec.by ? ` (by ${rec.by})` : "")),
       el("td", {}, rec.ref || ""),
       el("td", {}, rec.release || rec.to || ""),
       el("td", { class: `result ${rec.result}` }, rec.result || "", rec.error ? el("div", { class: "fail" }, rec.error) : null),

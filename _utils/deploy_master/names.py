@@ -18,6 +18,7 @@ FIELD_RE = re.compile(r"[^A-Za-z0-9.-]+")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 DOTS_RE = re.compile(r"\.{2,}")
 FIELD_MAX = 48  # characters per field of a release name (version, branch, committer)
+BY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:/#+=-]{0,127}$")  # a CI job's identity: jenkins:app/deploy#12
 
 
 def valid(value, regex, what):
@@ -63,8 +64,38 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+_ACTING = {}  # this process's runner call: Salt's user of the call and the CI's by=
+
+
+def acting(salt_user=None, by=None):
+    """Say whom the runner call now starting acts for: Salt's user of the call (the runner's ``__user__``)
+    and the identity a CI job gives with ``by=`` (validated: one token, at most 128 characters).  Every
+    record the call writes names them (:func:`caller`, :func:`by`)."""
+    if by is not None:
+        by = valid(str(by), BY_RE, "by")
+    _ACTING.clear()
+    _ACTING.update(salt_user=salt_user, by=by)
+
+
+def person(salt_user=None):
+    """The person behind a runner call.  ``salt-run`` as root passes Salt's own user (``root``, or
+    ``sudo_<login>`` under sudo); a call through the master's external authentication (salt-api, the
+    console, ``salt-run -a pam``) passes the eauth user, while the master process itself runs as root."""
+    login = os.environ.get("SUDO_USER") or getpass.getuser()
+    if not salt_user or salt_user == "UNKNOWN" or salt_user == getpass.getuser():
+        return login
+    if salt_user.startswith("sudo_"):
+        return salt_user[len("sudo_"):]
+    return salt_user
+
+
 def caller():
     """Who runs this, and from where: (user, host)."""
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    user = person(_ACTING.get("salt_user"))
     origin = os.environ.get("SSH_CLIENT", "").split(" ")[0] or socket.gethostname()
     return user, origin
+
+
+def by():
+    """The CI identity the current runner call was given with ``by=`` (None: none)."""
+    return _ACTING.get("by")

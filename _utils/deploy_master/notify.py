@@ -33,7 +33,7 @@ EVENTS = ("start", "pause", "success", "failure", "rollback")
 FORMATS = ("json", "slack", "dingtalk", "wecom")
 # the event fields a message may carry; everything else in an event stays on the bus
 FIELDS = ("project", "env", "kind", "mode", "release", "result", "error", "seconds", "ref", "to", "run",
-          "stage", "nodes", "reason", "resume")
+          "stage", "nodes", "reason", "resume", "user", "by")
 TIMEOUT = 5  # seconds for one POST
 
 
@@ -87,6 +87,8 @@ def text(what, msg):
     if kind == "rollback" and msg.get("mode") == "emergency":
         kind = "emergency rollback"
     head = f"{msg.get('project')}/{msg.get('env')}: "
+    if msg.get("user"):
+        head += f"{msg['user']}" + (f" (by {msg['by']})" if msg.get("by") else "") + ": "
     release = msg.get("release") or msg.get("to") or msg.get("ref") or ""
     if what == "start":
         line = f"{kind} started" + (f": {release}" if release else "")

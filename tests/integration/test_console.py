@@ -304,6 +304,9 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
         page.wait_for_function("() => document.querySelectorAll('#history tbody tr').length >= 2")
         rows = page.eval_on_selector_all("#history tbody tr", "rows => rows.map(r => [r.cells[4].textContent, r.cells[5].textContent])")
         assert rows[0] == [release2, "success"] and [release1, "success"] in rows, rows
+        # the person recorded is the console's user (salt-api's eauth user), not the master's root
+        people = page.eval_on_selector_all("#history tbody tr", "rows => rows.slice(0, 2).map(r => r.cells[2].textContent)")
+        assert all(p.startswith("operator@") for p in people), people
         bars = page.eval_on_selector_all("#stats-chart rect.bar[data-series='release success']",
                                          "rects => rects.reduce((n, r) => n + Number(r.dataset.count || 0), 0)")
         assert bars >= 2

@@ -89,3 +89,30 @@ def test_a_name_the_nodes_would_refuse_is_refused_on_the_master():
         with pytest.raises(SaltInvocationError, match="invalid release name"):
             names.check_release(name)
         assert not _accepts(node_module._check_release, name)
+
+
+@pytest.mark.parametrize("salt_user, sudo, expected", [
+    (None, None, "root"),  # no Salt user known: the login
+    ("UNKNOWN", None, "root"),
+    ("root", None, "root"),  # salt-run as root
+    ("root", "alice", "alice"),  # salt-run as root with SUDO_USER in its environment
+    ("sudo_alice", None, "alice"),  # Salt's name for a sudo user
+    ("operator", None, "operator"),  # an external-auth user (salt-api, the console): the master runs as root
+])
+def test_the_person_behind_a_runner_call(monkeypatch, salt_user, sudo, expected):
+    monkeypatch.setattr(names.getpass, "getuser", lambda: "root")
+    if sudo:
+        monkeypatch.setenv("SUDO_USER", sudo)
+    else:
+        monkeypatch.delenv("SUDO_USER", raising=False)
+    assert names.person(salt_user) == expected
+    names.acting(salt_user, "gitlab:web/app#12")
+    assert names.caller()[0] == expected and names.by() == "gitlab:web/app#12"
+    names.acting()
+    assert names.by() is None
+
+
+@pytest.mark.parametrize("by", ["x y", "a;b", "$(id)", "", "-x", "a" * 129, "x\n"])
+def test_a_ci_identity_is_one_token(by):
+    with pytest.raises(SaltInvocationError, match="invalid by"):
+        names.acting("root", by)
