@@ -73,12 +73,15 @@ def _prepare_tree(project, release, files=None):
 WRITABLE = ["storage/framework/cache", "bootstrap/cache"]
 
 
-@pytest.mark.parametrize("how", ["tar", "tree"])
+@pytest.mark.parametrize("how", ["tar", "tree", "state"])
 def test_a_release_is_roots_and_the_app_user_cannot_change_it(project, how):
     project.write_pillar(writable=WRITABLE)
     files = {**APP_FILES, "bootstrap/cache/.gitignore": "*\n", "lib/deep/er/x.php": "<?php\n"}
     if how == "tar":
         project.prepare("r1", files=files)
+    elif how == "state":  # deploy.prepared: the artifact path
+        url, _, checksum = project.artifact("r1", files=files)
+        assert project.states.prepared(name="r1", project=PROJECT, source=url, checksum=checksum).result is True
     else:
         _prepare_tree(project, "r1", files)
     final = project.release_dir("r1")
