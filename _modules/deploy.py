@@ -123,7 +123,11 @@ def _project(project, pillar=None):
     root = conf.get("root")
     if not isinstance(root, str) or not root:
         raise CommandExecutionError(f"project {project!r}: pillar has no 'root'")
-    if not os.path.isabs(root) or os.path.realpath(root) == "/":  # realpath: normpath keeps '//'
+    try:
+        real = os.path.realpath(root)  # realpath: normpath keeps '//'
+    except OSError:  # a link at the path that another user is changing: judge the text (links are refused later)
+        real = os.path.normpath("/" + root.lstrip("/"))
+    if not os.path.isabs(root) or real == "/":
         raise CommandExecutionError(
             f"project {project!r}: root {root!r} must be an absolute path other than '/'"
         )
@@ -267,7 +271,7 @@ def _mkdir_at(parent, name, mode, path):
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
     except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):  # ENOENT: a link there, gone again
             raise
         raise CommandExecutionError(
             f"{path} is a symlink or not a directory (made by another user while it was created?): refusing the "

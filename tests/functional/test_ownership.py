@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import time
+import traceback
 
 import pytest
 from salt.exceptions import CommandExecutionError
@@ -201,7 +202,7 @@ def test_a_missing_root_under_a_sticky_world_writable_folder(project):
                 refused += 1
                 assert root in str(exc), str(exc)
             except OSError as exc:  # not one clear error
-                raw.append(repr(exc))
+                raw.append(repr(exc) + traceback.format_exc()[-1500:])
             if _entries(victim) != before:
                 break
             st = os.lstat(root) if os.path.lexists(root) else None
