@@ -1313,7 +1313,8 @@ def lacking(project, release, tree, blobs=None, manifest=None, saltenv="base"):
         raise CommandExecutionError(f"manifest {manifest!r} is not a salt:// URL")
     paths = _paths(_project(project))
     meta = _read_meta(paths, release)
-    if os.path.isdir(os.path.join(paths["releases"], release)) and meta and meta.get("tree") == tree:
+    if os.path.isdir(os.path.join(paths["releases"], release)) and meta and meta.get("tree") == tree \
+            and not _old_layout(paths, release):
         return {"release": release, "prepared": True, "lacking": []}
     blobs = sorted(set(blobs)) if blobs is not None else _manifest_blobs(manifest, tree, saltenv)
     cfd = _open_store(paths)
@@ -1404,9 +1405,13 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
         _check_hex(tree, "tree")
     existing = _read_meta(paths, release)
     if os.path.isdir(final):
-        if existing and (existing.get("tree") == tree if tree else existing.get("checksum") == checksum):
+        same = existing and (existing.get("tree") == tree if tree else existing.get("checksum") == checksum)
+        if same and _old_layout(paths, release):
+            shutil.rmtree(final)  # descriptor-based, follows no link: built again below, root's
+        elif same:
             return _report({"release": release, "changed": False, "path": final, "comment": "already prepared"},
                            paths, inventory)
+    if os.path.isdir(final):
         raise CommandExecutionError(
             f"release {release!r} already exists on this node with a different checksum: refusing to replace it"
         )
@@ -1538,6 +1543,13 @@ def _activate(project, release, back=False):
     return {"previous": previous, "current": release, "changed": True}
 
 
+def _old_layout(paths, release):
+    """A release prepared by an older version of this module (its folder is the app user's) that is
+    not ``current``: preparing it again builds it anew, root's."""
+    st = os.lstat(os.path.join(paths["releases"], release))  # in releases/, which only root can write
+    return st.st_uid != 0 and _current_target(paths) != release
+
+
 def _check_roots(paths, release):
     """Refuse to switch to a release prepared by an older version of this module, which handed the
     release's folders to the app user: whoever owns them could have changed its code."""
@@ -1552,7 +1564,7 @@ def _check_roots(paths, release):
     raise CommandExecutionError(
         f"release {release!r} was prepared by an older version of the deploy module: its folders belong to {owner}, "
         "who could have changed its code; refusing to switch to it. Release it again (salt-run deploy.release "
-        "builds it root's, under a new name) and remove this one with deploy.cleanup; or, after checking its "
+        "with its ref, or deploy.prepare with its artifact): it is built anew, root's; or, after checking its "
         f"code, make it root's by hand: chown -R root:root {path}"
     )
 

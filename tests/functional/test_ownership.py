@@ -205,7 +205,10 @@ def test_a_missing_root_under_a_sticky_world_writable_folder(project):
                 raw.append(repr(exc) + traceback.format_exc()[-1500:])
             if _entries(victim) != before:
                 break
-            st = os.lstat(root) if os.path.lexists(root) else None
+            try:
+                st = os.lstat(root)
+            except FileNotFoundError:
+                st = None
             if st is not None and stat.S_ISDIR(st.st_mode):
                 assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o755
                 shutil.rmtree(root)  # try again from a missing root
@@ -239,6 +242,30 @@ def test_a_release_prepared_by_the_old_version(project):
     with pytest.raises(CommandExecutionError, match="Release it again"):
         project.mod.rollback(PROJECT, to="r1", checks="skip")  # through switch: the same refusal
     assert project.current == "r2" and project.tree() == before
+
+
+def test_preparing_an_old_layout_release_again_builds_it_anew(project):
+    project.deploy("r1")
+    url, _, checksum = project.artifact("r2")
+    project.mod.prepare(PROJECT, "r2", url, checksum)
+    _old_layout(project, "r2")
+    ret = project.mod.prepare(PROJECT, "r2", url, checksum)  # the same artifact
+    assert ret["changed"] is True, ret
+    assert all(uid == 0 for uid, *_ in _entries(project.release_dir("r2")).values())
+    assert project.mod.activate(PROJECT, "r2")["changed"] is True
+    # the live one is left alone (switching to it changes nothing)
+    _old_layout(project, "r2")
+    assert project.mod.prepare(PROJECT, "r2", url, checksum)["changed"] is False
+    assert os.lstat(project.release_dir("r2")).st_uid == APP.pw_uid and project.current == "r2"
+    # built from the store: lacking() asks for it again
+    path, checksum, doc, _ = content_artifact(project.artifacts, "r3", None, marker="r3")
+    url = f"salt://artifacts/{os.path.basename(project.artifacts)}/{os.path.basename(path)}"
+    project.mod.prepare(PROJECT, "r3", url, checksum, tree=doc["tree"])
+    _old_layout(project, "r3")
+    blobs = sorted({e[4] for e in doc["entries"] if e[1] == "f"})
+    assert project.mod.lacking(PROJECT, "r3", doc["tree"], blobs=blobs)["prepared"] is False
+    assert project.mod.prepare(PROJECT, "r3", url, checksum, tree=doc["tree"])["changed"] is True
+    assert os.lstat(project.release_dir("r3")).st_uid == 0
 
 
 def test_the_first_release_after_the_upgrade_and_its_switch_back(project):
