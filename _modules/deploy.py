@@ -2135,7 +2135,10 @@ def info(project, release):
     paths = _paths(_project(project))
     if not os.path.isdir(os.path.join(paths["releases"], release)):
         return None
-    return _read_meta(paths, release)
+    meta = _read_meta(paths, release)
+    if meta is not None and _old_layout(paths, release):
+        meta["old_layout"] = True  # prepared by an older version: preparing it again builds it anew
+    return meta
 
 
 def mark(project, release, status, inventory=False):

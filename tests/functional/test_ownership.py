@@ -257,6 +257,12 @@ def test_preparing_an_old_layout_release_again_builds_it_anew(project):
     _old_layout(project, "r2")
     assert project.mod.prepare(PROJECT, "r2", url, checksum)["changed"] is False
     assert os.lstat(project.release_dir("r2")).st_uid == APP.pw_uid and project.current == "r2"
+    # the state deploy.prepared builds it anew too
+    project.mod.activate(PROJECT, "r1")
+    _old_layout(project, "r2")
+    ret = project.states.prepared(name="r2", project=PROJECT, source=url, checksum=checksum)
+    assert ret.result is True and ret.changes, ret
+    assert os.lstat(project.release_dir("r2")).st_uid == 0
     # built from the store: lacking() asks for it again
     path, checksum, doc, _ = content_artifact(project.artifacts, "r3", None, marker="r3")
     url = f"salt://artifacts/{os.path.basename(project.artifacts)}/{os.path.basename(path)}"
