@@ -123,7 +123,11 @@ def _project(project, pillar=None):
     root = conf.get("root")
     if not isinstance(root, str) or not root:
         raise CommandExecutionError(f"project {project!r}: pillar has no 'root'")
-    if not os.path.isabs(root) or os.path.realpath(root) == "/":  # realpath: normpath keeps '//'
+    try:
+        real = os.path.realpath(root)  # realpath: normpath keeps '//'
+    except OSError:  # a link at the path that another user is changing: judge the text (links are refused later)
+        real = os.path.normpath("/" + root.lstrip("/"))
+    if not os.path.isabs(root) or real == "/":
         raise CommandExecutionError(
             f"project {project!r}: root {root!r} must be an absolute path other than '/'"
         )
@@ -218,6 +222,70 @@ def _check_layout(paths):
                 f"writable by root only, or another user could swap releases or metadata and make root act "
                 f"on them; fix it with: {why[1]} {path} (salt/deploy/init.sls lays the root out right)"
             )
+
+
+def _make_layout(paths):
+    """
+    Create the project root, releases/, shared/ and meta/ where missing, through descriptors.
+
+    The nearest existing folder above a missing root may be one anyone can write (a root-owned
+    sticky folder like /tmp): another user can plant a link or a folder of their own at the
+    root's path at any moment.  So each folder is made with ``mkdir`` relative to its parent's
+    descriptor, opened with ``O_NOFOLLOW`` and kept only if it is root's and nobody else can
+    write it (``fstat``); its mode is set with ``fchmod``.  Anything else is refused.
+    """
+    missing, top = [], paths["root"]
+    while not os.path.lexists(top):
+        missing.insert(0, os.path.basename(top))
+        top = os.path.dirname(top)
+    try:
+        fd, _ = _open_real_dir(top, f"project root {paths['root']}")
+    except FileNotFoundError:
+        raise CommandExecutionError(
+            f"{top} changed while the project root {paths['root']} was created: refusing the project layout"
+        ) from None
+    try:
+        for name in missing:
+            top = os.path.join(top, name)
+            sub = _mkdir_at(fd, name, 0o755, top)
+            os.close(fd)
+            fd = sub
+        os.fchmod(fd, 0o755)  # the root (checked by _check_layout, or just made)
+        for key, mode in (("releases", 0o755), ("meta", 0o750)):
+            os.close(_mkdir_at(fd, os.path.basename(paths[key]), mode, paths[key]))
+        try:
+            os.mkdir("shared", 0o755, dir_fd=fd)  # the app user's once salt/deploy/init.sls hands it over
+        except FileExistsError:
+            pass
+    finally:
+        os.close(fd)
+
+
+def _mkdir_at(parent, name, mode, path):
+    """Descriptor of the folder ``name`` in ``parent`` (made if missing), root's, ``mode``; refuses
+    a link, a non-folder, or a folder someone else owns or can write."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):  # ENOENT: a link there, gone again
+            raise
+        raise CommandExecutionError(
+            f"{path} is a symlink or not a directory (made by another user while it was created?): refusing the "
+            "project layout; create it by hand, root's, mode 0755 (salt/deploy/init.sls lays the root out right)"
+        ) from None
+    why = _root_only(os.fstat(fd))
+    if why:
+        os.close(fd)
+        raise CommandExecutionError(
+            f"{path} {why[0]} (made by another user while it was created?): refusing the project layout; "
+            f"fix it with: {why[1]} {path}"
+        )
+    os.fchmod(fd, mode)
+    return fd
 
 
 def _ancestors(path):
@@ -371,11 +439,103 @@ def _unpack(archive, dest):
         raise CommandExecutionError(f"cannot unpack {archive}: {exc}") from exc
 
 
-def _chown_tree(path, uid, gid):
-    os.lchown(path, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _root_modes(tmp, files):
+    """
+    Make everything in the release being built root's: folders root:root 0755 and, with ``files``
+    (a tree unpacked from a tar), regular files root:root 0644 (0755 if executable).  A release
+    is root's code: the app user can create, rename or remove nothing in it.
+
+    Walked with descriptors (``os.fwalk``, no link followed), and ``tmp`` itself stays root's 0700
+    until prepare renames it into place: nobody else can reach into it meanwhile.  Files of a
+    release built from the store are its blobs' hard links (root's, read-only): never touched.
+    """
+    for top, _, names, dfd in os.fwalk(tmp, follow_symlinks=False):
+        st = os.fstat(dfd)
+        if (st.st_uid, st.st_gid) != (0, 0):
+            os.fchown(dfd, 0, 0)
+        os.fchmod(dfd, 0o700 if top == tmp else 0o755)
+        if not files:
+            continue
+        for name in names:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    continue  # a symlink: root's already (made by root), its mode means nothing
+                raise
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    if (st.st_uid, st.st_gid) != (0, 0):
+                        os.fchown(fd, 0, 0)
+                    os.fchmod(fd, 0o755 if st.st_mode & 0o100 else 0o644)
+            finally:
+                os.close(fd)
+
+
+def _writable(conf):
+    """The project's ``writable`` paths, refusing one that is not a clean relative path or that
+    overlaps a shared, config or files path (each path of a release has one role)."""
+    writable = conf.get("writable") or []
+    if not isinstance(writable, list):
+        raise CommandExecutionError(f"writable: give a list of relative paths, not {writable!r}")
+    roles = [(p, "shared") for p in conf.get("shared") or []]
+    roles += [(p, "config") for p in conf.get("config") or {}] + [(p, "files") for p in conf.get("files") or {}]
+    for rel in writable:
+        _check_relpath(rel, "writable path")
+        for other, role in roles:
+            if isinstance(other, str) and (other == rel or other.startswith(rel + "/") or rel.startswith(other + "/")):
+                raise CommandExecutionError(
+                    f"writable path {rel!r} overlaps the {role} path {other!r}: give each path of a release one role"
+                )
+    return writable
+
+
+def _make_writable(conf, tmp, uid, gid):
+    """
+    Each ``writable`` path: an empty folder of the project user inside the release (what the build
+    shipped there is removed), its parents root's 0755.  Made last, through descriptors: a link
+    on the way (the build's) is refused, never followed.
+    """
+    for rel in _writable(conf):
+        parts = rel.split("/")
+        fd = os.open(tmp, _DIR_FLAGS)
+        try:
+            for i, name in enumerate(parts):
+                if i == len(parts) - 1:
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        st = None
+                    if st is not None and stat.S_ISDIR(st.st_mode):
+                        # its parents were opened without following a link, in a tree only root can reach
+                        shutil.rmtree(os.path.join(tmp, *parts))
+                    elif st is not None:
+                        os.unlink(name, dir_fd=fd)
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                else:
+                    try:
+                        os.mkdir(name, 0o700, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise CommandExecutionError(
+                            f"writable path {rel!r}: {'/'.join(parts[:i + 1])} is a symlink or not a folder in the "
+                            "release: root never follows a link there; make it a real folder in the build"
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = sub
+                os.fchmod(fd, 0o755)
+            os.fchown(fd, uid, gid)  # the folder made above, still empty
+        finally:
+            os.close(fd)
 
 
 def _inside(base, relpath, what):
@@ -439,8 +599,7 @@ def _link_shared(conf, paths, tmp, uid, gid):
             else:
                 os.unlink(link)
         os.makedirs(os.path.dirname(link), exist_ok=True)
-        os.symlink(target, link)
-        os.lchown(link, uid, gid)
+        os.symlink(target, link)  # root's link: the app user cannot repoint it
 
 
 def _write_file(path, text, mode, uid, gid):
@@ -989,24 +1148,12 @@ def _verify_tree(release, entries, cfd, tmp, tree):
 
 
 def _overrides(conf):
-    """Paths of a release that prepare replaces per node: shared links, config, files."""
+    """Paths of a release that prepare replaces per node: shared links, config, files, writable folders."""
     out = set(conf.get("shared") or [])
+    out.update(conf.get("writable") or [])
     out.update(conf.get("config") or {})
     out.update(conf.get("files") or {})
     return sorted(p for p in out if isinstance(p, str))
-
-
-def _chown_dirs(path, uid, gid):
-    """Hand a release built from the store to the project user: its folders, symlinks and per-node
-    files; never a read-only root file (a blob's link: chowning it would chown the blob)."""
-    os.lchown(path, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o222:
-                continue
-            os.lchown(full, uid, gid)
 
 
 def _manifest_path(paths, release):
@@ -1166,7 +1313,8 @@ def lacking(project, release, tree, blobs=None, manifest=None, saltenv="base"):
         raise CommandExecutionError(f"manifest {manifest!r} is not a salt:// URL")
     paths = _paths(_project(project))
     meta = _read_meta(paths, release)
-    if os.path.isdir(os.path.join(paths["releases"], release)) and meta and meta.get("tree") == tree:
+    if os.path.isdir(os.path.join(paths["releases"], release)) and meta and meta.get("tree") == tree \
+            and not _old_layout(paths, release):
         return {"release": release, "prepared": True, "lacking": []}
     blobs = sorted(set(blobs)) if blobs is not None else _manifest_blobs(manifest, tree, saltenv)
     cfd = _open_store(paths)
@@ -1257,19 +1405,20 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
         _check_hex(tree, "tree")
     existing = _read_meta(paths, release)
     if os.path.isdir(final):
-        if existing and (existing.get("tree") == tree if tree else existing.get("checksum") == checksum):
+        same = existing and (existing.get("tree") == tree if tree else existing.get("checksum") == checksum)
+        if same and _old_layout(paths, release):
+            shutil.rmtree(final)  # descriptor-based, follows no link: built again below, root's
+        elif same:
             return _report({"release": release, "changed": False, "path": final, "comment": "already prepared"},
                            paths, inventory)
+    if os.path.isdir(final):
         raise CommandExecutionError(
             f"release {release!r} already exists on this node with a different checksum: refusing to replace it"
         )
 
     _current_target(paths)  # refuse a broken tree before doing any work
-    for key in ("releases", "shared", "meta"):
-        os.makedirs(paths[key], exist_ok=True)
-    os.chmod(paths["root"], 0o755)
-    os.chmod(paths["releases"], 0o755)
-    os.chmod(paths["meta"], 0o750)
+    _writable(conf)
+    _make_layout(paths)
 
     if tree is None:
         artifact = _fetch(source, saltenv)
@@ -1289,6 +1438,7 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
     try:
         if tree is None:
             _unpack(artifact, tmp)
+            _root_modes(tmp, files=True)  # before config and files: they keep their own modes
         else:
             cfd = _open_store(paths, create=True)
             t = time.monotonic()
@@ -1299,12 +1449,11 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
             _verify_tree(release, entries, cfd, tmp, tree)
             steps["build"] = round(time.monotonic() - t, 3)
         _link_shared(conf, paths, tmp, uid, gid)
-        _render_config(conf, pillar, tmp, release, uid, gid)
-        _write_files(conf, tmp, uid, gid)
-        if tree is None:
-            _chown_tree(tmp, uid, gid)  # after config and files: the directories they created too
-        else:
-            _chown_dirs(tmp, uid, gid)  # never a blob's link
+        _render_config(conf, pillar, tmp, release, 0, gid)  # root's, readable by the app's group
+        _write_files(conf, tmp, 0, 0)
+        _root_modes(tmp, files=False)  # the folders config and files made too
+        _make_writable(conf, tmp, uid, gid)
+        if tree is not None:
             os.makedirs(paths["manifests"], mode=0o750, exist_ok=True)
             _write_json(_manifest_path(paths, release), {"tree": tree, "skip": _overrides(conf), "entries": entries})
         os.chmod(tmp, 0o755)
@@ -1368,6 +1517,12 @@ def activate(project, release):
 
         salt '*' deploy.activate rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei
     """
+    return _activate(project, release)
+
+
+def _activate(project, release, back=False):
+    """activate; ``back``: switching back to the release that was live a moment ago (a failed
+    switch's revert), which is not refused for its ownership."""
     _check_release(release)
     conf = _project(project)
     paths = _paths(conf)
@@ -1376,6 +1531,8 @@ def activate(project, release):
         raise CommandExecutionError(f"release {release!r} is not prepared on this node")
     if previous == release:
         return {"previous": previous, "current": release, "changed": False}
+    if not back:
+        _check_roots(paths, release)
     _check_complete(paths, release)
     _switch_link(paths, release)
     _write_json(
@@ -1384,6 +1541,32 @@ def activate(project, release):
     )
     _update_meta(paths, release, "activated")
     return {"previous": previous, "current": release, "changed": True}
+
+
+def _old_layout(paths, release):
+    """A release prepared by an older version of this module (its folder is the app user's) that is
+    not ``current``: preparing it again builds it anew, root's."""
+    st = os.lstat(os.path.join(paths["releases"], release))  # in releases/, which only root can write
+    return st.st_uid != 0 and _current_target(paths) != release
+
+
+def _check_roots(paths, release):
+    """Refuse to switch to a release prepared by an older version of this module, which handed the
+    release's folders to the app user: whoever owns them could have changed its code."""
+    path = os.path.join(paths["releases"], release)
+    st = os.lstat(path)  # in releases/, which only root can write (_check_layout)
+    if st.st_uid == 0:
+        return
+    try:
+        owner = f"{pwd.getpwuid(st.st_uid).pw_name} (uid {st.st_uid})"
+    except KeyError:
+        owner = f"uid {st.st_uid}"
+    raise CommandExecutionError(
+        f"release {release!r} was prepared by an older version of the deploy module: its folders belong to {owner}, "
+        "who could have changed its code; refusing to switch to it. Release it again (salt-run deploy.release "
+        "with its ref, or deploy.prepare with its artifact): it is built anew, root's; or, after checking its "
+        f"code, make it root's by hand: chown -R root:root {path}"
+    )
 
 
 def _run_cmd(command, conf, paths, timeout):
@@ -1794,7 +1977,7 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
         _update_meta(paths, release, "failed", status="bad")
         if previous and previous != release:
             t = time.monotonic()
-            activate(project, previous)
+            _activate(project, previous, back=True)
             again = _restart_steps(conf, paths)
             steps.append(
                 _step("revert", t, result=all(s["result"] for s in again), to=previous, details=again)
@@ -1952,7 +2135,10 @@ def info(project, release):
     paths = _paths(_project(project))
     if not os.path.isdir(os.path.join(paths["releases"], release)):
         return None
-    return _read_meta(paths, release)
+    meta = _read_meta(paths, release)
+    if meta is not None and _old_layout(paths, release):
+        meta["old_layout"] = True  # prepared by an older version: preparing it again builds it anew
+    return meta
 
 
 def mark(project, release, status, inventory=False):

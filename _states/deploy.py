@@ -68,7 +68,7 @@ def prepared(name, project, source, checksum, meta=None, saltenv="base"):
         info = __salt__["deploy.info"](project, name)
     except CommandExecutionError as exc:
         return {**ret, "result": False, "comment": str(exc)}
-    if info is not None:
+    if info is not None and not info.get("old_layout"):  # an old layout is built anew, root's
         if info.get("checksum") == checksum:
             ret["comment"] = f"Release {name} is already prepared"
             return ret

@@ -34,10 +34,12 @@ def test_prepare_builds_the_release(project):
     with open(os.path.join(final, "public", "index.php"), encoding="utf-8") as fh:
         assert RELEASE in fh.read()
 
-    # owned by the project user, all the way down
+    # root's, all the way down (deployed code is root's; the app user owns shared/ only);
+    # the rendered config is readable by the project's group
     for dirpath, dirnames, filenames in os.walk(final):
         for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
-            assert _owner(name) == (WWW.pw_uid, WWW.pw_gid), name
+            expected = (0, WWW.pw_gid) if name.endswith("config/app.ini") else (0, 0)
+            assert _owner(name) == expected, name
     assert stat.S_IMODE(os.stat(final).st_mode) == 0o755
 
     # shared paths are links into <root>/shared, which exists and belongs to the user
@@ -47,14 +49,14 @@ def test_prepare_builds_the_release(project):
     assert os.path.isdir(project.path("shared", "storage", "logs"))
     assert _owner(project.path("shared", "storage", "logs")) == (WWW.pw_uid, WWW.pw_gid)
 
-    # config rendered with the node's secret, 0640, owned by the user
+    # config rendered with the node's secret, 0640, root's, the project's group
     ini = os.path.join(final, "config", "app.ini")
     with open(ini, encoding="utf-8") as fh:
         text = fh.read()
     assert f"key = {SECRET}\n" in text
     assert f"release = {RELEASE}\n" in text
     assert stat.S_IMODE(os.lstat(ini).st_mode) == 0o640
-    assert _owner(ini) == (WWW.pw_uid, WWW.pw_gid)
+    assert _owner(ini) == (0, WWW.pw_gid)
 
     # per-node files
     crontab = os.path.join(final, "config", "crontab.xml")
@@ -132,9 +134,11 @@ def test_config_from_the_fileserver_and_new_directories_are_owned(project):
     with open(os.path.join(final, "config", "node.ini"), encoding="utf-8") as fh:
         assert fh.read() == f"root = {project.root}\nsms = {SECRET}\n"
     assert stat.S_IMODE(os.lstat(os.path.join(final, "config", "node.ini")).st_mode) == 0o600
-    # directories created for per-node files belong to the project user too
+    # directories created for per-node files are root's too, 0755; the file root's with its mode
     for rel in ("extra", "extra/deep", "extra/deep/note.txt"):
-        assert _owner(os.path.join(final, rel)) == (WWW.pw_uid, WWW.pw_gid), rel
+        assert _owner(os.path.join(final, rel)) == (0, 0), rel
+    assert stat.S_IMODE(os.lstat(os.path.join(final, "extra")).st_mode) == 0o755
+    assert stat.S_IMODE(os.lstat(os.path.join(final, "extra/deep/note.txt")).st_mode) == 0o640
 
 
 def test_prepare_refreshes_the_minions_pillar_only_when_it_changed(project):

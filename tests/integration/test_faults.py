@@ -1020,8 +1020,8 @@ def test_secrets_never_leak(fresh, event_listener):
                 hits.append(log_file)
     assert not hits, hits
     assert all(os.path.getsize(p) > 0 for p in logs[:2])
-    # on the nodes: only rendered config files hold them, 0640 or stricter, owned by www-data
-    www = pwd.getpwnam(USER).pw_uid
+    # on the nodes: only rendered config files hold them, 0640 or stricter, root's, group www-data
+    www = pwd.getpwnam(USER).pw_gid
     roots = {node: c.root(node) for node in NODES}
     stg_root = os.path.join(c.work, "nodes", "stg-1", "rainbow")
     if os.path.isdir(os.path.join(stg_root, "releases")):
@@ -1034,7 +1034,7 @@ def test_secrets_never_leak(fresh, event_listener):
             st = os.stat(path)
             assert path.startswith(os.path.join(root, "releases") + "/") and "/config/" in path, path
             assert st.st_mode & 0o137 == 0, (path, oct(st.st_mode))
-            assert st.st_uid == www, path
+            assert (st.st_uid, st.st_gid) == (0, www), path
 
 
 def test_secrets_never_leak_from_a_failing_template(fresh, event_listener):

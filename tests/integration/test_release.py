@@ -66,14 +66,14 @@ def test_release_serves_new_version_everywhere(clean_cluster):
     assert all(f"rainbow {tag[1:]}" in page for page in pages), pages
     for node, (addr, _) in NODES.items():
         assert f"rainbow {tag[1:]}" in web.http_get(f"http://{addr}:8080/")[2]
-    # per-node config: the job node has its own crontab.xml, secrets rendered 0640 www-data
+    # per-node config: the job node has its own crontab.xml, secrets rendered 0640 root:www-data
     cron = os.path.join(c.root("web-3"), "current", "config", "crontab.xml")
     assert "report" in open(cron, encoding="utf-8").read()
     assert "report" not in open(os.path.join(c.root("web-1"), "current", "config", "crontab.xml"), encoding="utf-8").read()
     ini = os.path.join(c.root("web-1"), "current", "config", "app.ini")
     st = os.stat(ini)
     assert oct(st.st_mode & 0o777) == "0o640"
-    assert st.st_uid == pwd.getpwnam("www-data").pw_uid
+    assert (st.st_uid, st.st_gid) == (0, pwd.getpwnam("www-data").pw_gid)
     assert "SMSKEY-5f1d2c9a-secret" in open(ini, encoding="utf-8").read()
     # progress lines and the history record
     assert "out of the LB" in (ret.stdout + ret.stderr) and "back in the LB" in (ret.stdout + ret.stderr)
