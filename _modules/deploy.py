@@ -751,7 +751,8 @@ def _blob_for(cfd, sha, mode):
 def _check_manifest(doc, tree, source):
     """Refuse a manifest that is not the release's (tree hash) or holds an entry that could land
     outside the release: an absolute, '.', '..' or empty part, a path whose folder is not a folder
-    entry (so never through a symlink), a symlink pointing outside or through another symlink."""
+    entry (so never through a symlink), a symlink pointing outside or through another symlink
+    (:func:`_link_problem`, once every entry is read)."""
     entries = doc.get("entries") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, list) and len(e) == 5 for e in entries):
         raise CommandExecutionError(f"{source} holds no valid manifest: release refused")
@@ -780,29 +781,38 @@ def _check_manifest(doc, tree, source):
             _check_hex(ref, f"manifest entry {path!r}: content")
         elif kind == "d":
             pass
-        elif kind == "l":
-            if not isinstance(ref, str) or not ref or ref.startswith("/"):
-                raise CommandExecutionError(
-                    f"manifest entry {path!r} links to {ref!r}, outside the release: release refused")
-            walk = parts[:-1]
-            for step in ref.split("/"):
-                if step in ("", "."):
-                    continue
-                if walk and kinds.get("/".join(walk)) == "l":
-                    raise CommandExecutionError(
-                        f"manifest entry {path!r} links to {ref!r} through the symlink {'/'.join(walk)!r}: "
-                        "release refused")
-                if step != "..":
-                    walk.append(step)
-                elif walk:
-                    walk.pop()
-                else:
-                    raise CommandExecutionError(
-                        f"manifest entry {path!r} links to {ref!r}, outside the release: release refused")
-        else:
+        elif kind != "l":
             raise CommandExecutionError(f"manifest entry {path!r}: unknown kind {kind!r}: release refused")
         kinds[path] = kind
+    problem = _link_problem(entries)  # every link known first: the order of the entries does not matter
+    if problem:
+        raise CommandExecutionError(f"manifest entry {problem}: release refused")
     return entries
+
+
+def _link_problem(entries):
+    """What is wrong with the symlinks of ``entries`` (any order), or None: a symlink is relative, stays
+    inside the release and never goes through another symlink of it (deploy_master.manifest.link_problem:
+    a copy, pinned by tests/unit/test_links.py)."""
+    links = {e[0] for e in entries if e[1] == "l"}
+    for path, kind, _, _, ref in entries:
+        if kind != "l":
+            continue
+        if not isinstance(ref, str) or not ref or ref.startswith("/"):
+            return f"{path!r} links to {ref!r}, outside the release"
+        walk = path.split("/")[:-1]
+        for step in ref.split("/"):
+            if step in ("", "."):
+                continue
+            if walk and "/".join(walk) in links:
+                return f"{path!r} links to {ref!r} through the symlink {'/'.join(walk)!r}"
+            if step != "..":
+                walk.append(step)
+            elif walk:
+                walk.pop()
+            else:
+                return f"{path!r} links to {ref!r}, outside the release"
+    return None
 
 
 class _SaltStream(io.RawIOBase):
