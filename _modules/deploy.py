@@ -1047,7 +1047,7 @@ def _check_complete(paths, release):
 
     def refuse(path, why):
         raise CommandExecutionError(
-            f"release {release!r} is incomplete or altered on this node: {path!r} {why}; refusing to switch to it "
+            f"release {release!r} is incomplete on this node: {path!r} {why}; refusing to switch to it "
             "(choose another release; to use this one again, remove it on this node with deploy.cleanup or by "
             "hand and release it again)"
         )
