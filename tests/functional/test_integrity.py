@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 from salt.exceptions import CommandExecutionError
-from tests.functional.fnlib import APP_FILES, PROJECT, USER, content_artifact
+from tests.functional.fnlib import APP_FILES, PROJECT, USER, content_artifact, write_content_archive
 
 BIG = {f"lib/mod{i}.php": f"<?php // module {i}\n" + "x" * 2000 for i in range(10)}  # all of one size
 
@@ -139,3 +139,18 @@ def test_a_private_copy_made_when_a_blob_had_all_its_links_is_hashed(project, mo
     os.chmod(fake, 0o444)
     os.rename(fake, os.path.join(r1, "lib", victim))
     _refused(project, "r1", rf"'lib/{victim}' is not the content")
+
+
+def test_prepare_refuses_a_link_that_climbs_out_through_a_symlink_sorting_after_it(project):
+    from deploy_master import manifest  # noqa: PLC0415
+    _release(project, "r1")
+    before = {k: v for k, v in project.tree().items() if not k.startswith("content")}
+    entries = [["a", "d", 0o755, 0, ""], ["a/l", "l", 0o777, 0, "../b/x/z/../../.."], ["b", "d", 0o755, 0, ""],
+               ["b/x", "d", 0o755, 0, ""], ["b/x/z", "l", 0o777, 0, "../.."]]
+    doc = {"format": 1, "entries": entries, "tree": manifest.tree_hash(entries)}
+    path, checksum = write_content_archive(os.path.join(project.artifacts, "late.tar.gz"), doc, {})
+    url = f"salt://artifacts/{os.path.basename(project.artifacts)}/late.tar.gz"
+    with pytest.raises(CommandExecutionError, match=r"'a/l' links to '\.\./b/x/z/\.\./\.\./\.\.' through the symlink 'b/x/z'"):
+        project.mod.prepare(PROJECT, "late", url, checksum, tree=doc["tree"])
+    assert "late" not in project.release_names() and project.leftovers() == []
+    assert {k: v for k, v in project.tree().items() if not k.startswith("content")} == before
