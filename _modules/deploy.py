@@ -910,7 +910,8 @@ def _blob_for(cfd, sha, mode):
 def _check_manifest(doc, tree, source):
     """Refuse a manifest that is not the release's (tree hash) or holds an entry that could land
     outside the release: an absolute, '.', '..' or empty part, a path whose folder is not a folder
-    entry (so never through a symlink), a symlink pointing outside or through another symlink."""
+    entry (so never through a symlink), a symlink pointing outside or through another symlink
+    (:func:`_link_problem`, once every entry is read)."""
     entries = doc.get("entries") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, list) and len(e) == 5 for e in entries):
         raise CommandExecutionError(f"{source} holds no valid manifest: release refused")
@@ -939,29 +940,38 @@ def _check_manifest(doc, tree, source):
             _check_hex(ref, f"manifest entry {path!r}: content")
         elif kind == "d":
             pass
-        elif kind == "l":
-            if not isinstance(ref, str) or not ref or ref.startswith("/"):
-                raise CommandExecutionError(
-                    f"manifest entry {path!r} links to {ref!r}, outside the release: release refused")
-            walk = parts[:-1]
-            for step in ref.split("/"):
-                if step in ("", "."):
-                    continue
-                if walk and kinds.get("/".join(walk)) == "l":
-                    raise CommandExecutionError(
-                        f"manifest entry {path!r} links to {ref!r} through the symlink {'/'.join(walk)!r}: "
-                        "release refused")
-                if step != "..":
-                    walk.append(step)
-                elif walk:
-                    walk.pop()
-                else:
-                    raise CommandExecutionError(
-                        f"manifest entry {path!r} links to {ref!r}, outside the release: release refused")
-        else:
+        elif kind != "l":
             raise CommandExecutionError(f"manifest entry {path!r}: unknown kind {kind!r}: release refused")
         kinds[path] = kind
+    problem = _link_problem(entries)  # every link known first: the order of the entries does not matter
+    if problem:
+        raise CommandExecutionError(f"manifest entry {problem}: release refused")
     return entries
+
+
+def _link_problem(entries):
+    """What is wrong with the symlinks of ``entries`` (any order), or None: a symlink is relative, stays
+    inside the release and never goes through another symlink of it (deploy_master.manifest.link_problem:
+    a copy, pinned by tests/unit/test_links.py)."""
+    links = {e[0] for e in entries if e[1] == "l"}
+    for path, kind, _, _, ref in entries:
+        if kind != "l":
+            continue
+        if not isinstance(ref, str) or not ref or ref.startswith("/"):
+            return f"{path!r} links to {ref!r}, outside the release"
+        walk = path.split("/")[:-1]
+        for step in ref.split("/"):
+            if step in ("", "."):
+                continue
+            if walk and "/".join(walk) in links:
+                return f"{path!r} links to {ref!r} through the symlink {'/'.join(walk)!r}"
+            if step != "..":
+                walk.append(step)
+            elif walk:
+                walk.pop()
+            else:
+                return f"{path!r} links to {ref!r}, outside the release"
+    return None
 
 
 class _SaltStream(io.RawIOBase):
@@ -1161,16 +1171,26 @@ def _manifest_path(paths, release):
 
 
 def _check_complete(paths, release):
-    """Refuse to switch to a release built from the store that is no longer whole: every entry of its
-    manifest (but what prepare replaced per node) as it was built: folders, symlinks, and files that are
-    root's, read-only, of the right size.  Walked with descriptors: no symlink is followed."""
+    """Refuse to switch to a release built from the store that is not what its manifest says: every
+    entry of the manifest there, and nothing else, but the per-node paths prepare wrote (``skip``:
+    :func:`_overrides` when it was prepared) and what lies under them.  A folder is a folder, a symlink
+    points where it did, and a file is the store's blob for its content and mode itself (the same
+    inode); a file that is not (a private copy made when the blob had all the links it can, or a blob
+    gone from the store since) must be root's, read-only, and is hashed.  Walked with descriptors,
+    in path order: no symlink is followed; the first difference is named."""
     record = _read_json(_manifest_path(paths, release))
     if not record:
         return  # a release unpacked from a tree archive (by hand, or before the content store)
-    skip = record.get("skip") or []
+    skip = set(record.get("skip") or [])
+    # the folders prepare made to hold a per-node path that the tree lacks (config/ for config/app.ini)
+    holders = {"/".join(p.split("/")[:i]) for p in skip for i in range(1, p.count("/") + 1)}
+    children = {}
+    for entry in record.get("entries") or []:
+        parent, _, name = entry[0].rpartition("/")
+        children.setdefault(parent, {})[name] = entry
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    base = os.open(os.path.join(paths["releases"], release), flags)
-    cache = {"": base}
+    cfd = _open_store(paths)
+    blobs = {}
 
     def refuse(path, why):
         raise CommandExecutionError(
@@ -1179,36 +1199,84 @@ def _check_complete(paths, release):
             "hand and release it again)"
         )
 
-    def dir_fd(rel):
-        if rel in cache:
-            return cache[rel]
-        parent, _, name = rel.rpartition("/")
+    def blob(sha, mode):
+        key = sha + (".x" if mode & 0o100 else "")
+        if key not in blobs:
+            try:
+                st = os.stat(key, dir_fd=cfd, follow_symlinks=False) if cfd is not None else None
+                blobs[key] = (st.st_dev, st.st_ino) if st else None
+            except FileNotFoundError:
+                blobs[key] = None
+        return blobs[key]
+
+    def same_content(dfd, name, path, st, sha):
         try:
-            fd = os.open(name, flags, dir_fd=dir_fd(parent))
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
         except OSError:
-            refuse(rel, "is not a folder")
-        cache[rel] = fd
-        return fd
+            return False
+        with os.fdopen(fd, "rb") as fh:
+            fst = os.fstat(fh.fileno())
+            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                refuse(path, "changed while it was checked")
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                digest.update(chunk)
+        return digest.hexdigest() == sha
+
+    def check_file(dfd, name, path, st, entry):
+        _, _, mode, size, sha = entry
+        if not stat.S_ISREG(st.st_mode):
+            refuse(path, "is not a file")
+        if (st.st_dev, st.st_ino) == blob(sha, mode):
+            return
+        if st.st_uid != 0 or st.st_mode & 0o222 or bool(st.st_mode & 0o100) != bool(mode & 0o100) \
+                or st.st_size != size or not same_content(dfd, name, path, st, sha):
+            refuse(path, f"is not the content {sha} of the store (mode {mode:o}) nor a read-only root copy of it")
+
+    def walk(dfd, rel):
+        want = children.get(rel, {})
+        with os.scandir(dfd) as it:
+            found = {item.name: item for item in it}
+        for name in sorted(set(want) | set(found)):
+            path = f"{rel}/{name}" if rel else name
+            if path in skip:
+                continue
+            entry, item = want.get(name), found.get(name)
+            if item is None:
+                refuse(path, "is missing")
+            st = item.stat(follow_symlinks=False)
+            if entry is None:
+                if path not in holders or not stat.S_ISDIR(st.st_mode):
+                    refuse(path, "is not in the release's manifest")
+                kind = "d"
+            else:
+                kind = entry[1]
+            if kind == "d":
+                if not stat.S_ISDIR(st.st_mode):
+                    refuse(path, "is not a folder")
+                try:
+                    sub = os.open(name, flags, dir_fd=dfd)
+                except OSError:
+                    refuse(path, "is not a folder")
+                try:
+                    walk(sub, path)
+                finally:
+                    os.close(sub)
+            elif kind == "l":
+                if not stat.S_ISLNK(st.st_mode) or os.readlink(name, dir_fd=dfd) != entry[4]:
+                    refuse(path, "is not the symlink it was")
+            else:
+                check_file(dfd, name, path, st, entry)
 
     try:
-        for path, kind, mode, size, ref in record.get("entries") or []:
-            if any(path == s or path.startswith(s + "/") for s in skip):
-                continue
-            parent, _, name = path.rpartition("/")
-            try:
-                st = os.stat(name, dir_fd=dir_fd(parent), follow_symlinks=False)
-            except FileNotFoundError:
-                refuse(path, "is missing")
-            if kind == "d" and not stat.S_ISDIR(st.st_mode):
-                refuse(path, "is not a folder")
-            elif kind == "l" and (not stat.S_ISLNK(st.st_mode) or os.readlink(name, dir_fd=dir_fd(parent)) != ref):
-                refuse(path, "is not the symlink it was")
-            elif kind == "f" and (not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o222
-                                  or st.st_size != size or bool(st.st_mode & 0o100) != bool(mode & 0o100)):
-                refuse(path, "is not the read-only root file it was")
+        base = os.open(os.path.join(paths["releases"], release), flags)
+        try:
+            walk(base, "")
+        finally:
+            os.close(base)
     finally:
-        for fd in cache.values():
-            os.close(fd)
+        if cfd is not None:
+            os.close(cfd)
 
 
 def _gc_store(paths):

@@ -62,6 +62,9 @@ def package(src, revision, workdir, commands, env, progress):
     # sha256; the same bytes from the same tree (no times, owners or gzip name), so that two masters
     # building one commit publish one checksum (a take-over rebuilds it)
     doc, blobs = manifest.scan(tree)
+    problem = manifest.link_problem(doc["entries"])  # the nodes' rule, before anything is published
+    if problem:
+        raise DeployError(f"build: the built tree is refused: {problem} (the nodes refuse it): nothing was published")
     compress = manifest.compressible(list(blobs.values()))
     out = os.path.join(workdir, "release.tar.gz" if compress else "release.tar")
     manifest.write_archive(out, doc, blobs, compress)

@@ -86,6 +86,37 @@ def scan(tree):
     return {"format": FORMAT, "tree": tree_hash(entries), "entries": entries}, blobs
 
 
+def link_problem(entries):
+    """What is wrong with the symlinks of a release's ``entries`` (manifest rows, any order), or None.
+
+    A symlink is relative, stays inside the release, and never goes through another symlink of the
+    release (its target is walked step by step; a step from a path that is itself a symlink is
+    refused: where it lands depends on that link).  All links are collected first, so the answer
+    does not hang on the order of the entries.  The nodes apply the same rule to every manifest
+    (``_link_problem`` in ``_modules/deploy.py``, a copy: tests/unit/test_links.py pins that both
+    answer alike), and the git/svn export check refuses the same trees.
+    """
+    links = {e[0] for e in entries if e[1] == "l"}
+    for path, kind, _, _, ref in entries:
+        if kind != "l":
+            continue
+        if not isinstance(ref, str) or not ref or ref.startswith("/"):
+            return f"{path!r} links to {ref!r}, outside the release"
+        walk = path.split("/")[:-1]
+        for step in ref.split("/"):
+            if step in ("", "."):
+                continue
+            if walk and "/".join(walk) in links:
+                return f"{path!r} links to {ref!r} through the symlink {'/'.join(walk)!r}"
+            if step != "..":
+                walk.append(step)
+            elif walk:
+                walk.pop()
+            else:
+                return f"{path!r} links to {ref!r}, outside the release"
+    return None
+
+
 def blob_sizes(manifest):
     """``{sha: size}`` of the manifest's contents."""
     return {e[4]: e[3] for e in manifest["entries"] if e[1] == "f"}
