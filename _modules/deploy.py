@@ -1553,8 +1553,8 @@ def _run_cmd(command, conf, paths, timeout):
     secrets = _secret_values(conf)
     if proc.returncode:
         log.warning(
-            "deploy: project %s: command exited %s; its output (last %s characters, pillar values redacted):\n"
-            "--- stdout\n%s\n--- stderr\n%s", conf.get("name", "?"), proc.returncode, OUTPUT_LOG,
+            "deploy: %s: command exited %s; its output (last %s characters, pillar values redacted):\n"
+            "--- stdout\n%s\n--- stderr\n%s", paths["root"], proc.returncode, OUTPUT_LOG,
             _redacted(proc.stdout or "", secrets)[-OUTPUT_LOG:], _redacted(proc.stderr or "", secrets)[-OUTPUT_LOG:],
         )
     return proc.returncode, _tail(proc.stderr or proc.stdout or "", secrets)
