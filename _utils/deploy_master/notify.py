@@ -35,6 +35,8 @@ FORMATS = ("json", "slack", "dingtalk", "wecom")
 FIELDS = ("project", "env", "kind", "mode", "release", "result", "error", "seconds", "ref", "to", "run",
           "stage", "nodes", "reason", "resume")
 TIMEOUT = 5  # seconds for one POST
+ATTEMPTS = 3  # posts of one message to one hook, at most: again only after no answer, a 5xx or a 429
+BACKOFF = 1.0  # seconds before the second attempt, doubled before each further one
 
 
 def hooks(conf, project="?"):
@@ -175,8 +177,7 @@ def post(hook, body, timeout=TIMEOUT):
     )
     try:
         with _OPENER.open(request, timeout=timeout) as response:  # nosec: the pillar's own address
-            response.read(65536)
-            return None
+            answer = response.read(65536)
     except urllib.error.HTTPError as exc:
         exc.close()
         if 300 <= exc.code < 400:
@@ -184,6 +185,48 @@ def post(hook, body, timeout=TIMEOUT):
         return f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError, ValueError):
         return "not delivered"
+    return accepted(hook["format"], answer)
+
+
+def accepted(fmt, answer):
+    """None when the chat says it took the message (a 2xx alone is not enough for a chat: DingTalk and
+    WeCom answer ``{"errcode": 0}``, Slack ``ok``), else why not: its code, never its text."""
+    if fmt == "json":
+        return None
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        data = None
+    if fmt == "slack":
+        if answer.strip() == b"ok" or (isinstance(data, dict) and data.get("ok") is True):
+            return None
+        return "refused by the chat (no ok)"
+    code = data.get("errcode") if isinstance(data, dict) else None
+    if code == 0 and not isinstance(code, bool):
+        return None
+    if isinstance(code, int) and not isinstance(code, bool):
+        return f"refused by the chat (errcode {code})"
+    return "refused by the chat (no errcode)"
+
+
+def _again(error):
+    """Whether a failed post may succeed if tried again: no answer, a server error, too many requests."""
+    return error == "not delivered" or error == "HTTP 429" or error.startswith("HTTP 5")
+
+
+def deliver(hook, body, timeout=TIMEOUT, attempts=None):
+    """:func:`post`, again after :data:`BACKOFF`, 2 × that… while the failure may pass, at most ``attempts``
+    times; returns None or the last error (``(after N attempts)`` added when there were several)."""
+    pause, attempts = BACKOFF, attempts or ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        error = post(hook, body, timeout)
+        if error is None or not _again(error) or attempt == attempts:
+            break
+        time.sleep(pause)
+        pause *= 2
+    if error and attempt > 1:
+        error = f"{error} (after {attempt} attempts)"
+    return error
 
 
 def send(hooks_, tag, data, log=None, hosts=None, timeout=TIMEOUT):
@@ -200,7 +243,7 @@ def send(hooks_, tag, data, log=None, hosts=None, timeout=TIMEOUT):
         if what not in hook["events"]:
             continue
         if host_allowed(hook["url"], hosts):
-            error = post(hook, payload(hook["format"], msg), timeout)
+            error = deliver(hook, payload(hook["format"], msg), timeout)
         else:
             error = "host not in deploy_notify_hosts: not sent"
         if error:

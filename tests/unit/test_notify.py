@@ -8,6 +8,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 import urllib.parse
 import urllib.request
 
@@ -98,7 +99,8 @@ def sink():
         yield handle
 
 
-def test_send_posts_once_per_hook_that_wants_the_event(sink, caplog):
+def test_send_posts_once_per_hook_that_wants_the_event(sink, caplog, monkeypatch):
+    monkeypatch.setattr(notify, "BACKOFF", 0.01)
     base, got = sink
     hooks = notify.hooks({"notify": [
         {"url": f"{base}/all?token=TOKEN1"},
@@ -106,33 +108,37 @@ def test_send_posts_once_per_hook_that_wants_the_event(sink, caplog):
         {"url": f"{base}/fail?token=TOKEN2", "format": "wecom", "name": "wecom-ops"},
     ]})
     out = notify.send(hooks, "deploy/rainbow/pro/success", {"kind": "release", "result": "success", "seconds": 2})
-    assert out == {"event": "success", "sent": ["hook 1 (json)"], "failed": {"wecom-ops": "HTTP 500"}}
-    assert [p.split("?")[0] for p, _ in got] == ["/all", "/fail"]
+    assert out == {"event": "success", "sent": ["hook 1 (json)"], "failed": {"wecom-ops": "HTTP 500 (after 3 attempts)"}}
+    assert [p.split("?")[0] for p, _ in got] == ["/all", "/fail", "/fail", "/fail"]  # a 5xx is tried again
     assert got[0][1]["event"] == "success" and got[0][1]["project"] == "rainbow"
     assert got[1][1] == {"msgtype": "text", "text": {"content": "rainbow/pro: release success in 2s"}}
     assert "TOKEN" not in json.dumps(out) and "TOKEN" not in caplog.text
 
 
-def test_unreachable_hook_is_reported_without_its_address():
+def test_unreachable_hook_is_reported_without_its_address(monkeypatch):
+    monkeypatch.setattr(notify, "BACKOFF", 0.01)
     hooks = notify.hooks({"notify": [{"url": "http://127.0.0.1:9/x?token=TOKEN3"}]})
     out = notify.send(hooks, "deploy/rainbow/pro/start", {})
     assert out["sent"] == [] and "TOKEN3" not in json.dumps(out) and "127.0.0.1" not in json.dumps(out)
 
 
 @contextlib.contextmanager
-def _server(status=200, headers=()):
-    """A loopback HTTP server answering every request with ``status`` and ``headers``; yields (base, requests)."""
-    got = []
+def _server(status=200, headers=(), bodies=()):
+    """A loopback HTTP server answering every request with ``status`` and ``headers`` (or the next of
+    ``bodies``: (status, body) pairs); yields (base, requests)."""
+    got, bodies = [], list(bodies)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def _answer(self):
             length = int(self.headers.get("Content-Length") or 0)
             got.append((self.command, self.path, self.rfile.read(length)))
-            self.send_response(status)
+            code, answer = bodies.pop(0) if bodies else (status, b"")
+            self.send_response(code)
             for key, value in headers:
                 self.send_header(key, value)
-            self.send_header("Content-Length", "0")
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
+            self.wfile.write(answer)
 
         do_GET = do_POST = do_CONNECT = _answer  # noqa: N815
 
@@ -172,7 +178,8 @@ def test_a_redirect_is_a_failed_delivery_and_is_not_followed(code):
     assert errors[0] == errors[1] == f"HTTP {code}: redirects are not followed"
 
 
-def test_an_unreachable_and_a_refusing_hook_read_the_same():
+def test_an_unreachable_and_a_refusing_hook_read_the_same(monkeypatch):
+    monkeypatch.setattr(notify, "ATTEMPTS", 1)
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))  # bound, never accepts: the POST times out
     listening.listen(0)
@@ -223,3 +230,37 @@ def test_chat_markup_in_a_message_is_escaped(sink):
     for _, body in got[1:]:
         content = body["text"]["content"]
         assert "<" not in content and "@all" not in content and "](" not in content
+
+
+@pytest.mark.parametrize("fmt, answer, error", [
+    ("dingtalk", b'{"errcode": 310000, "errmsg": "sign not match, more: [TOKEN6]"}', "refused by the chat (errcode 310000)"),
+    ("wecom", b'{"errcode": 93000, "errmsg": "invalid webhook url"}', "refused by the chat (errcode 93000)"),
+    ("dingtalk", b"<html>gateway</html>", "refused by the chat (no errcode)"),
+    ("slack", b"no_text", "refused by the chat (no ok)"),
+    ("dingtalk", b'{"errcode": 0, "errmsg": "ok"}', None),
+    ("wecom", b'{"errcode": 0}', None),
+    ("slack", b"ok", None),
+    ("json", b"", None),
+])
+def test_each_chat_says_itself_whether_it_took_the_message(fmt, answer, error):
+    with _server(bodies=[(200, answer)]) as (base, got):
+        out = notify.send(notify.hooks({"notify": [{"url": f"{base}/h", "format": fmt, "name": "h"}]}),
+                          "deploy/rainbow/pro/start", {})
+    assert len(got) == 1  # a chat's refusal is its answer: not tried again
+    assert out["failed"] == ({"h": error} if error else {}) and out["sent"] == ([] if error else ["h"])
+    assert "TOKEN6" not in json.dumps(out)
+
+
+def test_a_server_error_is_tried_again_with_backoff_and_a_client_error_is_not(monkeypatch):
+    monkeypatch.setattr(notify, "BACKOFF", 0.2)
+    hook = {"notify": [{"url": "", "format": "wecom", "name": "h"}]}
+    with _server(bodies=[(503, b""), (429, b""), (200, b'{"errcode": 0}')]) as (base, got):
+        hook["notify"][0]["url"] = f"{base}/h"
+        started = time.monotonic()
+        out = notify.send(notify.hooks(hook), "deploy/rainbow/pro/start", {})
+        took = time.monotonic() - started
+    assert out["sent"] == ["h"] and len(got) == 3 and took >= 0.2 + 0.4
+    with _server(bodies=[(404, b""), (200, b'{"errcode": 0}')]) as (base, got):
+        hook["notify"][0]["url"] = f"{base}/h"
+        out = notify.send(notify.hooks(hook), "deploy/rainbow/pro/start", {})
+    assert out["failed"] == {"h": "HTTP 404"} and len(got) == 1
