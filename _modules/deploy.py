@@ -541,17 +541,18 @@ import re
 WIDTHS = re.compile(r"[0-9]+")
 AMPLIFIERS = {"center", "ljust", "rjust", "zfill", "expandtabs", "format", "format_map", "replace", "indent",
               "wordwrap", "join", "truncate"}
+WIDENING = {"center", "ljust", "rjust", "zfill", "expandtabs", "indent"}
 
 def guard(name, value, args, kwargs):
     # refuse before computing a string the size limit forbids (RLIMIT_AS is the backstop)
     most = limits["bytes"]
-    nums = [a for a in list(args) + list(kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
-    if any(n > most for n in nums):
-        answer({"limit": "bytes"})
-    texts = [a for a in (value,) + tuple(args) if isinstance(a, str)]
-    if name in ("format", "format_map") or name == "%":
-        if any(int(w) > most for t in texts for w in WIDTHS.findall(t) if len(w) < 30) \
-                or any(len(w) >= 30 for t in texts for w in WIDTHS.findall(t)):
+    formatting = name in ("format", "format_map", "%")
+    if name in WIDENING or (formatting and isinstance(value, str) and "*" in value):  # a width argument
+        nums = [a for a in list(args) + list(kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
+        if any(n > most for n in nums):
+            answer({"limit": "bytes"})
+    if formatting and isinstance(value, str):  # a width written in the format string itself
+        if any(len(w) >= 30 or int(w) > most for w in WIDTHS.findall(value)):
             answer({"limit": "bytes"})
     if name == "replace" and isinstance(value, str) and len(args) >= 2 \
             and isinstance(args[0], str) and isinstance(args[1], str):

@@ -80,13 +80,15 @@ def test_a_template_within_the_limits_renders_as_before(live):
     live.write_pillar(reload=False, template_limits={"seconds": 2, "bytes": 4096})
     try:
         template = ("key = {{ pillar.rainbow_secrets.sms_key }}\nrelease = {{ release }}\n"
-                    "pad = {{ 'ab'|center(6) }}|{{ '%3s'|format('x') }}|{{ 'a-b'|replace('-', '+') }}\n")
+                    "pad = {{ 'ab'|center(6) }}|{{ '%3s'|format('x') }}|{{ 'a-b'|replace('-', '+') }}\n"
+                    # large numbers that are no width: not mistaken for an amplifier
+                    "stamp = {{ '%d'|format(1700000000) }} {{ '%s' % ('1' * 40) }} {{ 'x'|truncate(5000000) }}\n")
         url, _, checksum = live.artifact("r2", files={**APP_FILES, "config/app.ini.example": template})
         live.mod.prepare(PROJECT, "r2", url, checksum)
     finally:
         live.write_pillar(reload=False, template_limits=None)
     with open(f"{live.root}/releases/r2/config/app.ini", encoding="utf-8") as fh:
-        assert fh.read() == f"key = {SECRET}\nrelease = r2\npad =   ab  |  x|a+b\n"
+        assert fh.read() == f"key = {SECRET}\nrelease = r2\npad =   ab  |  x|a+b\nstamp = 1700000000 {'1' * 40} x\n"
 
 
 @pytest.mark.parametrize("limits", [{"seconds": 0}, {"bytes": "1M"}, {"cpu": 5}, [5], {"memory": True}])
