@@ -32,9 +32,11 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -42,8 +44,6 @@ import time
 import urllib.parse
 import zlib
 
-import jinja2
-import jinja2.sandbox
 import salt.fileclient
 from salt.exceptions import CommandExecutionError
 
@@ -61,7 +61,9 @@ RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 STATUSES = ("prepared", "good", "bad")
 RESTART_ACTIONS = ("start", "stop", "restart", "reload")
 STALE_TMP_SECONDS = 600
-OUTPUT_TAIL = 400
+OUTPUT_TAIL = 200  # characters of a failing step's output that leave the node (redacted, see _redacted)
+OUTPUT_LOG = 64 << 10  # characters of it that go to the minion's own log
+REDACT_MIN = 4  # pillar values shorter than this are not redacted from output (they would only garble it)
 # what a config template sees of the grains unless the project lists its own (template_grains)
 TEMPLATE_GRAINS = ("id", "host", "nodename", "fqdn", "domain", "os", "os_family", "osrelease", "oscodename",
                    "num_cpus", "mem_total", "ipv4", "ipv6")
@@ -672,24 +674,90 @@ def _subset(data, keys):
     return out
 
 
-class _TemplateEnvironment(jinja2.sandbox.ImmutableSandboxedEnvironment):
-    """Jinja's sandbox: no attribute starting with '_', no mutation of the data, and no
-    product of a string or list of more than 1 MB (``'x' * 10**10`` would fill the node's memory)."""
+# What one config file's rendering may take (pillar ``template_limits`` overrides any of them):
+# ``seconds`` of CPU and of wall time, ``bytes`` of output, ``memory`` beyond the renderer's own start.
+TEMPLATE_LIMITS = {"seconds": 5, "bytes": 1 << 20, "memory": 256 << 20}
+TEMPLATE_START_GRACE = 2  # wall seconds the renderer may take to start, on top of the limit
 
-    intercepted_binops = frozenset(["*", "**"])
+# The renderer: a child of the minion's own Python, fed the template, the (already subset) context
+# and the limits on stdin; it answers one JSON object on stdout.  Jinja's sandbox (no attribute
+# starting with '_', no mutation of the data, no product of a string or list over the size limit)
+# under RLIMIT_CPU and RLIMIT_AS, streaming its output against the size limit.  It sees nothing of
+# the minion but what it is given: no pillar beyond the template's context, no loader, no opts.
+_RENDER_CHILD = r"""
+import json, os, resource, sys
+job = json.loads(sys.stdin.buffer.read())
+sys.path[:0] = job["path"]
+import jinja2, jinja2.sandbox
+limits = job["limits"]
+reserve = bytearray(1 << 16)
+
+def answer(obj):
+    os.write(1, json.dumps(obj).encode())
+    os._exit(0)
+
+import re
+WIDTHS = re.compile(r"[0-9]+")
+AMPLIFIERS = {"center", "ljust", "rjust", "zfill", "expandtabs", "format", "format_map", "replace", "indent",
+              "wordwrap", "join", "truncate"}
+WIDENING = {"center", "ljust", "rjust", "zfill", "expandtabs", "indent"}
+
+def guard(name, value, args, kwargs):
+    # refuse before computing a string the size limit forbids (RLIMIT_AS is the backstop)
+    most = limits["bytes"]
+    formatting = name in ("format", "format_map", "%")
+    if name in WIDENING or (formatting and isinstance(value, str) and "*" in value):  # a width argument
+        nums = [a for a in list(args) + list(kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
+        if any(n > most for n in nums):
+            answer({"limit": "bytes"})
+    if formatting and isinstance(value, str):  # a width written in the format string itself
+        if any(len(w) >= 30 or int(w) > most for w in WIDTHS.findall(value)):
+            answer({"limit": "bytes"})
+    if name == "replace" and isinstance(value, str) and len(args) >= 2 \
+            and isinstance(args[0], str) and isinstance(args[1], str):
+        hits = value.count(args[0]) if args[0] else len(value) + 1
+        if len(value) + hits * max(len(args[1]) - len(args[0]), 0) > most:
+            answer({"limit": "bytes"})
+
+class Env(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset(["*", "**", "%"])
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        for name in AMPLIFIERS & set(self.filters):
+            self.filters[name] = self.guarded_filter(name, self.filters[name])
+
+    @staticmethod
+    def guarded_filter(name, func):
+        def wrapper(*args, **kwargs):
+            start = 1 if args and not isinstance(args[0], str) and hasattr(args[0], "environment") else 0
+            rest = args[start:]
+            if rest:
+                guard(name, rest[0], rest[1:], kwargs)
+            return func(*args, **kwargs)
+        for attr in ("jinja_pass_arg",):
+            if hasattr(func, attr):
+                setattr(wrapper, attr, getattr(func, attr))
+        return wrapper
+
+    def call(__self, __context, __obj, *args, **kwargs):
+        if isinstance(getattr(__obj, "__self__", None), str) and getattr(__obj, "__name__", "") in AMPLIFIERS:
+            guard(__obj.__name__, __obj.__self__, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def call_binop(self, context, operator, left, right):
         if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
             raise jinja2.sandbox.SecurityError("power too large")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > 1 << 20:
-                    raise jinja2.sandbox.SecurityError("result too large")
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
+                        and len(seq) * times > limits["bytes"]:
+                    answer({"limit": "bytes"})
+        if operator == "%" and isinstance(left, str):
+            guard("%", left, right if isinstance(right, tuple) else (right,), {})
         return super().call_binop(context, operator, left, right)
 
-
-def _template_line(exc):
-    """The template line an exception was raised on (Jinja rewrites the traceback), or None."""
+def line_of(exc):
     line = getattr(exc, "lineno", None)
     tb = exc.__traceback__
     while tb is not None:
@@ -697,6 +765,42 @@ def _template_line(exc):
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
+
+with open("/proc/self/statm") as fh:
+    base = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+cpu = max(int(-(-limits["seconds"] // 1)), 1)
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+resource.setrlimit(resource.RLIMIT_AS, (base + limits["memory"], base + limits["memory"]))
+try:
+    env = Env(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    out, size = [], 0
+    for chunk in env.from_string(job["source"]).generate(job["context"]):
+        size += len(chunk.encode("utf-8", "surrogatepass"))
+        if size > limits["bytes"]:
+            answer({"limit": "bytes"})
+        out.append(chunk)
+    text = "".join(out)
+except MemoryError:
+    del reserve
+    answer({"limit": "memory"})
+except Exception as exc:
+    answer({"error": type(exc).__name__, "line": line_of(exc)})
+answer({"text": text})
+"""
+
+
+def _template_limits(conf):
+    """The project's ``template_limits`` over :data:`TEMPLATE_LIMITS`, validated."""
+    given = conf.get("template_limits") or {}
+    if not isinstance(given, dict) or set(given) - set(TEMPLATE_LIMITS) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in given.values()):
+        raise CommandExecutionError(
+            f"project {conf.get('name')!r}: template_limits must map some of {', '.join(TEMPLATE_LIMITS)} "
+            "to positive numbers, e.g. {seconds: 5, bytes: 1048576, memory: 268435456}"
+        )
+    limits = {**TEMPLATE_LIMITS, **given}
+    limits["bytes"], limits["memory"] = int(limits["bytes"]), int(limits["memory"])
+    return limits
 
 
 _TEMPLATE_HINTS = {
@@ -706,20 +810,55 @@ _TEMPLATE_HINTS = {
     "TemplateSyntaxError": "syntax error",
 }
 
+_LIMIT_TEXT = {
+    "seconds": "takes longer than the time limit of {seconds:g} s",
+    "bytes": "produces more than the size limit of {bytes} bytes",
+    "memory": "needs more than the memory limit of {memory} bytes",
+}
 
-def _render(env, dest, source, context):
-    """Render one template; a failure names the file, the line and the exception type, never a value."""
-    failure = None
+
+def _render(dest, source, context, limits):
+    """Render one template in the bounded child (see :data:`_RENDER_CHILD`); a failure names the
+    file, the line and the exception type, or the limit it went over, never a value."""
+    job = json.dumps({
+        "source": source,
+        "context": context,
+        "limits": limits,
+        "path": [p for p in sys.path if os.path.isabs(p)],
+    }, default=str).encode()
+    proc = None
     try:
-        return env.from_string(source).render(context)
-    except Exception as exc:  # pylint: disable=broad-except
-        kind = type(exc).__name__
-        line = _template_line(exc)
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", _RENDER_CHILD], input=job, capture_output=True, cwd="/",
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=limits["seconds"] + TEMPLATE_START_GRACE,
+            check=False,
+        )
+        answer = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except subprocess.TimeoutExpired:
+        answer = {"limit": "seconds"}
+    except (OSError, ValueError):
+        answer = None
+    if answer is None and proc is not None and proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        answer = {"limit": "seconds"}
+    if isinstance(answer, dict) and isinstance(answer.get("text"), str):
+        return answer["text"]
+    if isinstance(answer, dict) and answer.get("limit") in _LIMIT_TEXT:
+        limit = answer["limit"]
+        raise CommandExecutionError(
+            f"config {dest}: the template {_LIMIT_TEXT[limit].format(**limits)} "
+            f"(template_limits: {limit}); nothing was switched"
+        )
+    if isinstance(answer, dict) and answer.get("error"):
+        kind, line = str(answer["error"]), answer.get("line")
         hint = _TEMPLATE_HINTS.get(kind)
-        failure = (f"config {dest}: template error at line {line if line else '?'}: {kind}"
-                   f"{f' ({hint})' if hint else ''}; values are never shown")
-        del exc  # its traceback holds the template's context
-    raise CommandExecutionError(failure)  # outside the handler: no chained exception carries a value
+        raise CommandExecutionError(
+            f"config {dest}: template error at line {line if line else '?'}: {kind}"
+            f"{f' ({hint})' if hint else ''}; values are never shown"
+        )
+    raise CommandExecutionError(
+        f"config {dest}: the template renderer failed (exit {getattr(proc, 'returncode', None)}); "
+        "values are never shown"
+    )
 
 
 def _render_config(conf, pillar, tmp, release, uid, gid):
@@ -727,12 +866,13 @@ def _render_config(conf, pillar, tmp, release, uid, gid):
 
     A template sees ``pillar`` (the keys listed in ``template_pillar``), ``grains`` (those in
     ``template_grains``, default :data:`TEMPLATE_GRAINS`), ``project``, ``release`` and ``root``.
+    Each file is rendered in a child process bounded by ``template_limits`` (:data:`TEMPLATE_LIMITS`).
     """
     configs = conf.get("config") or {}
     if not configs:
         return
+    limits = _template_limits(conf)
     grains = __grains__.value() if hasattr(__grains__, "value") else dict(__grains__)
-    env = _TemplateEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     context = {
         "pillar": _subset(pillar, _declared(conf, "template_pillar", [])),
         "grains": _subset(grains, _declared(conf, "template_grains", TEMPLATE_GRAINS)),
@@ -743,7 +883,7 @@ def _render_config(conf, pillar, tmp, release, uid, gid):
     for dest, spec in configs.items():
         path = _inside(tmp, dest, "config file")
         source = _template_source(spec, dest, tmp)
-        text = _render(env, dest, source, context)
+        text = _render(dest, source, context, limits)
         _write_file(path, text, _mode(spec.get("mode"), 0o640, f"config {dest}"), uid, gid)
 
 
@@ -1662,7 +1802,46 @@ def _run_cmd(command, conf, paths, timeout):
         check=False,
         **kwargs,
     )
-    return proc.returncode, (proc.stderr or proc.stdout or "")[-OUTPUT_TAIL:]
+    secrets = _secret_values(conf)
+    if proc.returncode:
+        log.warning(
+            "deploy: %s: command exited %s; its output (last %s characters, pillar values redacted):\n"
+            "--- stdout\n%s\n--- stderr\n%s", paths["root"], proc.returncode, OUTPUT_LOG,
+            _redacted(proc.stdout or "", secrets)[-OUTPUT_LOG:], _redacted(proc.stderr or "", secrets)[-OUTPUT_LOG:],
+        )
+    return proc.returncode, _tail(proc.stderr or proc.stdout or "", secrets)
+
+
+def _secret_values(conf):
+    """Every value under the project's ``template_pillar`` keys, nested ones too, longest first:
+    what no output leaving the node may carry (values shorter than :data:`REDACT_MIN` excepted)."""
+    pillar = __pillar__.value() if hasattr(__pillar__, "value") else __pillar__
+    try:
+        keys = _declared(conf, "template_pillar", [])
+    except CommandExecutionError:
+        keys = [k for k in conf.get("template_pillar") or [] if isinstance(k, str)]
+    found, todo = set(), [_subset(pillar, keys)]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, (list, tuple, set)):
+            todo.extend(value)
+        elif value is not None and not isinstance(value, bool):
+            text = str(value)
+            found.update(t for t in [text, text.strip(), *text.splitlines()] if len(t.strip()) >= REDACT_MIN)
+    return sorted(found, key=len, reverse=True)
+
+
+def _redacted(text, secrets):
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _tail(text, secrets):
+    """What of a step's output leaves the node: its last :data:`OUTPUT_TAIL` characters, pillar values redacted."""
+    return _redacted(str(text), secrets)[-OUTPUT_TAIL:]
 
 
 def _trusted_link(dir_st, link_st):
@@ -1778,7 +1957,7 @@ def _restart_steps(conf, paths):
         except (CommandExecutionError, OSError) as exc:
             entry.setdefault("step", str(step))
             entry["result"] = False
-            entry["output"] = str(exc)
+            entry["output"] = _tail(exc, _secret_values(conf))
         entry["seconds"] = round(time.monotonic() - started, 3)
         results.append(entry)
         if not entry["result"]:
@@ -1933,6 +2112,13 @@ def _one_check(check, release=None):
     return result
 
 
+def _check_told(result, conf):
+    """A check's result as it leaves the node: its error redacted and cut to :data:`OUTPUT_TAIL`."""
+    if result.get("error"):
+        result["error"] = _tail(result["error"], _secret_values(conf))
+    return result
+
+
 def check(project):
     """
     Run the project's smoke checks from this node (key pages, API, admin).
@@ -1959,7 +2145,7 @@ def check(project):
     conf = _project(project)
     started = time.monotonic()
     release = _current_target(_paths(conf))
-    results = [_one_check(c, release) for c in conf.get("checks") or []]
+    results = [_check_told(_one_check(c, release), conf) for c in conf.get("checks") or []]
     ok = all(r["ok"] for r in results)
     if not ok:
         __context__["retcode"] = 1
@@ -2034,7 +2220,7 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
     check_ok = None
     if ok and checks != "skip":
         t = time.monotonic()
-        results = [_one_check(c, release) for c in conf.get("checks") or []]
+        results = [_check_told(_one_check(c, release), conf) for c in conf.get("checks") or []]
         check_ok = all(r["ok"] for r in results)
         steps.append(_step("checks", t, result=check_ok, details=results))
         if checks == "gate":

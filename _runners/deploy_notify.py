@@ -62,4 +62,4 @@ def send(tag=None, data=None, **kwargs):  # pylint: disable=unused-argument
     except (DeployError, Exception) as exc:  # pylint: disable=broad-except  # the reactor has nobody to tell
         log.warning("deploy: notification of %s skipped: %s", tag, exc)
         return {"event": parsed[2], "sent": [], "failed": {}, "comment": str(exc)}
-    return notify.send(hooks, tag, data if isinstance(data, dict) else {}, log)
+    return notify.send(hooks, tag, data if isinstance(data, dict) else {}, log, __opts__.get("deploy_notify_hosts"))

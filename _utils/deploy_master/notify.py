@@ -35,6 +35,8 @@ FORMATS = ("json", "slack", "dingtalk", "wecom")
 FIELDS = ("project", "env", "kind", "mode", "release", "result", "error", "seconds", "ref", "to", "run",
           "stage", "nodes", "reason", "resume", "user", "by")
 TIMEOUT = 5  # seconds for one POST
+ATTEMPTS = 3  # posts of one message to one hook, at most: again only after no answer, a 5xx or a 429
+BACKOFF = 1.0  # seconds before the second attempt, doubled before each further one
 
 
 def hooks(conf, project="?"):
@@ -109,10 +111,26 @@ def text(what, msg):
 def payload(fmt, msg):
     """The JSON body of ``msg`` in one of the wire formats."""
     if fmt == "slack":
-        return {"text": msg["text"]}
+        return {"text": escape(fmt, msg["text"])}
     if fmt in ("dingtalk", "wecom"):  # both robots take {"msgtype": "text", "text": {"content": ...}}
-        return {"msgtype": "text", "text": {"content": msg["text"]}}
+        return {"msgtype": "text", "text": {"content": escape(fmt, msg["text"])}}
     return msg
+
+
+# DingTalk and WeCom: what their robots turn into a mention, a link or markup, made inert
+_CHAT_INERT = str.maketrans({"<": "\uff1c", ">": "\uff1e", "@": "\uff20", "[": "\uff3b", "]": "\uff3d",
+                             "`": "\u02cb", "*": "\u2217", "#": "\uff03"})
+
+
+def escape(fmt, text):
+    """``text`` as plain text in the chat: Slack's control characters (``&``, ``<``, ``>``) as entities,
+    so ``<!channel>`` or ``<https://x|label>`` from a release's output neither pings nor links;
+    for DingTalk and WeCom, mention, link and markdown characters replaced by look-alikes."""
+    if fmt == "slack":
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if fmt in ("dingtalk", "wecom"):
+        return text.translate(_CHAT_INERT)
+    return text
 
 
 def signed_url(url, secret, now_ms=None):
@@ -123,8 +141,35 @@ def signed_url(url, secret, now_ms=None):
     return f"{url}{'&' if '?' in url else '?'}timestamp={stamp}&sign={sign}"
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx answer is the hook's answer (a failed delivery), never a second request elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # pylint: disable=too-many-arguments
+        return None
+
+
+# no proxy from the environment (a hook goes straight to its host), no redirect followed
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+
+def host_allowed(url, hosts):
+    """Whether ``url``'s host is in ``hosts`` (the master's ``deploy_notify_hosts``): an exact name,
+    or ``*.example.com`` for any name under example.com; ``hosts`` None or empty allows every host."""
+    if not hosts:
+        return True
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    host = (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+    for entry in hosts:
+        entry = str(entry).lower().rstrip(".")
+        if host == entry or (entry.startswith("*.") and host.endswith(entry[1:])):
+            return True
+    return False
+
+
 def post(hook, body, timeout=TIMEOUT):
-    """POST ``body`` as JSON; returns None on a 2xx, else a short error that never names the URL."""
+    """POST ``body`` as JSON; returns None on a 2xx, else a short error that never names the URL,
+    where a redirect pointed, or why the connection failed (that would tell open ports from closed)."""
     url = hook["url"]
     if hook["format"] == "dingtalk" and hook.get("secret"):
         url = signed_url(url, str(hook["secret"]))
@@ -133,18 +178,63 @@ def post(hook, body, timeout=TIMEOUT):
         headers={"Content-Type": "application/json; charset=utf-8", "User-Agent": "salt-deploy"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # nosec: the pillar's own address
-            response.read(65536)
-            return None
+        with _OPENER.open(request, timeout=timeout) as response:  # nosec: the pillar's own address
+            answer = response.read(65536)
     except urllib.error.HTTPError as exc:
+        exc.close()
+        if 300 <= exc.code < 400:
+            return f"HTTP {exc.code}: redirects are not followed"
         return f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"not delivered ({type(reason).__name__})"
+    except (urllib.error.URLError, OSError, ValueError):
+        return "not delivered"
+    return accepted(hook["format"], answer)
 
 
-def send(hooks_, tag, data, log=None):
-    """Post the event to every hook that wants it: ``{"event", "sent": [names], "failed": {name: error}}``."""
+def accepted(fmt, answer):
+    """None when the chat says it took the message (a 2xx alone is not enough for a chat: DingTalk and
+    WeCom answer ``{"errcode": 0}``, Slack ``ok``), else why not: its code, never its text."""
+    if fmt == "json":
+        return None
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        data = None
+    if fmt == "slack":
+        if answer.strip() == b"ok" or (isinstance(data, dict) and data.get("ok") is True):
+            return None
+        return "refused by the chat (no ok)"
+    code = data.get("errcode") if isinstance(data, dict) else None
+    if code == 0 and not isinstance(code, bool):
+        return None
+    if isinstance(code, int) and not isinstance(code, bool):
+        return f"refused by the chat (errcode {code})"
+    return "refused by the chat (no errcode)"
+
+
+def _again(error):
+    """Whether a failed post may succeed if tried again: no answer, a server error, too many requests."""
+    return error == "not delivered" or error == "HTTP 429" or error.startswith("HTTP 5")
+
+
+def deliver(hook, body, timeout=TIMEOUT, attempts=None):
+    """:func:`post`, again after :data:`BACKOFF`, 2 × that… while the failure may pass, at most ``attempts``
+    times; returns None or the last error (``(after N attempts)`` added when there were several)."""
+    pause, attempts = BACKOFF, attempts or ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        error = post(hook, body, timeout)
+        if error is None or not _again(error) or attempt == attempts:
+            break
+        time.sleep(pause)
+        pause *= 2
+    if error and attempt > 1:
+        error = f"{error} (after {attempt} attempts)"
+    return error
+
+
+def send(hooks_, tag, data, log=None, hosts=None, timeout=TIMEOUT):
+    """Post the event to every hook that wants it: ``{"event", "sent": [names], "failed": {name: error}}``.
+
+    ``hosts``: the master's ``deploy_notify_hosts``; a hook whose host is not in it gets nothing."""
     parsed = parse_tag(tag)
     if not parsed:
         return {"event": None, "sent": [], "failed": {}}
@@ -154,7 +244,10 @@ def send(hooks_, tag, data, log=None):
     for hook in hooks_:
         if what not in hook["events"]:
             continue
-        error = post(hook, payload(hook["format"], msg))
+        if host_allowed(hook["url"], hosts):
+            error = deliver(hook, payload(hook["format"], msg), timeout)
+        else:
+            error = "host not in deploy_notify_hosts: not sent"
         if error:
             failed[hook["name"]] = error
             if log:
