@@ -1018,6 +1018,7 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
     default_branch = ref is None
     try:
         ref = names.valid(str(ref or run.envc.get("branch") or "master"), names.REF_RE, "ref")
+        build.source_for(__opts__, project, run.conf).check_installed()  # a missing client: exit 2, no lock
         if test:
             with run:
                 return _release_plan(run, ref, default_branch)
@@ -1407,7 +1408,7 @@ def history(project=None, env=None, limit=20, **kwargs):
     try:
         records = store.get(__opts__, log).history_read(project, env)
     except DeployError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     return records[-limit:] if limit > 0 else records
 
 
@@ -1443,7 +1444,7 @@ def stats(project=None, env=None, **kwargs):
     try:
         records = store.get(__opts__, log).history_read(project, env)
     except DeployError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     for rec in records:
         kind = "rollbacks" if str(rec.get("kind", "")).startswith("rollback") else "releases"
         result = rec.get("result")
@@ -1487,15 +1488,15 @@ def unlock(project=None, env=None, force=False, show=False, **kwargs):
         _config(project, env)
     except SaltInvocationError as exc:
         return _refused(exc)
-    lock = store.get(__opts__, log).lock(project, env, "unlock")
     try:
+        lock = store.get(__opts__, log).lock(project, env, "unlock")
         held = lock.holder()
         if held is None:
             return {"locked": False, "detached": lock.detached()}
         alive = bool(held) and lock.alive(held)
         info = {"locked": True, "holder": held, "alive": alive, "detached": lock.detached()}
     except DeployError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     if show:
         return info
     if alive and not force:
