@@ -56,6 +56,7 @@ import salt.client
 import salt.utils.event
 import salt.utils.jid
 import salt.utils.minions
+import salt.version
 from salt.exceptions import SaltClientError, SaltInvocationError
 
 try:
@@ -1593,3 +1594,23 @@ def refs(project=None, limit=50, **kwargs):
         return _refused(exc)
     except DeployError as exc:
         return _failed({"result": "refused", "error": str(exc)})
+
+
+# --------------------------------------------------------------------------- public: version
+
+def version(**kwargs):
+    """
+    The version of salt-deploy on this master, and the Salt and Python that run it.  Read-only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.version
+    """
+    try:
+        contract.check_arguments("deploy.version", (), kwargs)
+    except SaltInvocationError as exc:
+        return _refused(exc)
+    return {"salt-deploy": deploy_master.__version__, "salt": salt.version.__version__,
+            "python": ".".join(str(n) for n in sys.version_info[:3])}
