@@ -130,3 +130,29 @@ def test_svn_build_without_the_svn_client_is_refused_before_the_lock(master_dir,
     assert "dnf install subversion" in doc["error"]
     code, doc, _ = salt_run(master_dir, "local", [], "deploy.history", "project=tundra", "env=pro", path=str(bare))
     assert code == 0 and doc == [], doc
+
+
+def test_console_without_cherrypy_is_one_line_and_exit_2(tmp_path):
+    code = ("import sys, runpy; sys.modules['cherrypy'] = None; sys.argv = ['saltext_deploy', 'console']; "
+            "runpy.run_module('saltext_deploy', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cherrypy" in proc.stderr and "salt-pip install cherrypy" in proc.stderr, proc.stderr
+    # with it: the console's folder
+    proc = subprocess.run([sys.executable, "-m", "saltext_deploy", "console"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, check=False)
+    assert proc.returncode == 0 and os.path.isfile(os.path.join(proc.stdout.strip(), "index.html")), proc
+
+
+def test_deploy_version_names_salt_deploy_salt_and_python(master_dir):
+    import deploy_master  # pylint: disable=import-outside-toplevel
+    import salt.version  # pylint: disable=import-outside-toplevel
+
+    code, doc, err = salt_run(master_dir, "local", [], "deploy.version")
+    assert code == 0, (doc, err[-2000:])
+    assert doc == {"salt-deploy": deploy_master.__version__, "salt": salt.version.__version__,
+                   "python": ".".join(str(n) for n in sys.version_info[:3])}
+    code, doc, _ = salt_run(master_dir, "local", [], "deploy.version", "extra=1")
+    assert code == 2 and "unknown argument 'extra'" in doc["error"], doc
