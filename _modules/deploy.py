@@ -896,8 +896,12 @@ def _write_files(conf, tmp, uid, gid):
 
 
 def _sha256(path):
+    """The hex sha256 of a file, read in 1 MiB blocks (``hashlib.file_digest`` is Python 3.11+)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fetch(source, saltenv):
@@ -1913,7 +1917,9 @@ def _clear_dir(path):
         count = 0
         for name in os.listdir(fd):
             if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                shutil.rmtree(name, dir_fd=fd)  # fd-based, refuses symlinks (shutil.rmtree.avoids_symlink_attacks)
+                # relative to the open fd through its /proc link (rmtree's dir_fd is Python 3.11+): rmtree
+                # itself is fd-based and refuses symlinks (shutil.rmtree.avoids_symlink_attacks)
+                shutil.rmtree(f"/proc/self/fd/{fd}/{name}")
             else:
                 os.unlink(name, dir_fd=fd)
             count += 1

@@ -56,6 +56,7 @@ import salt.client
 import salt.utils.event
 import salt.utils.jid
 import salt.utils.minions
+import salt.version
 from salt.exceptions import SaltClientError, SaltInvocationError
 
 try:
@@ -1028,6 +1029,7 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
     default_branch = ref is None
     try:
         ref = names.valid(str(ref or run.envc.get("branch") or "master"), names.REF_RE, "ref")
+        build.source_for(__opts__, project, run.conf).check_installed()  # a missing client: exit 2, no lock
         if test:
             with run:
                 return _release_plan(run, ref, default_branch)
@@ -1419,7 +1421,7 @@ def history(project=None, env=None, limit=20, **kwargs):
     try:
         records = store.get(__opts__, log).history_read(project, env)
     except DeployError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     return records[-limit:] if limit > 0 else records
 
 
@@ -1455,7 +1457,7 @@ def stats(project=None, env=None, **kwargs):
     try:
         records = store.get(__opts__, log).history_read(project, env)
     except DeployError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     for rec in records:
         kind = "rollbacks" if str(rec.get("kind", "")).startswith("rollback") else "releases"
         result = rec.get("result")
@@ -1501,15 +1503,15 @@ def unlock(project=None, env=None, force=False, show=False, **kwargs):
         _config(project, env)
     except SaltInvocationError as exc:
         return _refused(exc)
-    lock = store.get(__opts__, log).lock(project, env, "unlock")
     try:
+        lock = store.get(__opts__, log).lock(project, env, "unlock")
         held = lock.holder()
         if held is None:
             return {"locked": False, "detached": lock.detached()}
         alive = bool(held) and lock.alive(held)
         info = {"locked": True, "holder": held, "alive": alive, "detached": lock.detached()}
     except DeployError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
+        return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     if show:
         return info
     if alive and not force:
@@ -1606,3 +1608,23 @@ def refs(project=None, limit=50, **kwargs):
         return _refused(exc)
     except DeployError as exc:
         return _failed({"result": "refused", "error": str(exc)})
+
+
+# --------------------------------------------------------------------------- public: version
+
+def version(**kwargs):
+    """
+    The version of salt-deploy on this master, and the Salt and Python that run it.  Read-only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.version
+    """
+    try:
+        contract.check_arguments("deploy.version", (), kwargs)
+    except SaltInvocationError as exc:
+        return _refused(exc)
+    return {"salt-deploy": deploy_master.__version__, "salt": salt.version.__version__,
+            "python": ".".join(str(n) for n in sys.version_info[:3])}

@@ -19,7 +19,11 @@ Importable on both install routes: ``pip install`` (a top-level package of the
 distribution) and the classic route (``_utils/`` synced by ``saltutil.sync_utils``, which
 Salt keeps on ``sys.path``).  Salt's utils loader also sees this folder; nothing here is
 meant for ``__utils__``, and importing this file imports nothing else.
+
+``__version__`` is the version of salt-deploy: setup.cfg reads it from here (``version = attr:``).
 """
+
+__version__ = "0.1.0"
 
 
 class DeployError(Exception):

@@ -16,10 +16,7 @@ from salt.exceptions import SaltInvocationError
 from deploy_master import DeployError, config, manifest, names, source
 
 
-def sha256(path):
-    """The hex sha256 of a file."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+sha256 = manifest.sha256  # the hex sha256 of a file
 
 
 def artifacts_dir(opts, project):

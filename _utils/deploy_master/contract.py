@@ -5,7 +5,8 @@ Exit codes of every ``salt-run deploy.*`` (the return's ``retcode``; README "Exi
 ==  ===========  ==================================================================
 0   OK           done
 1   FAILED       the run failed (the env's state: see the summary and the README)
-2   BAD_INPUT    refused before anything changed: an unknown, missing or invalid argument or pillar value
+2   BAD_INPUT    refused before anything changed: an unknown, missing or invalid argument or pillar value, or
+                 a part the master needs for it is not installed (:class:`MissingDependency`)
 3   LOCKED       refused before anything changed: the project+env is locked by another run (retry later)
 4   ABORTED      stopped by SIGTERM/SIGINT (or deploy.abort during a timed pause): no new batch started, the
                  batch in flight finished, LB restored
@@ -16,7 +17,24 @@ Exit codes of every ``salt-run deploy.*`` (the return's ``retcode``; README "Exi
 
 from salt.exceptions import SaltInvocationError
 
+from deploy_master import DeployError
+
 OK, FAILED, BAD_INPUT, LOCKED, ABORTED, PAUSED = 0, 1, 2, 3, 4, 5
+
+
+class MissingDependency(DeployError, SaltInvocationError):
+    """Refused before anything changed (exit 2): an optional part this run needs is not installed.
+    The message is one line naming the part and how to install it (see :func:`missing`)."""
+
+
+def missing(what, part, pip=None, deb=None, rpm=None):
+    """The :class:`MissingDependency` for ``what`` (who needs it) lacking ``part``: a Python package
+    ``pip`` (installed into Salt's own Python) or a system package (``deb``/``rpm`` names)."""
+    if pip:
+        how = f"pip install {pip} into Salt's Python (onedir: salt-pip install {pip})"
+    else:
+        how = f"apt-get install {deb} (RHEL: dnf install {rpm or deb})"
+    return MissingDependency(f"{what} needs {part}, which is not installed: {how}")
 
 
 def check_arguments(fun, accepted, kwargs, **required):

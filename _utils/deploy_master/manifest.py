@@ -50,9 +50,13 @@ def tree_hash(entries):
     return digest.hexdigest()
 
 
-def _sha256(path):
+def sha256(path):
+    """The hex sha256 of a file, read in 1 MiB blocks (``hashlib.file_digest`` is Python 3.11+)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def scan(tree):
@@ -75,7 +79,7 @@ def scan(tree):
                 entries.append([path, "d", 0o755, 0, ""])
                 walk(path)
             elif stat.S_ISREG(st.st_mode):
-                sha = _sha256(item.path)
+                sha = sha256(item.path)
                 entries.append([path, "f", 0o755 if st.st_mode & 0o111 else 0o644, st.st_size, sha])
                 blobs.setdefault(sha, item.path)
             else:

@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 
-from deploy_master import DeployError, Locked, names
+from deploy_master import DeployError, Locked, contract, names
 from deploy_master.store import Lock, Store
 
 try:
@@ -81,7 +81,7 @@ class EtcdClient:
 
     def __init__(self, conf):
         if etcd3gw is None:
-            raise StoreUnavailable("deploy_store etcd needs the Python package etcd3gw (pip install etcd3gw)")
+            raise contract.missing("deploy_store: etcd", "the Python package etcd3gw", pip="etcd3gw")
         endpoints = conf.get("endpoints") or [
             f"{conf.get('protocol', 'http')}://{conf.get('host', '127.0.0.1')}:{conf.get('port', 2379)}"
         ]

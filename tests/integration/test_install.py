@@ -7,7 +7,8 @@ The two install routes of README.md, "Install":
    minions and `saltutil.sync_runners` + `saltutil.sync_utils` on the master.
 
 On both routes the runner imports the master-side package `deploy_master` (`_utils/`): from the
-installed distribution, or from the master's synced `extmods/utils`, which Salt puts on sys.path.
+installed distribution (where it is `saltext_deploy/master`, found under that name once Salt's loader
+imported `saltext_deploy`), or from the master's synced `extmods/utils`, which Salt puts on sys.path.
 """
 
 import os
@@ -80,8 +81,10 @@ def test_pip_install_registers_the_modules_through_entry_points():
             entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
         for path in ("saltext_deploy/_modules/deploy.py", "saltext_deploy/_modules/deploy_lb.py",
                      "saltext_deploy/_states/deploy.py", "saltext_deploy/_runners/deploy.py",
-                     "deploy_master/__init__.py", "deploy_master/store.py", "deploy_master/source/git.py"):
+                     "saltext_deploy/master/__init__.py", "saltext_deploy/master/store.py",
+                     "saltext_deploy/master/source/git.py"):
             assert path in names
+        assert not [n for n in names if n.startswith("deploy_master/")], "the runner's package is namespaced"
         for line in ("module_dirs = saltext_deploy:get_module_dirs", "states_dirs = saltext_deploy:get_states_dirs",
                      "runner_dirs = saltext_deploy:get_runner_dirs"):
             assert line in entry_points
@@ -98,7 +101,7 @@ def test_pip_install_registers_the_modules_through_entry_points():
         for kind in ("module", "lb", "state", "runner"):
             assert found[kind].startswith(os.path.join(target, "saltext_deploy")), (kind, found[kind])
         for kind in ("package", "source"):  # the runner's package, from the wheel too
-            assert found[kind].startswith(os.path.join(target, "deploy_master")), (kind, found[kind])
+            assert found[kind].startswith(os.path.join(target, "saltext_deploy", "master")), (kind, found[kind])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -196,4 +196,5 @@ except DeployError as exc:
 """
     out = __import__("subprocess").run([__import__("sys").executable, "-c", probe, str(tmp_path)],
                                        capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "git: the master needs gitpython (salt-pip install gitpython)"
+    assert out.strip() == ("git: a build from git needs the Python package gitpython, which is not installed: "
+                           "pip install gitpython into Salt's Python (onedir: salt-pip install gitpython)")

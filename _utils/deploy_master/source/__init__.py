@@ -43,6 +43,10 @@ class Source:
         self.opts, self.project, self.conf = opts, project, conf
         self.url = conf["repo"]
 
+    def check_installed(self):
+        """Refuse (:class:`deploy_master.contract.MissingDependency`) before anything starts when the
+        master lacks the VCS client this source needs."""
+
     def resolve(self, ref, branch=False):
         """The :class:`Revision` ``ref`` names now; DeployError if it names none, or more than one
         (git: a branch and a tag of that name).  ``branch=True``: ``ref`` is the env's default

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from deploy_master import DeployError, archive, config
+from deploy_master import DeployError, archive, config, contract
 from deploy_master.source import Revision, Source
 
 
@@ -19,7 +19,7 @@ def _git():
     try:
         import git  # pylint: disable=import-outside-toplevel
     except ImportError:
-        raise DeployError("git: the master needs gitpython (salt-pip install gitpython)") from None
+        raise contract.missing("git: a build from git", "the Python package gitpython", pip="gitpython") from None
     return git
 
 
@@ -27,6 +27,9 @@ class GitSource(Source):
     """A bare mirror in ``<deploy_state_dir>/git/<project>.git``, fetched before each resolve."""
 
     kind = "git"
+
+    def check_installed(self):
+        _git()
 
     def __init__(self, opts, project, conf):
         super().__init__(opts, project, conf)

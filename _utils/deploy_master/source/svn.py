@@ -24,13 +24,14 @@ with a timeout (``svn: {timeout:}``, seconds, default 300).
 import datetime
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 import tempfile
 import urllib.parse
 import xml.etree.ElementTree as ET
 
-from deploy_master import DeployError, archive, names
+from deploy_master import DeployError, archive, contract, names
 from deploy_master.source import Revision, Source
 
 SCHEMES = ("file", "svn", "svn+ssh", "http", "https")
@@ -42,10 +43,18 @@ NO_REVISION = ("E160006",)  # no such revision
 AUTH = ("E170001", "E215004", "E215000", "E230001", "E170013:.*[Aa]uthori")
 
 
+def _no_client():
+    return contract.missing("svn: a build from SVN", "the svn client (1.10 or newer)", deb="subversion")
+
+
 class SvnSource(Source):
     """No mirror: ``svn info`` against the repository on every resolve, an export per build."""
 
     kind = "svn"
+
+    def check_installed(self):
+        if not shutil.which("svn"):
+            raise _no_client()
 
     def __init__(self, opts, project, conf):
         super().__init__(opts, project, conf)
@@ -101,7 +110,7 @@ class SvnSource(Source):
             except subprocess.TimeoutExpired:
                 raise DeployError(f"svn: {what}: no answer within {self.timeout}s (pillar svn:timeout)") from None
             except FileNotFoundError:
-                raise DeployError("svn: the master needs the svn client (Debian package subversion)") from None
+                raise _no_client() from None
         if proc.returncode:
             raise DeployError(self._error(proc.stderr, what))
         return proc.stdout
