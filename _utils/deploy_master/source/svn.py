@@ -30,7 +30,7 @@ import tempfile
 import urllib.parse
 import xml.etree.ElementTree as ET
 
-from deploy_master import DeployError, archive, names
+from deploy_master import DeployError, UnknownRef, archive, names
 from deploy_master.source import Revision, Source
 
 SCHEMES = ("file", "svn", "svn+ssh", "http", "https")
@@ -103,7 +103,8 @@ class SvnSource(Source):
             except FileNotFoundError:
                 raise DeployError("svn: the master needs the svn client (Debian package subversion)") from None
         if proc.returncode:
-            raise DeployError(self._error(proc.stderr, what))
+            message = self._error(proc.stderr, what)
+            raise (UnknownRef if message.startswith("svn: unknown ") else DeployError)(message)
         return proc.stdout
 
     def _error(self, stderr, what):
