@@ -861,6 +861,19 @@ def _render(dest, source, context, limits):
     )
 
 
+def _template_context(conf, pillar, release):
+    """What a config template sees (see :func:`_render_config`)."""
+    grains = __grains__.value() if hasattr(__grains__, "value") else dict(__grains__)
+    context = {
+        "pillar": _subset(pillar, _declared(conf, "template_pillar", [])),
+        "grains": _subset(grains, _declared(conf, "template_grains", TEMPLATE_GRAINS)),
+        "project": conf.get("name"),
+        "release": release,
+        "root": conf["root"],
+    }
+    return context
+
+
 def _render_config(conf, pillar, tmp, release, uid, gid):
     """Render the ``config`` templates in Jinja's sandbox, with only what the project declares.
 
@@ -872,14 +885,7 @@ def _render_config(conf, pillar, tmp, release, uid, gid):
     if not configs:
         return
     limits = _template_limits(conf)
-    grains = __grains__.value() if hasattr(__grains__, "value") else dict(__grains__)
-    context = {
-        "pillar": _subset(pillar, _declared(conf, "template_pillar", [])),
-        "grains": _subset(grains, _declared(conf, "template_grains", TEMPLATE_GRAINS)),
-        "project": conf.get("name"),
-        "release": release,
-        "root": conf["root"],
-    }
+    context = _template_context(conf, pillar, release)
     for dest, spec in configs.items():
         path = _inside(tmp, dest, "config file")
         source = _template_source(spec, dest, tmp)
@@ -2539,3 +2545,99 @@ def cleanup(project, keep=None, inventory=False):
     if os.path.isdir(paths["content"]):  # after the releases: a blob goes once no kept release links it
         result["blobs_removed"], result["blob_bytes_removed"] = _gc_store(paths)
     return _report(result, paths, inventory)
+
+
+# --------------------------------------------------------------------------- validate (read-only)
+
+
+def _shape(value):
+    """``value`` with every leaf an empty value of its type: keys and types, never a value (the master
+    checks them against the one definition of the pillar, deploy_master.pillar_schema)."""
+    if isinstance(value, dict):
+        return {str(key): _shape(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shape(item) for item in value]
+    if isinstance(value, bool) or value is None:
+        return False if value is not None else None
+    return type(value)() if isinstance(value, (str, int, float)) else ""
+
+
+def _has_key(data, key):
+    for part in key.split(":"):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def validate(project, lb=None):
+    """
+    What this node would use of a project, checked without changing anything: the project in its
+    pillar (compiled afresh), its root layout (root-only folders), the project user and group, and
+    its ``config`` templates rendered (output discarded) in the sandbox with what they would see,
+    from the sources of the release ``current`` points to (``salt://`` ones from the master).
+    Declared template keys this node's pillar or grains lack are listed under ``missing`` (a template
+    may give them a default).  On the load balancer's minion (``lb`` given and naming it in
+    ``minion``) the LB's answer for the servers listed in ``lb:servers_asked`` goes under ``lb``.
+    ``shape`` is the node's project pillar with every value emptied (keys and types only), for the
+    master's schema check: no pillar value leaves the node.
+
+    project
+        Project name (pillar ``deploy:projects:<project>``).
+    lb
+        The env's ``lb`` (``salt-run deploy.validate`` passes it): asked only on its minion.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' deploy.validate rainbow
+    """
+    problems = []
+    out = {"result": True, "problems": problems, "missing": [], "shape": None}
+    if isinstance(lb, dict) and lb.get("minion") == __grains__.get("id"):
+        lb = dict(lb)
+        asked = lb.pop("servers_asked", None) or []
+        try:
+            out["lb"] = __salt__["deploy_lb.status"](lb, asked)
+        except Exception as exc:  # pylint: disable=broad-except  # the LB's own message names what failed
+            out["lb"] = {"error": str(exc)}
+    pillar = _plain(_fresh_pillar())
+    defined = ((pillar.get("deploy") or {}).get("projects") or {}).get(project)
+    try:
+        conf = _project(project, pillar)
+    except CommandExecutionError as exc:
+        problems.append(str(exc))
+        out["result"] = False
+        return out
+    conf["name"] = project
+    out["shape"] = _shape(defined)
+    try:
+        paths = _paths(conf)
+        _ids(conf)
+        context = _template_context(conf, pillar, None)
+        limits = _template_limits(conf)
+    except CommandExecutionError as exc:
+        problems.append(str(exc))
+        out["result"] = False
+        return out
+    grains = __grains__.value() if hasattr(__grains__, "value") else dict(__grains__)
+    for key, data in (("template_pillar", pillar), ("template_grains", grains)):
+        for name in _declared(conf, key, TEMPLATE_GRAINS if key == "template_grains" else []):
+            if not _has_key(data, name):
+                out["missing"].append(f"{key} {name!r}")
+    current = os.path.realpath(paths["current"]) if os.path.islink(paths["current"]) else None
+    if current and os.path.dirname(current) == paths["releases"]:
+        context["release"] = os.path.basename(current)
+    else:
+        current = None
+    for dest, spec in (conf.get("config") or {}).items():
+        source = spec.get("source") if isinstance(spec, dict) else None
+        if not isinstance(source, str) or (current is None and not source.startswith("salt://")):
+            continue  # a source in the release: nothing to render before the first release
+        try:
+            _render(dest, _template_source(spec, dest, current), context, limits)
+        except CommandExecutionError as exc:
+            problems.append(str(exc))
+    out["result"] = not problems
+    return out

@@ -65,7 +65,8 @@ except ImportError:  # a source checkout whose editable install predates _utils/
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_utils"))
     import deploy_master
 from deploy_master import (  # noqa: E402
-    Aborted, DeployError, Locked, NotPaused, analysis, build, config, contract, jobs, manifest, names,
+    Aborted, DeployError, Locked, NotPaused, UnknownRef, analysis, build, config, contract, jobs, manifest, names,
+    pillar_schema,
     plan as planning, policy, store,
 )
 
@@ -342,7 +343,7 @@ def _failed(ret, code=contract.FAILED):
 
 def _refused(exc):
     """A refusal before anything changed: bad input (2) or locked (3); anything else failed (1)."""
-    if isinstance(exc, (SaltInvocationError, NotPaused)):
+    if isinstance(exc, (SaltInvocationError, NotPaused, UnknownRef)):
         code = contract.BAD_INPUT
     elif isinstance(exc, Locked):
         code = contract.LOCKED
@@ -390,7 +391,8 @@ def _node_call(run, nodes, fun, kwarg):
 def _build(run, ref, test=False, branch=False):
     """Step 1-4 of the article: latest code, build, package, place it on the fileserver."""
     started = time.monotonic()
-    info = build.build(__opts__, run.project, run.env, run.conf, ref, run.progress, test=test, branch=branch)
+    info = build.build(__opts__, run.project, run.env, run.conf, ref, run.progress, test=test, branch=branch,
+                       resolved=getattr(run, "resolved", None))
     run.release = info["release"]
     if test:
         return info
@@ -1033,6 +1035,8 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
         if test:
             with run:
                 return _release_plan(run, ref, default_branch)
+        # an unknown ref or a release name the nodes refuse is bad input: refused before the lock
+        run.resolved = build.resolve(__opts__, project, env, run.conf, ref, default_branch)
         _take_lock(run)
     except (DeployError, SaltInvocationError) as exc:
         run.close()
@@ -1608,6 +1612,113 @@ def refs(project=None, limit=50, **kwargs):
         return _refused(exc)
     except DeployError as exc:
         return _failed({"result": "refused", "error": str(exc)})
+
+
+# --------------------------------------------------------------------------- public: validate (read-only)
+
+
+def _validate_nodes(project, env):
+    """One batched, read-only ``deploy.validate`` call to the env's nodes and its LB minion: node ->
+    its problems (the keys and types of its project pillar checked against the one definition)."""
+    with _Run(project, env, "validate") as run:
+        plan = _plan(run)
+        nodes = list(plan["nodes"])
+        lb = dict(run.lb) if run.has_lb else None
+        if lb:
+            lb["servers_asked"] = planning.behind_lb(plan)
+            nodes = sorted(set(nodes) | {lb["minion"]})
+        out = {node: {"result": "no response", "problems": ["not connected to the master"]} for node in plan["down"]}
+        asked = [node for node in nodes if node not in plan["down"]]
+        for node, res in run.call(asked, "deploy.validate", {"project": project, "lb": lb}).items():
+            ret = res.get("ret") if isinstance(res.get("ret"), dict) else {}
+            found = []
+            if node in plan["nodes"]:  # the LB minion alone: only its LB's answer counts
+                found = list(ret.get("problems") or ([] if res["ok"] else [res.get("error") or "failed"]))
+                if ret.get("shape") is not None:
+                    found += [f"its pillar: {p}" for p in pillar_schema.problems(ret["shape"], project, shape_only=True)]
+            entry = {"result": "ok" if not found else "invalid", "problems": found}
+            if node in plan["nodes"] and ret.get("missing"):
+                entry["missing"] = ret["missing"]
+            if lb and node == lb["minion"]:
+                entry["lb"] = ret.get("lb") or {"error": res.get("error") or "no answer"}
+                if "error" in entry["lb"]:
+                    found.append(f"load balancer: {entry['lb']['error']}")
+                    entry["result"] = "invalid"
+            if res.get("silent"):
+                entry["result"] = "no response"
+            out[node] = entry
+        return out
+
+
+def validate(project=None, env=None, nodes=False, **kwargs):
+    """
+    Check a project (and one env) as the master sees it, and with ``nodes=True`` what each of the
+    env's nodes would use, without changing anything: no lock, no build, no history.
+
+    The master's view: every key of the project pillar known and of its type (an unknown key with
+    the nearest valid one: "did you mean"), then the checks a release makes of each env (or of
+    ``env``).  The nodes' view (``nodes=True``, needs ``env``): one batched read-only call
+    (``deploy.validate`` on each node and the LB minion): the project in each node's pillar (its
+    keys and types, no value leaves the node), the root layout, the project user, every
+    ``template_pillar``/``template_grains`` key present, and the load balancer's answer.
+
+    project
+        Project name.
+    env
+        One env (default: every env of the project).
+    nodes
+        ``True``: also ask the env's nodes.
+
+    Exit code 0 when everything is valid, 2 when a problem was found (each is listed under
+    ``problems``, per node under ``nodes``), 1 when a node did not answer.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.validate project=rainbow
+        salt-run deploy.validate project=rainbow env=pro nodes=True
+    """
+    try:
+        contract.check_arguments("deploy.validate", ("project", "env", "nodes"), kwargs, project=project)
+        names.valid(project, names.PROJECT_RE, "project name")
+        if env is not None:
+            names.valid(env, names.ENV_RE, "env name")
+        if nodes is True and env is None:
+            raise SaltInvocationError("deploy.validate: nodes=True needs env=")
+        pillar = config.master_pillar(__opts__)
+        defined = ((pillar.get("deploy") or {}).get("projects") or {}).get(project)
+        if not isinstance(defined, dict):
+            config.project_env(pillar, project)  # names the unknown project
+    except SaltInvocationError as exc:
+        return _refused(exc)
+    problems = list(pillar_schema.problems(defined, project))
+    envs = [env] if env is not None else sorted((defined.get("envs") or {}) if isinstance(defined.get("envs"), dict) else [])
+    for name in envs or [None]:
+        try:
+            config.project_env(pillar, project, name)
+        except SaltInvocationError as exc:
+            message = str(exc)
+            if not any(message.endswith(p) or p in message for p in problems):
+                problems.append(message)
+    out = {"result": "valid", "project": project, "envs": envs, "problems": problems}
+    code = contract.OK
+    if nodes is True and not problems:
+        try:
+            out["nodes"] = _validate_nodes(project, env)
+        except (DeployError, SaltInvocationError) as exc:
+            out["problems"].append(str(exc))
+        else:
+            if any(v["result"] == "no response" for v in out["nodes"].values()):
+                code = contract.FAILED
+            if any(v["result"] == "invalid" for v in out["nodes"].values()):
+                code = contract.BAD_INPUT
+    if out["problems"]:
+        code = contract.BAD_INPUT
+    if code != contract.OK:
+        out["result"] = "invalid" if code == contract.BAD_INPUT else "failed"
+        return _failed(out, code)
+    return out
 
 
 # --------------------------------------------------------------------------- public: version

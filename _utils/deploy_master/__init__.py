@@ -34,6 +34,11 @@ class Locked(DeployError):
     """Refused: the project+env is locked by another run (the message names the holder)."""
 
 
+class UnknownRef(DeployError):
+    """Refused, bad input: the ref names nothing (or more than one thing) in the repository, or the
+    release name it gives is one the nodes would refuse."""
+
+
 class Aborted(DeployError):
     """The run was stopped by a signal (SIGTERM, SIGINT)."""
 

@@ -13,7 +13,7 @@ import time
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import DeployError, config, manifest, names, source
+from deploy_master import DeployError, UnknownRef, config, manifest, names, source
 
 
 sha256 = manifest.sha256  # the hex sha256 of a file
@@ -121,22 +121,30 @@ def source_for(opts, project, conf):
     return source.get(conf.get("vcs"))(opts, project, conf)
 
 
-def build(opts, project, env, conf, ref, progress, test=False, branch=False):
+def resolve(opts, project, env, conf, ref, branch=False, src=None):
+    """``(revision, release)`` that ``ref`` names now; :class:`~deploy_master.UnknownRef` (bad input)
+    when it names nothing in the repository or gives a release name the nodes would refuse."""
+    src = src or source_for(opts, project, conf)
+    revision = src.resolve(ref, branch=branch)
+    release = names.release_name(project, env, revision)
+    try:
+        names.check_release(release)  # the nodes' own rule, before anything is built
+    except SaltInvocationError as exc:
+        raise UnknownRef(f"{exc}: nothing was built") from None
+    return revision, release
+
+
+def build(opts, project, env, conf, ref, progress, test=False, branch=False, resolved=None):
     """Resolve ``ref``, name the release, and (unless ``test``) build and publish its artifact.
 
     Returns ``{release, commit, version, branch, committer, time}``, plus ``source`` (salt://),
     ``checksum``, ``tree`` (the manifest's tree hash; the manifest is ``<release>.manifest.json``
     beside the artifact, served at ``manifest``), ``reused`` and ``bytes`` when not ``test``.  An artifact is reused for the same
     commit built by the same commands.  ``branch=True``: ``ref`` is the env's default branch
-    (resolved only as a branch).
+    (resolved only as a branch).  ``resolved``: :func:`resolve`'s answer, when the caller has it.
     """
     src = source_for(opts, project, conf)
-    revision = src.resolve(ref, branch=branch)
-    release = names.release_name(project, env, revision)
-    try:
-        names.check_release(release)  # the nodes' own rule, before anything is built
-    except SaltInvocationError as exc:
-        raise DeployError(f"{exc}: nothing was built") from None
+    revision, release = resolved or resolve(opts, project, env, conf, ref, branch, src)
     info = {
         "release": release, "commit": revision.id, "version": revision.version, "branch": revision.branch,
         "committer": revision.author, "time": revision.time.isoformat(),

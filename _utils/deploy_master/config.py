@@ -4,9 +4,9 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import analysis, names, plan
+from deploy_master import analysis, names, pillar_schema, plan
 
-LB_DRIVERS = ("none", "haproxy", "nginx")
+LB_DRIVERS = pillar_schema.LB_DRIVERS
 DEFAULT_BRANCH = {"git": "master", "svn": "trunk"}  # an env's `branch` when it names none
 
 
@@ -62,7 +62,24 @@ def load(opts, project, env=None):
 
 
 def project_env(pillar, project, env=None):
-    """``(conf, envc)``: the project (and env, else None) definition from ``pillar``, validated."""
+    """``(conf, envc)``: the project (and env, else None) definition from ``pillar``, validated.
+
+    Unknown keys are refused first, then the checks of what values mean (below) speak; then :mod:`deploy_master.pillar_schema`
+    refuses every unknown key (did you mean ...?) and wrong type, in every env."""
+    defined = ((pillar.get("deploy") or {}).get("projects") or {}).get(project)
+    pillar_schema.check(defined, project, unknown_only=True)  # a typo first: it silently changes what runs
+    try:
+        conf, envc = _project_env(pillar, project, env)
+    except SaltInvocationError:  # a TypeError too
+        raise
+    except (AttributeError, TypeError, KeyError, ValueError):  # a dict where a list goes, ...: named below
+        pillar_schema.check(defined, project)
+        raise
+    pillar_schema.check(conf, project)
+    return conf, envc
+
+
+def _project_env(pillar, project, env=None):
     names.valid(project, names.PROJECT_RE, "project name")
     if env is not None:
         names.valid(env, names.ENV_RE, "env name")
@@ -131,7 +148,7 @@ def _check_analysis(envc, env, driver):
         analysis.check_driver(driver, where)
 
 
-ON_FAILURE = ("stop", "rollback")
+ON_FAILURE = pillar_schema.ON_FAILURE
 
 
 def stage_pause(stage, where):

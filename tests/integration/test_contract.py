@@ -119,10 +119,10 @@ def test_out_json_is_one_document_and_exit_codes_tell_locked_from_bad_input(clea
     code, out, _ = salt_run(c, "deploy.release", "project=rainbow", "env=p;ro")
     doc = json.loads(out)
     assert code == BAD_INPUT and doc["retcode"] == BAD_INPUT and "invalid env name" in doc["error"], out
-    # failed: exit 1
+    # an unknown ref is bad input too: exit 2 (tests/integration/test_pillar.py has every case)
     code, out, _ = salt_run(c, "deploy.release", "project=rainbow", "env=pro", "ref=v99.0.0")
     doc = json.loads(out)
-    assert code == FAILED and doc["result"] == "failure" and "unknown ref" in doc["error"], out
+    assert code == BAD_INPUT and doc["result"] == "refused" and "unknown ref" in doc["error"], out
 
 
 # --------------------------------------------------------------------------- item 3: abort

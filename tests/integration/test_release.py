@@ -268,7 +268,7 @@ def test_bad_input_is_refused_before_anything_runs(clean_cluster):
     cases = [
         ({"project": "nope", "env": "pro"}, "unknown project 'nope'", 2),
         ({"project": "rainbow", "env": "qa"}, "unknown env 'qa'", 2),
-        ({"project": "rainbow", "env": "pro", "ref": "no-such-branch"}, "unknown ref 'no-such-branch'", 1),
+        ({"project": "rainbow", "env": "pro", "ref": "no-such-branch"}, "unknown ref 'no-such-branch'", 2),
         ({"project": "rainbow", "env": "pro", "ref": "../etc"}, "invalid ref", 2),
         ({"project": "rain bow", "env": "pro"}, "invalid project name", 2),
         ({"project": "rainbow", "env": "pro;touch /tmp/dpl-pwned"}, "invalid env name", 2),

@@ -149,7 +149,7 @@ def test_svn_release_rerelease_rollback_and_refusals(clean_cluster, svn_repo):
     for ref, message in ((f"r{svn_repo.head() + 50}", "svn: unknown revision"),
                          ("branches/nope", "svn: unknown ref: no folder branches/nope")):
         bad = c.run("deploy.release", project="rainbow", env="pro", ref=ref)
-        assert bad.returncode == 1
+        assert bad.returncode == 2  # bad input
         assert message in bad.data["error"], bad.data
         assert _state(c) == before
     _use_svn(c, "file:///nonexistent/svn/rainbow")

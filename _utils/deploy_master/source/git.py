@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from deploy_master import DeployError, archive, config, contract
+from deploy_master import DeployError, UnknownRef, archive, config, contract
 from deploy_master.source import Revision, Source
 
 
@@ -96,7 +96,7 @@ class GitSource(Source):
             try:
                 return self.repo.commit(f"refs/heads/{ref}")
             except errors:
-                raise DeployError(f"git: unknown branch {ref!r}: the env's branch is not a branch of the repository") from None
+                raise UnknownRef(f"git: unknown branch {ref!r}: the env's branch is not a branch of the repository") from None
         found = []
         for kind, prefix in (("branch", "heads"), ("tag", "tags")):
             try:
@@ -105,13 +105,13 @@ class GitSource(Source):
                 continue
         if len(found) > 1:
             listed = ", ".join(f"{name} ({kind}, {commit.hexsha[:10]})" for name, kind, commit in found)
-            raise DeployError(f"git: ref {ref!r} is ambiguous: {listed}: give one of them as ref=")
+            raise UnknownRef(f"git: ref {ref!r} is ambiguous: {listed}: give one of them as ref=")
         if found:
             return found[0][2]
         try:
             return self.repo.commit(ref)
         except errors:
-            raise DeployError(f"git: unknown ref {ref!r}: not a branch, tag or commit of the repository") from None
+            raise UnknownRef(f"git: unknown ref {ref!r}: not a branch, tag or commit of the repository") from None
 
     def export(self, revision, dest):
         """``git archive`` of the commit, unpacked with the nodes' member checks."""

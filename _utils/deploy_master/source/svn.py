@@ -31,7 +31,7 @@ import tempfile
 import urllib.parse
 import xml.etree.ElementTree as ET
 
-from deploy_master import DeployError, archive, contract, names
+from deploy_master import DeployError, UnknownRef, archive, contract, names
 from deploy_master.source import Revision, Source
 
 SCHEMES = ("file", "svn", "svn+ssh", "http", "https")
@@ -112,7 +112,8 @@ class SvnSource(Source):
             except FileNotFoundError:
                 raise _no_client() from None
         if proc.returncode:
-            raise DeployError(self._error(proc.stderr, what))
+            message = self._error(proc.stderr, what)
+            raise (UnknownRef if message.startswith("svn: unknown ") else DeployError)(message)
         return proc.stdout
 
     def _error(self, stderr, what):
