@@ -128,3 +128,16 @@ def test_the_expected_target_goes_ahead_when_the_node_agrees(project):
     # with force, a target the record and the node both mark bad is taken
     ret = project.mod.switch(PROJECT, "r1", checks="report", expect=_expect(project, "r1"), force=True)
     assert ret["result"] is True and ret["forced"] is True and project.current == "r1"
+
+
+@pytest.mark.parametrize("test", [True, False])
+def test_the_states_do_not_go_to_a_release_marked_bad(project, test):
+    _two(project)
+    before = project.tree()
+    ret = project.states.active(name="r1", project=PROJECT, test=test)
+    assert ret.result is False and ret.changes == {}
+    assert "r1 is marked bad on this node" in ret.comment
+    ret = project.states.rolled_back(name=PROJECT, to="r1", checks="skip", test=test)
+    assert ret.result is False and ret.changes == {}
+    assert "r1 is marked bad on this node" in ret.comment
+    assert project.tree() == before and project.current == "r2"
