@@ -33,7 +33,7 @@ def _forge(c, release, status):
 def test_a_forged_record_cannot_send_the_nodes_to_a_release_they_marked_bad(clean_cluster):
     c = clean_cluster
     c.set_pillar(project_extra={"keep_releases": 6})
-    release_new(c)
+    first = release_new(c)
     bad = release_new(c)
     served = release_new(c)
     for node in NODES:  # the middle release was found bad
@@ -51,6 +51,11 @@ def test_a_forged_record_cannot_send_the_nodes_to_a_release_they_marked_bad(clea
         assert statuses[bad]["status"] == "bad" and statuses[served]["status"] == "good", node
         assert ret.data["nodes"][node]["result"] == "refused"
     assert history(c)[-1]["result"] == "failure"
+    # the refusals put the nodes' true state in the record: run again, the rollback goes to the true target
+    ret = c.run("deploy.rollback", project="rainbow", env="pro", emergency=True)
+    assert ret.returncode == 0, ret.stdout[-3000:]
+    assert (ret.data["to"], ret.data["target_from"]) == (first, "record")
+    assert c.currents() == {n: first for n in NODES}
 
 
 def test_a_rollback_to_a_release_marked_bad_needs_allow_bad_and_is_recorded(clean_cluster):
