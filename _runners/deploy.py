@@ -523,8 +523,8 @@ def _switch(run, nodes, release, mark_left=None, checks="gate", expect=None, for
             run.silent.add(node)
         if out.get("refused") and out.get("why") == "target":
             run.refused_target[node] = res["error"]
-            run.nodes.setdefault(node, {}).update({"result": "refused", "old": out.get("current")})
             _fail(run, [node], {node: res["error"]})
+            run.nodes[node].update({"result": "refused", "old": out.get("current")})  # failed, changing nothing
             continue
         if out.get("refused") and isinstance(out.get("inventory"), dict):
             run.refused[node] = out["inventory"]
