@@ -59,6 +59,7 @@ __virtualname__ = "deploy"
 PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 STATUSES = ("prepared", "good", "bad")
+FORCED = "forced: switched to although marked bad"  # the history event of a switch that took force=True
 RESTART_ACTIONS = ("start", "stop", "restart", "reload")
 STALE_TMP_SECONDS = 600
 OUTPUT_TAIL = 200  # characters of a failing step's output that leave the node (redacted, see _redacted)
@@ -1716,31 +1717,49 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
 # --------------------------------------------------------------------------- switch, restart, checks
 
 
-def activate(project, release):
+def _refuse_bad(paths, release, force):
+    """Whether a switch to ``release`` forces past its ``bad`` mark; refuses one without ``force``."""
+    if (_read_meta(paths, release) or {}).get("status") != "bad":
+        return False
+    if not force:
+        raise CommandExecutionError(
+            f"release {release!r} is marked bad on this node: refusing to switch to it (force=True switches "
+            "anyway, and is recorded)"
+        )
+    return True
+
+
+def activate(project, release, force=False):
     """
     Point ``current`` at a prepared release, atomically.
 
     The new link is created under a temporary name and renamed over ``current``;
     the previous target is remembered in ``<root>/meta/switch.json``.  Refuses a
-    ``current`` that is not a symlink or points outside ``releases/``.
+    ``current`` that is not a symlink or points outside ``releases/``, and a release
+    marked ``bad`` on this node unless ``force=True``.
 
     project
         Project name.
     release
         A release prepared on this node.
+    force
+        ``True``: switch to the release even if it is marked bad; the release's history
+        records it (``forced: switched to although marked bad``) and the return has
+        ``forced: True``.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt '*' deploy.activate rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei
+        salt '*' deploy.activate rainbow rainbow_pro_v1.0.0_master_2016-08-10_10-00-00_xuliangwei force=True
     """
-    return _activate(project, release)
+    return _activate(project, release, force=force)
 
 
-def _activate(project, release, back=False):
+def _activate(project, release, force=False, back=False):
     """activate; ``back``: switching back to the release that was live a moment ago (a failed
-    switch's revert), which is not refused for its ownership."""
+    switch's revert), which is not refused for its ownership nor for its status."""
     _check_release(release)
     conf = _project(project)
     paths = _paths(conf)
@@ -1751,6 +1770,7 @@ def _activate(project, release, back=False):
         return {"previous": previous, "current": release, "changed": False}
     if not back:
         _check_roots(paths, release)
+    forced = _refuse_bad(paths, release, force or back)
     _check_complete(paths, release)
     _switch_link(paths, release)
     _write_json(
@@ -1758,6 +1778,9 @@ def _activate(project, release, back=False):
         {"previous": previous, "current": release, "at": _now()},
     )
     _update_meta(paths, release, "activated")
+    if forced:
+        _update_meta(paths, release, FORCED)
+        return {"previous": previous, "current": release, "changed": True, "forced": True}
     return {"previous": previous, "current": release, "changed": True}
 
 
@@ -2169,7 +2192,7 @@ def _step(name, started, **data):
     return data
 
 
-def switch(project, release, checks="gate", mark_left=None, expect=None, inventory=False):
+def switch(project, release, checks="gate", mark_left=None, expect=None, inventory=False, force=False):
     """
     Switch this node to a release: activate, restart, check — and switch back on failure.
 
@@ -2191,11 +2214,19 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
         The state this node must be in, as the ``fingerprint`` of ``deploy.releases``:
         a string, or a dict of minion id -> fingerprint (one batched call to many
         nodes).  If this node's differs, or the dict has no entry for it, nothing is
-        changed and the return has ``refused: True`` and the node's inventory.  The
-        emergency rollback uses it to act on the master's record of every node in a
-        single call.
+        changed and the return has ``refused: True``, ``why: state`` and the node's
+        inventory.  The emergency rollback uses it to act on the master's record of
+        every node in a single call.  A node's entry may also be a dict
+        ``{fingerprint, release, status, current, current_status}``: the target, its
+        status and the release served with its status, in the master's record; the
+        node then refuses (``why: target``) unless it serves that release with that
+        status and ``release`` is the one named in this call, is prepared and complete
+        here, has that status here and is not marked bad (unless ``force``).
     inventory
         ``True``: add this node's inventory, after the switch, to the return.
+    force
+        ``True``: switch even to a release this node marked bad (see ``deploy.activate``);
+        the return has ``forced: True``.  Without it such a switch is refused.
 
     CLI Example:
 
@@ -2204,6 +2235,7 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
         salt 'web-*' deploy.switch rainbow rainbow_pro_v1.1.0_master_2016-08-11_11-11-05_xuliangwei
         salt '*' deploy.switch rainbow <release> checks=report mark_left=bad
         salt 'web-1' deploy.switch rainbow <release> expect=3f9c0a1d2b4e5f60
+        salt 'web-1' deploy.switch rainbow <release marked bad> force=True
     """
     if checks not in ("gate", "report", "skip"):
         raise CommandExecutionError(f"checks={checks!r}: use gate, report or skip")
@@ -2215,12 +2247,12 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
     steps = []
 
     if expect is not None:
-        refused = _refuse_unexpected(paths, release, expect)
+        refused = _refuse_unexpected(paths, release, expect, force)
         if refused:
             return refused
 
     t = time.monotonic()
-    act = activate(project, release)
+    act = _activate(project, release, force=force)
     previous = act["previous"]
     steps.append(_step("switch", t, result=True, changed=act["changed"]))
 
@@ -2243,7 +2275,7 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
         _update_meta(paths, release, "failed", status="bad")
         if previous and previous != release:
             t = time.monotonic()
-            _activate(project, previous, back=True)
+            _activate(project, previous, back=True)  # back to what it served, even a release marked bad
             again = _restart_steps(conf, paths)
             steps.append(
                 _step("revert", t, result=all(s["result"] for s in again), to=previous, details=again)
@@ -2265,27 +2297,55 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
         "steps": steps,
         "seconds": round(time.monotonic() - started, 3),
     }
+    if act.get("forced"):
+        result["forced"] = True
     return _report(result, paths, inventory)
 
 
-def _refuse_unexpected(paths, release, expect):
-    """The refusal ``switch`` returns when this node is not in the state the caller expects."""
+def _refuse_unexpected(paths, release, expect, force=False):
+    """The refusal ``switch`` returns when this node is not in the state the caller expects, or does not
+    see the expected target as the caller's record does (``why``: ``state`` or ``target``)."""
     want = expect.get(__opts__["id"]) if isinstance(expect, dict) else expect
+    target = want if isinstance(want, dict) else None
+    if target is not None:
+        want = target.get("fingerprint")
     inv = _inventory(paths)
-    if want is not None and str(want) == inv["fingerprint"]:
+
+    def refusal(why, error):
+        __context__["retcode"] = 1
+        return {"result": False, "refused": True, "why": why, "release": release, "previous": inv["current"],
+                "current": inv["current"], "error": f"refused: {error}; nothing was changed", "inventory": inv}
+
+    if want is None or str(want) != inv["fingerprint"]:
+        seen = f"expected state {want}" if want is not None else f"no expected state for {__opts__['id']}"
+        return refusal("state", f"the releases on this node changed since the master's record ({seen}, "
+                                f"found {inv['fingerprint']})")
+    if target is None or "release" not in target:
         return None
-    __context__["retcode"] = 1
-    seen = f"expected state {want}" if want is not None else f"no expected state for {__opts__['id']}"
-    return {
-        "result": False,
-        "refused": True,
-        "release": release,
-        "previous": inv["current"],
-        "current": inv["current"],
-        "error": f"refused: the releases on this node changed since the master's record ({seen}, "
-        f"found {inv['fingerprint']}); nothing was changed",
-        "inventory": inv,
-    }
+    # the same fingerprint, yet the record may lie about the target: the node's own view decides
+    if target["release"] != release:
+        return refusal("target", f"the master's record names {target['release']} as the target, the call {release}")
+    served = next((r["status"] for r in inv["releases"] if r["current"]), None)
+    for key, value, seen in (("current", inv["current"], "this node serves"),
+                             ("current_status", served, "the release this node serves is")):
+        if key in target and target[key] != value:
+            return refusal("target", f"{seen} {value}, the master's record says {target[key]}")
+    mine = next((r for r in inv["releases"] if r["name"] == release), None)
+    if mine is None or _read_meta(paths, release) is None:
+        return refusal("target", f"release {release} is not prepared on this node")
+    recorded = target.get("status")
+    if mine["status"] == "bad" and not force:
+        says = f" (the master's record says {recorded})" if recorded != "bad" else ""
+        return refusal("target", f"release {release} is marked bad on this node{says}: a rollback does not go "
+                                 "there without force")
+    if recorded is not None and recorded != mine["status"]:
+        return refusal("target", f"release {release} is {mine['status']} on this node, the master's record says "
+                                 f"{recorded}")
+    try:
+        _check_complete(paths, release)
+    except CommandExecutionError as exc:
+        return refusal("target", str(exc))
+    return None
 
 
 # --------------------------------------------------------------------------- inventory
@@ -2463,7 +2523,7 @@ def rollback_target(project):
     return max(candidates, key=lambda r: (age(r), r["name"]))["name"] if candidates else None
 
 
-def rollback(project, to=None, checks="gate"):
+def rollback(project, to=None, checks="gate", force=False):
     """
     Roll this node back: switch to ``to`` (default: the newest good release other than
     ``current``), restart, check, and mark the release left as bad.
@@ -2476,6 +2536,8 @@ def rollback(project, to=None, checks="gate"):
         Release to roll back to.
     checks
         ``gate`` (switch back again if the checks fail), ``report`` or ``skip``.
+    force
+        ``True``: go to ``to`` even if this node marked it bad (recorded, see ``deploy.activate``).
 
     CLI Example:
 
@@ -2483,13 +2545,14 @@ def rollback(project, to=None, checks="gate"):
 
         salt 'web-3' deploy.rollback rainbow
         salt 'web-3' deploy.rollback rainbow to=rainbow_pro_v1.0.0_master_2016-08-10_10-00-00_xuliangwei
+        salt 'web-3' deploy.rollback rainbow to=<release marked bad> force=True
     """
     target = to or rollback_target(project)
     if not target:
         raise CommandExecutionError(
             f"project {project!r}: no good release to roll back to on this node; give to=<release>"
         )
-    return switch(project, target, checks=checks, mark_left="bad")
+    return switch(project, target, checks=checks, mark_left="bad", force=force)
 
 
 def cleanup(project, keep=None, inventory=False):

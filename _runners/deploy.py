@@ -111,6 +111,7 @@ class _Run:
         self.failed = []
         self.silent = set()  # nodes that never answered a switch
         self.refused = {}  # node -> its inventory: refused a switch, its state differs from the record
+        self.refused_target = {}  # node -> why: same state as the record, but refused the record's target
         self.inventories = {}  # node -> latest inventory it reported in this run (None: unknown)
         self.lock = None
         self.release = None
@@ -509,15 +510,20 @@ def _prepare_everywhere(run, plan, build):
     return [n for n in plan["nodes"] if n not in errors]
 
 
-def _switch(run, nodes, release, mark_left=None, checks="gate", expect=None):
+def _switch(run, nodes, release, mark_left=None, checks="gate", expect=None, force=False):
     """One batched deploy.switch; returns the nodes that passed.
 
-    With ``expect`` (node -> fingerprint), a node in another state refuses: it lands in
-    ``run.refused`` with its inventory, unchanged, and is not counted as failed.
+    With ``expect`` (node -> fingerprint, or what :func:`_fingerprints` gives), a node in another
+    state refuses: it lands in ``run.refused`` with its inventory, unchanged, and is not counted
+    as failed.  A node in the recorded state that refuses the target itself (marked bad, missing,
+    incomplete, or not what the record says) lands in ``run.refused_target`` and fails.
+    ``force``: the nodes switch even to a release they marked bad (the node records it).
     """
     kwarg = {"project": run.project, "release": release, "checks": checks, "inventory": True}
     if mark_left:
         kwarg["mark_left"] = mark_left
+    if force:
+        kwarg["force"] = True
     if expect:
         kwarg["expect"] = {n: expect[n] for n in nodes}
     ret = _node_call(run, nodes, "deploy.switch", kwarg)
@@ -526,6 +532,11 @@ def _switch(run, nodes, release, mark_left=None, checks="gate", expect=None):
         out = res.get("ret") or {}
         if res.get("silent"):
             run.silent.add(node)
+        if out.get("refused") and out.get("why") == "target":
+            run.refused_target[node] = res["error"]
+            _fail(run, [node], {node: res["error"]})
+            run.nodes[node].update({"result": "refused", "old": out.get("current")})  # failed, changing nothing
+            continue
         if out.get("refused") and isinstance(out.get("inventory"), dict):
             run.refused[node] = out["inventory"]
             run.nodes.setdefault(node, {}).update({"result": "refused", "old": out.get("current")})
@@ -535,6 +546,8 @@ def _switch(run, nodes, release, mark_left=None, checks="gate", expect=None):
         entry.setdefault("old", out.get("previous"))
         entry["new"] = out.get("current") if out else "unknown (no return)"
         entry["seconds"] = out.get("seconds")
+        if out.get("forced"):
+            entry["forced"] = True  # switched to a release it had marked bad (force)
         if res["ok"]:
             entry["result"] = "ok"
             passed.append(node)
@@ -820,7 +833,7 @@ def _revert(run, plan, why):
     error = None
     try:
         if plan.get("preprod") in switched:
-            _switch(run, [plan["preprod"]], switched[plan["preprod"]], mark_left="bad", checks="report")
+            _switch(run, [plan["preprod"]], switched[plan["preprod"]], mark_left="bad", checks="report", force=True)
         for stage in plan["stages"]:
             for index, batch in enumerate(stage["batches"], 1):
                 nodes = [n for n in batch if n in switched]
@@ -828,7 +841,7 @@ def _revert(run, plan, why):
                     if run.lock:
                         run.lock.check()
                     _batch(run, stage, index, [n for n in nodes if switched[n] == prev], prev, mark_left="bad",
-                           checks="report")
+                           checks="report", force=True)  # back to what each node reported it served
     except DeployError as exc:
         error = str(exc)
     finally:
@@ -1194,23 +1207,31 @@ def _known_inventories(run, nodes):
     return None
 
 
-def _fingerprints(inventories):
-    return {n: inv["fingerprint"] for n, inv in inventories.items()}
+def _fingerprints(inventories, target):
+    """What each node must find before it switches (deploy.switch ``expect``): its state as recorded
+    (fingerprint), and the record's claims that steer the rollback, which the node checks itself: the
+    target and its status there, the release it serves and that one's status (what an undo restores)."""
+    def status(inv, name):
+        return next((r["status"] for r in inv["releases"] if r["name"] == name), None)
+    return {n: {"fingerprint": inv["fingerprint"], "release": target, "status": status(inv, target),
+                "current": inv["current"], "current_status": status(inv, inv["current"])}
+            for n, inv in inventories.items()}
 
 
-def _emergency_target(run, nodes, to):
+def _emergency_target(run, nodes, to, allow_bad=False):
     """The target from the master's record; the nodes are listed first only if the record cannot tell."""
     known = _known_inventories(run, nodes)
-    target = policy.target_or_none(known, to) if known else None
+    target = policy.target_or_none(known, to, allow_bad) if known else None
     if target:
         return known, target, "record"
     run.progress("the master's record does not cover every node or gives no target: listing releases first")
     known = _inventories(run, nodes)
-    return known, policy.rollback_target(known, to), "listing"
+    return known, policy.rollback_target(known, to, allow_bad), "listing"
 
 
 def _undo(run, nodes, known):
-    """Switch nodes back to the release the record says they served, and give it back its status."""
+    """Switch nodes back to the release the record says they served (each node confirmed it before it
+    switched: ``expect``), and give it back its status."""
     groups = {}  # (release served before, its status then) -> nodes: one call per group
     for node in nodes:
         prev = known[node]["current"]
@@ -1221,22 +1242,39 @@ def _undo(run, nodes, known):
             run.progress(f"{', '.join(members)}: served no release before; left on {run.release}")
             continue
         run.progress(f"{', '.join(members)}: back to {prev}")
-        _switch(run, members, prev, checks="report")
+        _switch(run, members, prev, checks="report", force=True)  # the rollback marked it bad
         if status:
             _node_call(run, members, "deploy.mark", {"project": run.project, "release": prev, "status": status, "inventory": True})
 
 
-def _emergency(run, plan, to):
+def _refused_target(run, nodes, known, target):
+    """Nodes in the recorded state refused the record's target: the record does not tell the truth
+    (altered by a writer of the store, or the target broken there).  Every node this call switched
+    goes back, and the run stops: a rollback never goes where a node says it must not."""
+    why = dict(run.refused_target)
+    switched = [n for n in nodes if run.nodes.get(n, {}).get("result") == "ok" and n not in run.silent]
+    if switched:
+        _undo(run, switched, known)
+    raise DeployError(
+        f"{', '.join(sorted(why))} refused the target {target} of the master's record, which disagrees with "
+        f"the node: " + "; ".join(f"{n}: {e}" for n, e in sorted(why.items()))
+        + (f"; {', '.join(switched)} switched back" if switched else "; nothing was changed")
+    )
+
+
+def _emergency(run, plan, to, allow_bad=False):
     """Emergency rollback: every node at once, in one batched call, acting on the master's record.
 
     The target comes from the record the runs keep of every node, so no listing round trip
     is needed; each node checks that its state is the recorded one (``expect``) and refuses
     before changing anything if not.  A refusal never leaves the env split: if the nodes'
     true state gives the same target, the refused nodes follow; if not, the switched nodes
-    go back and the target is chosen again from the true state, once.
+    go back and the target is chosen again from the true state, once.  The record's target is bound
+    into ``expect``: a node that sees it otherwise (bad, missing, incomplete) refuses, and the run
+    stops (:func:`_refused_target`).
     """
     nodes = list(plan["nodes"])
-    known, target, source = _emergency_target(run, nodes, to)
+    known, target, source = _emergency_target(run, nodes, to, allow_bad)
     run.release = target
     run.fire("start", to=target)
     run.progress(f"emergency rollback to {target}: one call to {len(nodes)} nodes (target from the {source}), "
@@ -1244,17 +1282,23 @@ def _emergency(run, plan, to):
     changed = set()
     for attempt in (1, 2):
         run.refused = {}
-        _switch(run, nodes, target, mark_left="bad", checks="report", expect=_fingerprints(known))
+        _switch(run, nodes, target, mark_left="bad", checks="report", expect=_fingerprints(known, target),
+                force=allow_bad)
+        if run.refused_target:
+            _refused_target(run, nodes, known, target)
         if not run.refused:
             break
         refused = dict(run.refused)
         changed.update(refused)
         truth = {**known, **refused}
-        if policy.target_or_none(truth, to) == target:
+        if policy.target_or_none(truth, to, allow_bad) == target:
             run.progress(f"{', '.join(sorted(refused))}: changed since the master's record; "
                          f"{target} is still the target there: switching them too")
             run.refused = {}
-            _switch(run, sorted(refused), target, mark_left="bad", checks="report", expect=_fingerprints(refused))
+            _switch(run, sorted(refused), target, mark_left="bad", checks="report",
+                    expect=_fingerprints(refused, target), force=allow_bad)
+            if run.refused_target:
+                _refused_target(run, nodes, truth, target)
             _fail(run, sorted(run.refused), {n: "its releases changed again during the rollback: not switched"
                                              for n in run.refused})
             break
@@ -1267,13 +1311,13 @@ def _emergency(run, plan, to):
             )
         nodes = [n for n in nodes if n not in run.silent]
         known = {n: run.inventories.get(n) or truth[n] for n in nodes}
-        target = run.release = policy.rollback_target(known, to)
+        target = run.release = policy.rollback_target(known, to, allow_bad)
         run.progress(f"{', '.join(sorted(refused))}: changed since the master's record, which made "
                      f"{target} the target: every node goes there instead")
     return {"to": target, "target_from": source, "changed_since_record": sorted(changed)}
 
 
-def rollback(project=None, env=None, to=None, emergency=False, force=False, test=False, **kwargs):
+def rollback(project=None, env=None, to=None, emergency=False, force=False, allow_bad=False, test=False, **kwargs):
     """
     Roll an environment back to the last good release (or ``to``).
 
@@ -1293,6 +1337,10 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, test
         ``True`` for the emergency path.
     force
         With ``emergency=True``: go ahead even if a release or rollback holds the lock.
+    allow_bad
+        With ``to``: go there even though nodes marked it bad (a node refuses a release
+        it marked bad otherwise).  The nodes record the forced switch in the release's
+        history, the run's record has ``allow_bad: true`` and ``forced`` per node.
     test
         ``True``: say what would be done, change nothing.
 
@@ -1303,16 +1351,21 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, test
         salt-run deploy.rollback project=rainbow env=pro
         salt-run deploy.rollback project=rainbow env=pro to=rainbow_pro_v1.0.0_master_2016-08-10_10-00-00_xuliangwei
         salt-run deploy.rollback project=rainbow env=pro emergency=True
+        salt-run deploy.rollback project=rainbow env=pro to=<release marked bad> allow_bad=True
     """
     mode = "emergency" if emergency else "normal"
     try:
         _acting(kwargs)
-        contract.check_arguments("deploy.rollback", ("project", "env", "to", "emergency", "force", "test", "by"), kwargs,
-                                 project=project, env=env)
+        contract.check_arguments("deploy.rollback", ("project", "env", "to", "emergency", "force", "allow_bad", "test",
+                                                     "by"), kwargs, project=project, env=env)
         if to is not None:
             names.valid(to, names.RELEASE_RE, "release")
         if force and not emergency:
-            raise SaltInvocationError("force=True is only for emergency=True")
+            raise SaltInvocationError("force=True is only for emergency=True (it passes the lock); to go to a "
+                                      "release marked bad, use to=<release> allow_bad=True")
+        if allow_bad and not to:
+            raise SaltInvocationError("allow_bad=True needs to=<release>: a rollback goes to a release marked "
+                                      "bad only when it is named")
         run = _Run(project, env, "rollback", mode)
     except SaltInvocationError as exc:
         return _refused(exc)
@@ -1320,7 +1373,7 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, test
         if test:
             with run:
                 plan = _plan(run)
-                target = policy.rollback_target(_inventories(run, plan["nodes"]), to)
+                target = policy.rollback_target(_inventories(run, plan["nodes"]), to, allow_bad)
                 return {"result": None, "comment": f"test=True: {mode} rollback would go to {target}",
                         "target": target, "plan": _describe_plan(run, plan) if not emergency else plan["nodes"]}
         if not force:
@@ -1335,17 +1388,19 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, test
         run.close()
         return _refused(exc)
     plan = {}
+    if allow_bad:
+        run.extra["allow_bad"] = True
 
     def body():
         plan.update(_plan(run))
         if emergency:
-            return _emergency(run, plan, to)
-        run.release = policy.rollback_target(_inventories(run, plan["nodes"]), to)
+            return _emergency(run, plan, to, allow_bad)
+        run.release = policy.rollback_target(_inventories(run, plan["nodes"]), to, allow_bad)
         run.fire("start", to=run.release)
-        run.progress(f"normal rollback to {run.release}")
+        run.progress(f"normal rollback to {run.release}" + (" (allow_bad: even where it is marked bad)" if allow_bad else ""))
         _check_lb(run, plan)
-        _preprod(run, plan, run.release, mark_left="bad")
-        _stages(run, plan, run.release, mark_left="bad")
+        _preprod(run, plan, run.release, mark_left="bad", force=allow_bad)
+        _stages(run, plan, run.release, mark_left="bad", force=allow_bad)
         return {"to": run.release}
 
     return _guard(run, plan, body)

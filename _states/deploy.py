@@ -115,6 +115,8 @@ def active(name, project, checks="gate"):
         return ret
     if info is None:
         return {**ret, "result": False, "comment": f"Release {name} is not prepared on this node"}
+    if info.get("status") == "bad":
+        return {**ret, "result": False, "comment": _BAD.format(name)}
     if __opts__["test"]:
         return {**ret, "result": None, "comment": f"current would be switched from {current} to {name}",
                 "changes": {"current": {"old": current, "new": name}}}
@@ -161,10 +163,15 @@ def rolled_back(name, to=None, checks="gate"):
     if current == target:
         ret["comment"] = f"{name} is already on {target}"
         return ret
+    if info.get("status") == "bad":
+        return {**ret, "result": False, "comment": _BAD.format(target)}
     if __opts__["test"]:
         return {**ret, "result": None, "comment": f"{name} would be rolled back from {current} to {target}",
                 "changes": {"current": {"old": current, "new": target}}}
     return _switch_ret(ret, __salt__["deploy.rollback"](name, to=target, checks=checks))
+
+
+_BAD = "Release {} is marked bad on this node: a state does not switch to it (salt-call deploy.activate ... force=True)"
 
 
 def _switch_ret(ret, out):

@@ -75,17 +75,18 @@ def cluster_view(inventories):
     }
 
 
-def rollback_target(inventories, to=None):
+def rollback_target(inventories, to=None, allow_bad=False):
     """The release a rollback of these nodes goes to: ``to`` if every node has it and none marks it
-    bad, else the cluster view's target; DeployError if there is none."""
+    bad (``allow_bad``: even if some do), else the cluster view's target; DeployError if there is none."""
     if to:
         names.valid(to, names.RELEASE_RE, "release")
         missing = sorted(n for n, inv in inventories.items() if to not in {r["name"] for r in inv["releases"]})
         if missing:
             raise DeployError(f"release {to} is not on {', '.join(missing)}: refusing (nothing was changed)")
         bad = sorted(n for n, inv in inventories.items() for r in inv["releases"] if r["name"] == to and r["status"] == "bad")
-        if bad:
-            raise DeployError(f"release {to} is marked bad on {', '.join(bad)}: refusing to roll back to it")
+        if bad and not allow_bad:
+            raise DeployError(f"release {to} is marked bad on {', '.join(bad)}: refusing to roll back to it "
+                              "(allow_bad=True goes there all the same)")
         return to
     view = cluster_view(inventories)
     if view["rollback_target"]:
@@ -100,9 +101,9 @@ def rollback_target(inventories, to=None):
     )
 
 
-def target_or_none(inventories, to=None):
+def target_or_none(inventories, to=None, allow_bad=False):
     """:func:`rollback_target`, or None where it would refuse."""
     try:
-        return rollback_target(inventories, to)
+        return rollback_target(inventories, to, allow_bad)
     except DeployError:
         return None

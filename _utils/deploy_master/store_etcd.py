@@ -37,6 +37,7 @@ import base64
 import copy
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -69,6 +70,18 @@ def _unb64(data):
     return base64.b64decode(data)
 
 
+def _tls_error(exc):
+    """'TLS: <reason>' for a connection that failed in the TLS handshake (None otherwise): the
+    reason only (e.g. certificate verify failed), never the request."""
+    text = str(getattr(exc, "detail_text", None) or exc)
+    found = re.search(r"\[SSL(?:: [A-Z_]+)?\] ([^(')\]]+)", text)
+    if found:
+        return f"TLS: {found.group(1).strip()}"
+    if "SSLError" in text or "TLSV1_ALERT" in text:
+        return "TLS: handshake failed"
+    return None
+
+
 def _end(prefix):
     """The range end that covers every key starting with ``prefix``."""
     raw = bytearray(prefix.encode())
@@ -87,17 +100,32 @@ class EtcdClient:
         ]
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+        if any("@" in str(url) for url in endpoints):  # never echo the URL: it holds a password
+            raise StoreUnavailable("deploy_etcd: the user and password go in deploy_etcd user/password, not in an "
+                                   "endpoint URL")
+        if bool(conf.get("cert_cert")) != bool(conf.get("cert_key")):
+            raise StoreUnavailable("deploy_etcd: cert_cert and cert_key go together (the client certificate and "
+                                   "its key)")
+        if bool(conf.get("user")) != bool(conf.get("password")):
+            raise StoreUnavailable("deploy_etcd: user and password go together")
+        for key in ("ca_cert", "cert_cert", "cert_key"):
+            if conf.get(key) and not os.path.isfile(conf[key]):
+                raise StoreUnavailable(f"deploy_etcd: {key} {conf[key]} is not a readable file")
         self.endpoints = list(endpoints)
         self.timeout = float(conf.get("timeout", 3))
         self.clients = []
         for url in self.endpoints:
             protocol, _, rest = url.partition("://")
             host, _, port = rest.rstrip("/").rpartition(":")
-            self.clients.append(etcd3gw.Etcd3Client(
+            client = etcd3gw.Etcd3Client(
                 host=host.strip("[]"), port=int(port), protocol=protocol, timeout=self.timeout,
                 ca_cert=conf.get("ca_cert"), cert_key=conf.get("cert_key"), cert_cert=conf.get("cert_cert"),
                 api_path=conf.get("api_path", "/v3/"),
-            ))
+            )
+            # requests lets REQUESTS_CA_BUNDLE (and ~/.netrc, proxies) of the environment override the
+            # session: the configured CA must be the one that verifies etcd, and no stray credential goes
+            client.session.trust_env = False
+            self.clients.append(client)
         self.user, self.password = conf.get("user"), conf.get("password")
         self.current = 0
         self._mutex = threading.Lock()
@@ -130,7 +158,7 @@ class EtcdClient:
                 self.current = index
                 return res
             except (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError) as exc:
-                errors.append(type(exc).__name__)
+                errors.append(_tls_error(exc) or type(exc).__name__)
             except etcd_exc.Etcd3Exception as exc:
                 # the message only: never the request (it may hold a password)
                 raise StoreUnavailable(

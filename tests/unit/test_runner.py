@@ -48,6 +48,7 @@ class Cluster:
         self.calls = []
         # what _Run carries
         self.refused, self.silent, self.inventories, self.nodes, self.failed = {}, set(), {}, {}, []
+        self.refused_target = {}
         self.release, self.log = None, []
 
     def progress(self, message, **data):
@@ -71,10 +72,23 @@ class Cluster:
                 st["statuses"][kwarg["release"]] = kwarg["status"]
                 out[node] = {"ok": True, "ret": {"inventory": _inv(st)}}
             elif fun == "deploy.switch":
-                expect = (kwarg.get("expect") or {}).get(node)
-                if kwarg.get("expect") is not None and expect != _inv(st)["fingerprint"]:
+                expect = (kwarg.get("expect") or {}).get(node) or {}
+                if kwarg.get("expect") is not None and expect.get("fingerprint") != _inv(st)["fingerprint"]:
                     out[node] = {"ok": False, "error": "refused: changed", "ret": {
-                        "result": False, "refused": True, "current": st["current"], "inventory": _inv(st)}}
+                        "result": False, "refused": True, "why": "state", "current": st["current"],
+                        "inventory": _inv(st)}}
+                    continue
+                mine = st["statuses"].get(kwarg["release"])
+                if kwarg.get("expect") is not None and (
+                        expect.get("release") != kwarg["release"] or expect.get("status") != mine
+                        or expect.get("current") != st["current"]
+                        or expect.get("current_status") != st["statuses"][st["current"]]):
+                    out[node] = {"ok": False, "error": "refused: the record lies", "ret": {
+                        "result": False, "refused": True, "why": "target", "current": st["current"],
+                        "inventory": _inv(st)}}
+                    continue
+                if mine == "bad" and not kwarg.get("force"):  # the node module raises
+                    out[node] = {"ok": False, "error": f"release {kwarg['release']!r} is marked bad on this node"}
                     continue
                 previous, st["current"] = st["current"], kwarg["release"]
                 if kwarg.get("mark_left") and previous != kwarg["release"]:
@@ -172,6 +186,62 @@ def test_a_record_without_a_target_falls_back_to_the_listing():
     out = _run(c, record)
     assert out["target_from"] == "listing" and out["to"] == "r2"
     assert set(c.currents().values()) == {"r2"}
+
+
+def _forge(record, node, release, status):
+    """A writer of the store: the node's fingerprint stays (copied from the truth), a status is changed."""
+    for rel in record[node]["releases"]:
+        if rel["name"] == release:
+            rel["status"] = status
+
+
+def test_a_forged_record_whose_target_a_node_marked_bad_moves_no_node():
+    c = Cluster()
+    for st in c.state.values():
+        st["statuses"]["r2"] = "bad"  # r2 was rolled back from everywhere: the target is r1
+    record = _record(c)
+    for node in NODES:
+        _forge(record, node, "r2", "good")  # the forger makes r2 the target again
+    before = copy.deepcopy(c.state)
+    with pytest.raises(runner.DeployError, match=r"pre-1, web-1, web-2, web-3 refused the target r2 of the master's "
+                                                  r"record.*nothing was changed"):
+        _run(c, record)
+    assert c.state == before
+    assert c.switches() == [("deploy.switch", NODES, "r2")]
+    assert sorted(c.failed) == sorted(NODES)
+
+
+def test_a_forged_record_on_one_node_switches_the_others_back():
+    c = Cluster()
+    c.state["web-2"]["statuses"]["r2"] = "bad"
+    record = _record(c)
+    _forge(record, "web-2", "r2", "good")
+    before = copy.deepcopy(c.state)
+    with pytest.raises(runner.DeployError, match=r"web-2 refused the target r2 .*; pre-1, web-1, web-3 switched back"):
+        _run(c, record)
+    assert c.currents() == {n: "r3" for n in NODES}  # no split env
+    assert c.state == before  # r3 is good again where the rollback had marked it bad
+
+
+def _bad_r2():
+    c = Cluster()
+    for st in c.state.values():
+        st["statuses"]["r2"] = "bad"
+    return c
+
+
+def test_a_target_the_nodes_marked_bad_needs_allow_bad():
+    with pytest.raises(runner.DeployError, match="r2 is marked bad on pre-1, web-1, web-2, web-3: refusing"):
+        _run(_bad_r2(), None, to="r2")
+    c = _bad_r2()
+    original = runner._known_inventories
+    runner._known_inventories = lambda run, nodes: _record(c)
+    try:
+        out = runner._emergency(c, {"nodes": list(NODES)}, "r2", allow_bad=True)
+    finally:
+        runner._known_inventories = original
+    assert out["to"] == "r2" and set(c.currents().values()) == {"r2"}
+    assert c.switches() == [("deploy.switch", NODES, "r2")]
 
 
 @pytest.mark.parametrize("to,expected", [("r1", "r1"), ("r2", "r2")])

@@ -129,7 +129,7 @@ def test_revert_sends_every_switched_node_back_through_the_lb_in_plan_order(tmp_
     run.nodes["web-2"] = {"old": "r1", "new": "r1", "result": "failed", "error": "checks (switched back)"}
     done = runner._revert(run, PLAN, "2 node(s) failed")
     assert [(b[0], b[1], b[2]) for b in batches] == [("preprod", ("pre-1",), "r2"), ("gray", ("web-1",), "r1")]
-    assert all(b[3] == {"mark_left": "bad", "checks": "report"} for b in batches)
+    assert all(b[3] == {"mark_left": "bad", "checks": "report", "force": True} for b in batches)  # back to what they served
     assert done["result"] == "success" and done["to"] == {"pre-1": "r2", "web-1": "r1"}
     assert run.nodes["web-1"]["rolled_back"] == {"new": "r1", "result": "ok"}
     assert run.nodes["web-2"]["result"] == "failed"  # the forward run's record is kept
