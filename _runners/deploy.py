@@ -1551,6 +1551,8 @@ def unlock(project=None, env=None, force=False, **kwargs):
                 return _failed({**info, "result": "refused", "error": "the lock changed while it was being cleared: "
                                 "another run took it; see deploy.lock_status"}, contract.LOCKED)
             _recover(run)
+    except SaltInvocationError as exc:  # e.g. a master without a job cache: nothing was cleared
+        return _refused(exc)
     except DeployError as exc:
         return _failed({**info, "result": "failure", "error": str(exc)})
     return {**info, "result": "cleared", "warnings": lock.warnings}
