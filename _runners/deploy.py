@@ -66,7 +66,7 @@ except ImportError:  # a source checkout whose editable install predates _utils/
     import deploy_master
 from deploy_master import (  # noqa: E402
     Aborted, DeployError, Locked, NotPaused, UnknownRef, analysis, build, config, contract, jobs, manifest, names,
-    pillar_schema,
+    notify, pillar_schema,
     plan as planning, policy, store,
 )
 
@@ -97,6 +97,9 @@ class _Run:
     def __init__(self, project, env, kind, mode="normal"):
         self.project, self.env, self.kind, self.mode = project, env, kind, mode
         self.conf, self.envc = _config(project, env)
+        if jobs.cache_check(__opts__):
+            raise SaltInvocationError(jobs.cache_check(__opts__))
+        self.hooks = notify.hooks(self.conf, project)  # the run posts its own notifications
         self.lb = config.load_balancer(self.conf, self.envc)  # an env may have its own
         self.has_lb = self.lb.get("driver", "none") != "none"
         self.max_failures = int(self.envc.get("max_failures", 0))
@@ -159,7 +162,14 @@ class _Run:
                      "by": names.by()})
         if self.release:
             data.setdefault("release", self.release)
-        self.event.fire_event(data, f"deploy/{self.project}/{self.env}/{what}")
+        tag = f"deploy/{self.project}/{self.env}/{what}"
+        self.event.fire_event(data, tag)
+        if what in notify.EVENTS and self.hooks:
+            # from the run itself, never from an event on the bus (a minion can fire any deploy/... event)
+            try:
+                notify.send(self.hooks, tag, data, log)
+            except Exception:  # pylint: disable=broad-except  # a notification never stops a run
+                log.warning("deploy: notification %s failed", tag, exc_info=True)
 
     # --- salt calls: one batched call to a list of minions
     def call(self, nodes, fun, kwarg=None, timeout=None):
@@ -1533,11 +1543,47 @@ def stats(project=None, env=None, **kwargs):
     return out
 
 
-def unlock(project=None, env=None, force=False, show=False, **kwargs):
+def _lock_view(project, env, name, allowed, kwargs, **given):
+    """(the lock, what :func:`lock_status` shows) of a project+env; raises SaltInvocationError on bad input."""
+    contract.check_arguments(name, allowed, kwargs, project=project, env=env, **given)
+    _config(project, env)
+    lock = store.get(__opts__, log).lock(project, env, "unlock")
+    held = lock.holder()
+    if held is None:
+        return lock, None, {"locked": False, "detached": lock.detached()}
+    alive = bool(held) and lock.alive(held)
+    return lock, held, {"locked": True, "holder": held, "alive": alive, "detached": lock.detached()}
+
+
+def lock_status(project=None, env=None, **kwargs):
     """
-    Show or clear the lock of a project+env.  A lock whose run is gone (stale) is cleared
+    Show the lock of a project+env: whether it is held, by which run (holder), whether that run
+    is alive, and the nodes a run left out of the load balancer.  Changes nothing: the read-only
+    view a viewer's ACL may allow (``deploy.unlock`` clears).
+
+    project
+        Project name.
+    env
+        Environment.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.lock_status project=rainbow env=pro
+    """
+    try:
+        return _lock_view(project, env, "deploy.lock_status", ("project", "env"), kwargs)[2]
+    except (SaltInvocationError, DeployError) as exc:
+        return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
+
+
+def unlock(project=None, env=None, force=False, **kwargs):
+    """
+    Clear the lock of a project+env.  A lock whose run is gone (stale) is cleared
     and the nodes that run left out of the load balancer are put back in their prior
-    state; a live lock is cleared only with ``force=True``.
+    state; a live lock is cleared only with ``force=True``.  ``deploy.lock_status`` shows
+    the lock without changing it.
 
     project
         Project name.
@@ -1545,34 +1591,24 @@ def unlock(project=None, env=None, force=False, show=False, **kwargs):
         Environment.
     force
         Clear a lock even though its run still seems alive.
-    show
-        Only show the lock.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-run deploy.unlock project=rainbow env=pro show=True
         salt-run deploy.unlock project=rainbow env=pro
+        salt-run deploy.unlock project=rainbow env=pro force=True
     """
     try:
         _acting(kwargs)
-        contract.check_arguments("deploy.unlock", ("project", "env", "force", "show", "by"), kwargs, project=project,
-                                 env=env)
-        _config(project, env)
+        lock, held, info = _lock_view(project, env, "deploy.unlock", ("project", "env", "force", "by"), kwargs)
     except SaltInvocationError as exc:
         return _refused(exc)
-    try:
-        lock = store.get(__opts__, log).lock(project, env, "unlock")
-        held = lock.holder()
-        if held is None:
-            return {"locked": False, "detached": lock.detached()}
-        alive = bool(held) and lock.alive(held)
-        info = {"locked": True, "holder": held, "alive": alive, "detached": lock.detached()}
     except DeployError as exc:
         return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
-    if show:
+    if held is None:
         return info
+    alive = info["alive"]
     if alive and not force:
         if held.get("paused"):
             why = (f"{lock._locked(held)}; or force=True, which clears it and leaves the nodes it switched on "  # pylint: disable=protected-access
@@ -1585,8 +1621,10 @@ def unlock(project=None, env=None, force=False, show=False, **kwargs):
             run.lock = lock
             if not lock.take_over(held):
                 return _failed({**info, "result": "refused", "error": "the lock changed while it was being cleared: "
-                                "another run took it; see deploy.unlock show=True"}, contract.LOCKED)
+                                "another run took it; see deploy.lock_status"}, contract.LOCKED)
             _recover(run)
+    except SaltInvocationError as exc:  # e.g. a master without a job cache: nothing was cleared
+        return _refused(exc)
     except DeployError as exc:
         return _failed({**info, "result": "failure", "error": str(exc)})
     return {**info, "result": "cleared", "warnings": lock.warnings}

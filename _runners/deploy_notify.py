@@ -1,19 +1,10 @@
 """
-Post a release's or rollback's events to webhooks: the runner the notification reactor calls.
+Post one message to a project's webhooks by hand (to try a hook): ``deploy_notify.send``.
 
-The ``deploy`` runner fires ``deploy/<project>/<env>/<what>`` on the master's bus.  Map the
-five notifiable tags to the shipped reactor file, which calls :func:`send` (README
-"Notifications")::
-
-    # /etc/salt/master.d/deploy-notify.conf
-    reactor:
-      - 'deploy/*/*/start':    [salt://deploy/reactor/notify.sls]
-      - 'deploy/*/*/pause':    [salt://deploy/reactor/notify.sls]
-      - 'deploy/*/*/success':  [salt://deploy/reactor/notify.sls]
-      - 'deploy/*/*/failure':  [salt://deploy/reactor/notify.sls]
-      - 'deploy/*/*/rollback': [salt://deploy/reactor/notify.sls]
-
-The hooks are the project's ``notify`` list in the master's pillar (see ``deploy_master.notify``).
+A release's or rollback's notifications are posted by the ``deploy`` runner itself, from its own run
+(README "Notifications"); no reactor is needed, nor safe: a minion can fire any ``deploy/...`` event
+on the master's bus.  The hooks are the project's ``notify`` list in the master's pillar (see
+``deploy_master.notify``).
 """
 
 import logging
@@ -45,7 +36,7 @@ def send(tag=None, data=None, **kwargs):  # pylint: disable=unused-argument
     tag
         The event's tag, ``deploy/<project>/<env>/<what>``.
     data
-        The event's data (the reactor passes ``data``).
+        The message's fields (see README "Notifications").
 
     CLI Example:
 
@@ -59,7 +50,7 @@ def send(tag=None, data=None, **kwargs):  # pylint: disable=unused-argument
     try:
         conf, _ = config.load(__opts__, parsed[0])
         hooks = notify.hooks(conf, parsed[0])
-    except (DeployError, Exception) as exc:  # pylint: disable=broad-except  # the reactor has nobody to tell
+    except (DeployError, Exception) as exc:  # pylint: disable=broad-except  # one clear line, never a trace
         log.warning("deploy: notification of %s skipped: %s", tag, exc)
         return {"event": parsed[2], "sent": [], "failed": {}, "comment": str(exc)}
     return notify.send(hooks, tag, data if isinstance(data, dict) else {}, log, __opts__.get("deploy_notify_hosts"))

@@ -204,7 +204,7 @@ async function selectEnv(project, env) {
   $("env-title").textContent = `${project} / ${env}`;
   show("plan", false);
   notice("");
-  renderLock();
+  await refreshLock();
   const lock = envConf().lock;
   if (lock && lock.alive && lock.holder && lock.holder.jid) {
     watchRun(lock.holder.jid, lock.holder.kind || "run", `running since ${fmtTime(lock.holder.since)} ` +
@@ -215,6 +215,21 @@ async function selectEnv(project, env) {
 
 function envConf() {
   return ((state.projects[state.project] || {}).envs || {})[state.env] || {};
+}
+
+// the env's lock as it is now (deploy.lock_status: read-only, allowed to viewers), then drawn
+async function refreshLock() {
+  const conf = envConf();
+  try {
+    const ret = await runner("deploy.lock_status", { project: state.project, env: state.env });
+    if (ret && !failed(ret)) {
+      conf.lock = ret.locked ? { holder: ret.holder, alive: ret.alive } : null;
+      conf.detached = ret.detached || [];
+    }
+  } catch (err) {
+    // keep what deploy.projects said
+  }
+  renderLock();
 }
 
 function renderLock() {

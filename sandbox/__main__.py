@@ -182,7 +182,7 @@ def usage(box):
     logins = ", ".join(f"{user} / {password}" for user, password in console.DEMO_USERS.items())
     say(f"  demo logins (file eauth, {box.users_file}): {logins}")
     say("  operator may run every deploy.* runner; viewer only deploy.projects, refs, releases, history, stats "
-        "and unlock show=True")
+        "and lock_status")
 
 
 # --------------------------------------------------------------------------- commands

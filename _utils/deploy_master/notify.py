@@ -1,9 +1,8 @@
 """Notifications: a run's events (start, pause, success, failure, rollback) posted to webhooks.
 
-The runner fires its events on the master's bus (``deploy/<project>/<env>/<what>``); Salt's
-reactor maps the five notifiable tags to ``salt/deploy/reactor/notify.sls``, which calls the
-``deploy_notify.send`` runner; that reads the project's ``notify`` hooks from the master's pillar
-and posts one message per hook.  This module is the pure part: the hooks' validation, the
+The runner's own run posts its five notifiable events (``deploy/<project>/<env>/<what>``) with
+:func:`send` to the project's ``notify`` hooks from the master's pillar, one message per hook (never
+from an event on the bus: a minion can fire any tag).  This module is the pure part: the hooks' validation, the
 message (a fixed set of fields, never the event as a whole), the four wire formats, the
 DingTalk signature, and the POST.
 

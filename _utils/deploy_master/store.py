@@ -121,7 +121,7 @@ class Lock:
 
     def _not_paused(self):
         return NotPaused(f"{self.project}/{self.env} has no paused run: nothing to promote or abort "
-                           f"(see salt-run deploy.unlock project={self.project} env={self.env} show=True)")
+                           f"(see salt-run deploy.lock_status project={self.project} env={self.env})")
 
     def _resumed(self, jid, paused):
         user, host = names.caller()

@@ -359,7 +359,7 @@ class EtcdLock(Lock):
         res = etcd.txn(compare, [delete(self.key), delete(self.run_key)])
         if not res.get("succeeded"):
             raise DeployError(f"{self.project}/{self.env}: the lock changed while clearing it; look again "
-                              f"(salt-run deploy.unlock project={self.project} env={self.env} show=True)")
+                              f"(salt-run deploy.lock_status project={self.project} env={self.env})")
         if lock and held.get("lease"):
             etcd.revoke(int(held["lease"]))
         self._interrupted(held)

@@ -24,9 +24,6 @@ from sandbox import repo as sample_repo
 from sandbox import web
 
 USER = "www-data"
-NOTIFY_REACTOR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                              "salt", "deploy", "reactor", "notify.sls")
-NOTIFY_EVENTS = ("start", "pause", "success", "failure", "rollback")
 # Each session gets its own loopback /24 (127.0.0.0/8 needs no set-up), so that two
 # sessions on one machine (a developer's and a helper's) never collide.
 NET = os.environ.get("DPL_TEST_NET") or f"127.{random.randint(2, 254)}.{random.randint(1, 254)}"
@@ -192,8 +189,6 @@ def cluster(salt_factories, work_dir, rainbow_repo, php_nodes, haproxy):
             "deploy_timeout": 5,
             "gather_job_timeout": 5,
             "log_level_logfile": "info",
-            # the shipped notification recipe (README "Notifications"), as a user maps it
-            "reactor": [{f"deploy/*/*/{what}": [NOTIFY_REACTOR]} for what in NOTIFY_EVENTS],
             **console.master_options(users, api_port, log_dir=work_dir),
         },
     )

@@ -68,7 +68,9 @@ def test_unknown_or_missing_arguments_are_refused_with_the_bad_input_code(clean_
         ("deploy.releases", {"project": "rainbow", "env": "pro", "node": "web-1"}, "node", "project, env"),
         ("deploy.history", {"project": "rainbow", "lmit": 5}, "lmit", "project, env, limit"),
         ("deploy.stats", {"project": "rainbow", "envs": "pro"}, "envs", "project, env"),
-        ("deploy.unlock", {"project": "rainbow", "env": "pro", "forse": True}, "forse", "project, env, force, show"),
+        ("deploy.unlock", {"project": "rainbow", "env": "pro", "forse": True}, "forse", "project, env, force"),
+        ("deploy.unlock", {"project": "rainbow", "env": "pro", "show": True}, "show", "project, env, force"),
+        ("deploy.lock_status", {"project": "rainbow", "env": "pro", "force": True}, "force", "project, env"),
     ]
     results = run_many(c, [(fun, kwargs) for fun, kwargs, _, _ in cases])
     problems = []

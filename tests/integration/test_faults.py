@@ -700,7 +700,7 @@ def test_killed_runner_then_unlock_restores_the_lb_and_keeps_operator_maint(fres
     new_version(c)
     try:
         _, killed = _killed_in_two_node_batch(c, maint="web-3")
-        shown = run(c, "deploy.unlock", project="rainbow", env="pro", show=True)
+        shown = run(c, "deploy.lock_status", project="rainbow", env="pro")
         assert shown.returncode == 0
         assert shown.data["locked"] is True and shown.data["alive"] is False
         assert shown.data["detached"] == ["web-2", "web-3"]

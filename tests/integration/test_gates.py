@@ -92,7 +92,7 @@ def test_a_paused_release_keeps_the_lock_and_is_promoted(clean_cluster):
     run, new = data["run"], data["release"]
     # salt-run has ended: the lock is kept, and it is not stale
     assert os.path.exists(lock_path(c))
-    shown = c.run("deploy.unlock", project="rainbow", env="pro", show=True)
+    shown = c.run("deploy.lock_status", project="rainbow", env="pro")
     assert shown.returncode == OK
     assert shown.data["locked"] is True and shown.data["alive"] is True
     assert shown.data["holder"]["paused"]["run"] == run and shown.data["holder"]["paused"]["stage"] == "gray"

@@ -1,6 +1,6 @@
 """
-Notifications end to end: the session master maps the five notifiable tags to the shipped reactor file
-(salt/deploy/reactor/notify.sls), which calls the deploy_notify runner; a loopback HTTP sink receives
+Notifications end to end: the runner posts its run's five notifiable events itself (no reactor on the
+session master); a loopback HTTP sink receives
 the webhooks.  Exactly one notification per event and hook, in order, none with a secret.
 """
 

@@ -212,7 +212,7 @@ def test_killed_run_leaves_a_stale_lock_that_is_taken_over(clean_cluster):
         proc.wait(30)
     time.sleep(6)  # the node's own job finishes: every node is on a whole release
     assert c.lb.server_state("web-1") == "maint"  # left out by the killed run
-    shown = c.run("deploy.unlock", project="rainbow", env="pro", show=True)
+    shown = c.run("deploy.lock_status", project="rainbow", env="pro")
     assert shown.data["locked"] is True and shown.data["alive"] is False and shown.data["detached"] == ["web-1"]
     c.set_pillar()
     new_version(c)

@@ -113,7 +113,7 @@ def test_a_runner_killed_on_master_a_is_cleared_by_unlock_on_master_b(box):
     assert {n: _lb_state(box, n) for n in box.web_ids} == {n: "ready" for n in box.web_ids}
     assert currents(box) == before
     assert box.read_history()[-1]["result"] == "interrupted"
-    show = salt_run(box, "master", "deploy.unlock", f"project={PROJECT}", f"env={ENV}", "show=True")
+    show = salt_run(box, "master", "deploy.lock_status", f"project={PROJECT}", f"env={ENV}")
     assert show.returncode == 0 and '"locked": false' in show.stdout, show.stdout[-2000:]
 
 
@@ -166,7 +166,7 @@ def test_etcd_down_refuses_state_changes_and_views(box):
     psutil.Process(etcd).wait(10) if psutil.pid_exists(etcd) else None
     try:
         for args in (["deploy.release"], ["deploy.rollback"], ["deploy.rollback", "emergency=True"],
-                     ["deploy.unlock"], ["deploy.unlock", "show=True"]):
+                     ["deploy.unlock"], ["deploy.lock_status"]):
             started = time.monotonic()
             out = salt_run(box, "master-b", args[0], f"project={PROJECT}", f"env={ENV}", *args[1:], timeout=120)
             assert out.returncode == 1, (args, out.stdout[-2000:])

@@ -15,6 +15,7 @@ class Bus:
         self.clock, self.events = clock, sorted(events, key=lambda e: e[0])  # (at, tag, data)
         self.unsubscribed = []
         self.waits = []
+        self.seen = list(self.events)
 
     def get_event(self, wait, tag, match_type, full):
         assert match_type == "startswith" and full
@@ -32,9 +33,23 @@ class Bus:
 
 
 class Client:
-    def __init__(self, bus):
+    """Salt's client: publishes, reads the bus, and reads the master's job cache (``cache``: jid ->
+    node -> what the authenticated return path stored; by default every return on the bus)."""
+
+    def __init__(self, bus, cache=None):
         self.event = bus
         self.published = []
+        self.opts = {"master_job_cache": "local_cache"}
+        self.cache = cache
+        self.cache_reads = 0
+        self.returners = {"local_cache.get_jid": self.get_jid}
+
+    def get_jid(self, jid):
+        self.cache_reads += 1
+        if self.cache is not None:
+            return self.cache.get(jid, {})
+        return {e[1].rsplit("/", 1)[1]: {"return": e[2]["return"], "retcode": e[2].get("retcode", 0)}
+                for e in self.event.seen if e[1].startswith(f"salt/job/{jid}/ret/")}
 
     def run_job(self, nodes, fun, arg=(), tgt_type=None, timeout=None, jid=None, kwarg=None, listen=False):
         self.published.append((nodes, fun, list(arg), kwarg, tgt_type, jid, listen))
@@ -45,6 +60,7 @@ class Client:
 def clock(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
     return now
 
 
@@ -109,3 +125,36 @@ def test_run_publishes_then_gathers_and_a_job_nobody_took_has_no_returns(clock):
             return {}
 
     assert jobs.run(Nobody(Bus(clock, [])), ["gone"], "test.ping", "J", timeout=5, quiet=1) == {}
+
+
+def test_a_return_counts_as_the_job_cache_holds_it_and_a_forged_event_is_ignored(clock):
+    """web-3 fires ``salt/job/J/ret/pre-1`` naming pre-1 (Salt's minion tag blacklist lets it through):
+    the master's job cache, written by the authenticated return path under the id the minion
+    authenticated with, holds no such return: pre-1 has not answered; web-1's retcode is the cache's."""
+    bus = Bus(clock, [ret("J", "pre-1", {"result": True}, at=100.1), ret("J", "web-1", {"result": True}, at=100.2)])
+    client = Client(bus, cache={"J": {"web-1": {"return": {"result": False}, "retcode": 1}}})
+    got = jobs.run(client, ["pre-1", "web-1"], "deploy.switch", "J", timeout=5, quiet=1)
+    assert got == {"web-1": {"ret": {"result": False}, "retcode": 1}}
+    assert clock[0] >= 100.2 + jobs.CACHE_GRACE  # pre-1's return was looked for, then left to the caller
+
+
+def test_the_job_cache_is_read_once_when_it_holds_every_return(clock):
+    bus = Bus(clock, [ret("J", f"web-{i}", True, at=100 + i / 10) for i in range(1, 11)])
+    client = Client(bus)
+    assert len(jobs.run(client, [f"web-{i}" for i in range(1, 11)], "test.ping", "J", timeout=5, quiet=1)) == 10
+    assert client.cache_reads == 1
+
+
+def test_a_return_written_to_the_cache_just_after_its_event_counts(clock, monkeypatch):
+    cache = {"J": {}}
+    bus = Bus(clock, [ret("J", "web-1", True, at=100.1)])
+    client = Client(bus, cache=cache)
+    monkeypatch.setattr(time, "sleep", lambda s: (clock.__setitem__(0, clock[0] + s),
+                                                  cache["J"].setdefault("web-1", {"return": True})))
+    assert jobs.run(client, ["web-1"], "test.ping", "J", timeout=5, quiet=1) == {"web-1": {"ret": True, "retcode": 0}}
+
+
+def test_no_job_cache_no_release():
+    assert jobs.cache_check({"job_cache": True}) is None
+    assert "job_cache" in jobs.cache_check({"job_cache": False})
+    assert "ext_job_cache" in jobs.cache_check({"job_cache": True, "ext_job_cache": "redis"})

@@ -214,6 +214,9 @@ class FindJobClient:
         self.cache = {}  # jid -> {node: {"ret": ...}}
         self.fj_jids = []
         self.event = FakeBus()
+        self.opts = {"master_job_cache": "local_cache"}
+        self.returners = {"local_cache.get_jid": lambda jid: {
+            n: {"return": v["ret"]} for n, v in self.cache.get(jid, {}).items()}}
 
     def tick(self):
         r = len(self.rounds) - 1  # the round asking now
