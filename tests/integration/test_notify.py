@@ -2,6 +2,8 @@
 Notifications end to end: the session master maps the five notifiable tags to the shipped reactor file
 (salt/deploy/reactor/notify.sls), which calls the deploy_notify runner; a loopback HTTP sink receives
 the webhooks.  Exactly one notification per event and hook, in order, none with a secret.
+
+Uses the session cluster (its master maps the reactor); a webhook sink per test.
 """
 
 import json
