@@ -16,6 +16,7 @@ functional tests (README, "The two set-up commands").
 """
 
 import concurrent.futures
+import hashlib
 import os
 import random
 import shutil
@@ -86,13 +87,22 @@ class Cluster:
         self.project_extra = {}
         self.other_projects = {}
         self.node_projects = {}
-        # True while every minion holds the default pillar in memory: no override has been written
-        # since the last refresh of all of them with the default one (a minion picks up the pillar
-        # files when it starts, on a refresh, and when deploy.prepare finds its own pillar stale)
-        self.minions_default = False
+        # minion -> fingerprint of the pillar files it holds in memory, None when unknown: a minion
+        # picks up the files when it starts, on a refresh, and when deploy.prepare finds its pillar
+        # stale, so one that was written a pillar other than what it holds may hold either
+        self.held = {}
 
-    def overridden(self):
-        return bool(self.node_extra or self.project_extra or self.other_projects or self.node_projects)
+    def fingerprints(self):
+        """minion -> fingerprint of the pillar files it is compiled from (top, project, secrets, its own)."""
+        def read(name):
+            try:
+                with open(os.path.join(self.pillar_dir, name), "rb") as fh:
+                    return fh.read()
+            except FileNotFoundError:
+                return b""
+        common = b"\0".join(read(name) for name in ("top.sls", "project.sls", "secrets.sls"))
+        return {m: hashlib.sha256(common + b"\0" + read(f"{pillar.node_sls_name(m)}.sls")).hexdigest()
+                for m in self.minions}
 
     # ---- paths on the nodes
     def root(self, node, project="rainbow"):
@@ -122,14 +132,26 @@ class Cluster:
         """salt <target> <fun> args... -> ProcessResult (data: that minion's return)."""
         return self.salt.run(fun, *args, minion_tgt=target)
 
-    def refresh_pillar(self):
-        """saltutil.refresh_pillar (wait) on every minion, published from this process: a `salt` CLI
-        would first spend a CPU-second or more importing Salt."""
+    def refresh_pillar(self, minions=None):
+        """saltutil.refresh_pillar (wait) on every minion (or on these), published from this process:
+        a `salt` CLI would first spend a CPU-second or more importing Salt."""
         if self.local is None:
             self.local = salt.client.get_local_client(mopts=self.master.config.copy())
-        ret = self.local.cmd("*", "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=180)
-        assert all(ret.get(m) is True for m in self.minions) and all(v is True for v in ret.values()), ret
-        self.minions_default = not self.overridden()
+        written = self.fingerprints()
+        if minions is None:
+            ret = self.local.cmd("*", "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=180)
+        else:
+            ret = self.local.cmd(sorted(minions), "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=180,
+                                 tgt_type="list")
+        assert all(ret.get(m) is True for m in minions or self.minions) and all(v is True for v in ret.values()), ret
+        self.held.update({m: written[m] for m in minions or self.minions})
+
+    def refresh_stale_pillar(self):
+        """Refresh the minions whose pillar in memory may not be what the files say; the others' refresh
+        would change nothing (a refresh of every minion costs 5-15 s on a loaded 2-core machine)."""
+        stale = [m for m, fp in self.fingerprints().items() if self.held.get(m) != fp]
+        if stale:
+            self.refresh_pillar(stale)
 
     # ---- pillar (written with the sandbox's pillar writer, as a user would lay it out)
     def write_pillar(self):
@@ -142,17 +164,19 @@ class Cluster:
         }
         pillar.write_pillar(self.pillar_dir, project, nodes, SECRETS,
                             other_projects=self.other_projects, node_projects=self.node_projects)
-        if self.overridden():
-            self.minions_default = False
+        for minion, fp in self.fingerprints().items():
+            if self.held.get(minion) != fp:
+                self.held[minion] = None
 
     def set_pillar(self, node_extra=None, project_extra=None, other_projects=None, node_projects=None):
-        """Rewrite the pillar (defaults plus these overrides) and refresh it on every minion."""
+        """Rewrite the pillar (defaults plus these overrides) and refresh it on every minion (whose
+        pillar it changes)."""
         self.node_extra = node_extra or {}
         self.project_extra = project_extra or {}
         self.other_projects = other_projects or {}
         self.node_projects = node_projects or {}
         self.write_pillar()
-        self.refresh_pillar()
+        self.refresh_stale_pillar()
 
 
 # the web console's users (file eauth; tests/integration/test_console.py)
@@ -249,6 +273,8 @@ def cluster(salt_factories, work_dir, rainbow_repo, php_nodes, haproxy):
             c.refresh_pillar()
             yield c
         finally:
+            if c.local is not None:
+                c.local.destroy()
             for minion in minions.values():
                 minion.terminate()
 
@@ -256,12 +282,8 @@ def cluster(salt_factories, work_dir, rainbow_repo, php_nodes, haproxy):
 @pytest.fixture
 def clean_cluster(cluster):
     """Every test starts with the default pillar, no lock, every web node ready in the LB.
-    The minions' pillar is refreshed only when it may not be the default one (a refresh of
-    every minion costs 5-15 s on a loaded 2-core machine)."""
-    cluster.node_extra, cluster.project_extra, cluster.other_projects, cluster.node_projects = {}, {}, {}, {}
-    cluster.write_pillar()
-    if not cluster.minions_default:
-        cluster.refresh_pillar()
+    Only the minions whose pillar may not be the default one are refreshed."""
+    cluster.set_pillar()
     for lock in ("rainbow_pro.lock", "rainbow_pro.detached.json"):
         path = os.path.join(cluster.state_dir, "locks", lock)
         if os.path.exists(path):
