@@ -256,6 +256,7 @@ def test_item4_shared_path_through_the_app_users_symlink(project):
     assert project.release_names() == ["r1"] and project.leftovers() == []
 
 
+@pytest.mark.slow  # a race tried for up to 30 s
 def test_item4_shared_path_race_never_chowns_an_existing_tree(project):
     """The app user flips shared/storage/logs between nothing and a link to a root tree while
     prepare runs: no root-owned file may ever be handed to it.  (A race: on the old code it

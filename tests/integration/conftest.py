@@ -9,15 +9,21 @@ A real cluster for the integration tests, started once per session:
 
 Each node has its own project root (one machine plays all of them), given to it by its
 own pillar file; everything else comes from the project pillar as a user would write it.
+
+Every integration test is marked ``slow`` except the real-daemon core in ``CORE`` (a release, a
+normal and an emergency rollback), which ``pytest -m "not slow" tests`` runs beside the unit and
+functional tests (README, "The two set-up commands").
 """
 
 import concurrent.futures
+import hashlib
 import os
 import random
 import shutil
 import tempfile
 
 import pytest
+import salt.client
 
 from sandbox import console, pillar
 from sandbox import repo as sample_repo
@@ -34,6 +40,21 @@ NODES = {  # minion id -> (address, grains)
     "web-3": (f"{NET}.13", {"region": "west"}),
 }
 WEB = ["web-1", "web-2", "web-3"]
+# the integration tests that `-m "not slow"` keeps: one session cluster, a release, both rollbacks
+CORE = {
+    "test_release.py::test_release_serves_new_version_everywhere",
+    "test_rollback.py::test_rollback_goes_to_the_last_good_release_skipping_a_bad_one",
+    "test_rollback.py::test_emergency_rollback_switches_every_node_at_once_and_restarts",
+}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_collection_modifyitems(items):
+    """Every integration test but the ``CORE`` is ``slow`` (a new test too, until it is named there)."""
+    for item in items:
+        path = str(item.path)
+        if os.path.dirname(path) == HERE and f"{os.path.basename(path)}::{item.name}" not in CORE:
+            item.add_marker(pytest.mark.slow)
 
 
 def _free_port():
@@ -55,6 +76,7 @@ class Cluster:
         self.php = php
         self.repo = repo_path
         self.salt = master.salt_cli(timeout=180)
+        self.local = None  # Salt's LocalClient in this process (refresh_pillar)
         self.run_cli = master.salt_run_cli(timeout=300)
         self.pillar_dir = os.path.join(work, "pillar")
         self.state_dir = os.path.join(master.config["cachedir"], "deploy")
@@ -62,6 +84,22 @@ class Cluster:
         self.project_extra = {}
         self.other_projects = {}
         self.node_projects = {}
+        # minion -> fingerprint of the pillar files it holds in memory, None when unknown: a minion
+        # picks up the files when it starts, on a refresh, and when deploy.prepare finds its pillar
+        # stale, so one that was written a pillar other than what it holds may hold either
+        self.held = {}
+
+    def fingerprints(self):
+        """minion -> fingerprint of the pillar files it is compiled from (top, project, secrets, its own)."""
+        def read(name):
+            try:
+                with open(os.path.join(self.pillar_dir, name), "rb") as fh:
+                    return fh.read()
+            except FileNotFoundError:
+                return b""
+        common = b"\0".join(read(name) for name in ("top.sls", "project.sls", "secrets.sls"))
+        return {m: hashlib.sha256(common + b"\0" + read(f"{pillar.node_sls_name(m)}.sls")).hexdigest()
+                for m in self.minions}
 
     # ---- paths on the nodes
     def root(self, node, project="rainbow"):
@@ -91,9 +129,26 @@ class Cluster:
         """salt <target> <fun> args... -> ProcessResult (data: that minion's return)."""
         return self.salt.run(fun, *args, minion_tgt=target)
 
-    def refresh_pillar(self):
-        ret = self.salt.run("saltutil.refresh_pillar", "wait=True", minion_tgt="*")
-        assert ret.returncode == 0, ret
+    def refresh_pillar(self, minions=None):
+        """saltutil.refresh_pillar (wait) on every minion (or on these), published from this process:
+        a `salt` CLI would first spend a CPU-second or more importing Salt."""
+        if self.local is None:
+            self.local = salt.client.get_local_client(mopts=self.master.config.copy())
+        written = self.fingerprints()
+        if minions is None:
+            ret = self.local.cmd("*", "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=180)
+        else:
+            ret = self.local.cmd(sorted(minions), "saltutil.refresh_pillar", kwarg={"wait": True}, timeout=180,
+                                 tgt_type="list")
+        assert all(ret.get(m) is True for m in minions or self.minions) and all(v is True for v in ret.values()), ret
+        self.held.update({m: written[m] for m in minions or self.minions})
+
+    def refresh_stale_pillar(self):
+        """Refresh the minions whose pillar in memory may not be what the files say; the others' refresh
+        would change nothing (a refresh of every minion costs 5-15 s on a loaded 2-core machine)."""
+        stale = [m for m, fp in self.fingerprints().items() if self.held.get(m) != fp]
+        if stale:
+            self.refresh_pillar(stale)
 
     # ---- pillar (written with the sandbox's pillar writer, as a user would lay it out)
     def write_pillar(self):
@@ -106,15 +161,19 @@ class Cluster:
         }
         pillar.write_pillar(self.pillar_dir, project, nodes, SECRETS,
                             other_projects=self.other_projects, node_projects=self.node_projects)
+        for minion, fp in self.fingerprints().items():
+            if self.held.get(minion) != fp:
+                self.held[minion] = None
 
     def set_pillar(self, node_extra=None, project_extra=None, other_projects=None, node_projects=None):
-        """Rewrite the pillar (defaults plus these overrides) and refresh it on every minion."""
+        """Rewrite the pillar (defaults plus these overrides) and refresh it on every minion (whose
+        pillar it changes)."""
         self.node_extra = node_extra or {}
         self.project_extra = project_extra or {}
         self.other_projects = other_projects or {}
         self.node_projects = node_projects or {}
         self.write_pillar()
-        self.refresh_pillar()
+        self.refresh_stale_pillar()
 
 
 # the web console's users (file eauth; tests/integration/test_console.py)
@@ -151,7 +210,9 @@ def php_nodes(work_dir):
             for part in ("nodes", f"nodes/{node}"):
                 os.chmod(os.path.join(work_dir, part), 0o755)
             nodes[node] = web.PhpNode(node, addr, root, os.path.join(work_dir, "svc", node), user=USER)
-            nodes[node].start()
+        # started in parallel (each waits for its own nginx and PHP-FPM)
+        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+            list(pool.map(lambda svc: svc.start(), nodes.values()))
         yield nodes
     finally:
         for svc in nodes.values():
@@ -207,13 +268,16 @@ def cluster(salt_factories, work_dir, rainbow_repo, php_nodes, haproxy):
             c.refresh_pillar()
             yield c
         finally:
+            if c.local is not None:
+                c.local.destroy()
             for minion in minions.values():
                 minion.terminate()
 
 
 @pytest.fixture
 def clean_cluster(cluster):
-    """Every test starts with the default pillar, no lock, every web node ready in the LB."""
+    """Every test starts with the default pillar, no lock, every web node ready in the LB.
+    Only the minions whose pillar may not be the default one are refreshed."""
     cluster.set_pillar()
     for lock in ("rainbow_pro.lock", "rainbow_pro.detached.json"):
         path = os.path.join(cluster.state_dir, "locks", lock)

@@ -6,6 +6,8 @@ A release whose new code answers 500 for about 10 % of the requests to one page 
 smoke check (they ask other pages) and is stopped by the analysis of the gray stage; a good one
 passes.  The load records every request, so the test says how many users saw an error during
 the bake, and checks it against HAProxy's count.
+
+Uses the session cluster (``clean_cluster``); the load runs in threads of the test process.
 """
 
 import collections

@@ -4,6 +4,9 @@ The web console (console/) on a real salt-api, driven in headless Chromium by Pl
 One salt-api for the module, on the session's master (rest_cherrypy with the console as its
 ``app``/``static``, ``file`` eauth with an operator and a read-only viewer; see
 sandbox/console.py).  Screenshots of each page go to artifacts/console/ (gitignored).
+
+Builds nothing else: salt-api (on the session master) and Chromium start once for the module,
+because only these tests need them.
 """
 
 import contextlib

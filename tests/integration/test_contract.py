@@ -1,6 +1,8 @@
 """
 The runner's contract with CI servers and operators, on the real cluster: arguments, exit codes,
 one JSON document on stdout, and aborting a run with SIGTERM / SIGINT.
+
+Uses the session cluster (``clean_cluster``).
 """
 
 import json

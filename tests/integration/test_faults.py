@@ -5,6 +5,9 @@ history.  Bad input is refused with a clear error and changes nothing.  Secrets 
 
 A tally (faults injected / survived with nothing lost, bad inputs tried / refused cleanly) is
 printed when the module ends.
+
+Uses the session cluster (``fresh``: ``clean_cluster`` without a pillar refresh the minions do not
+need); adds one minion of its own, stg-1 with its PHP node (a second env), once for the module.
 """
 
 import concurrent.futures

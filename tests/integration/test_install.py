@@ -9,6 +9,8 @@ The two install routes of README.md, "Install":
 On both routes the runner imports the master-side package `deploy_master` (`_utils/`): from the
 installed distribution (where it is `saltext_deploy/master`, found under that name once Salt's loader
 imported `saltext_deploy`), or from the master's synced `extmods/utils`, which Salt puts on sys.path.
+
+Route 1 needs no daemons (a wheel in a temporary folder); route 2 uses the session cluster's master.
 """
 
 import os

@@ -2,6 +2,8 @@
 Notifications end to end: the runner posts its run's five notifiable events itself (no reactor on the
 session master); a loopback HTTP sink receives
 the webhooks.  Exactly one notification per event and hook, in order, none with a secret.
+
+Uses the session cluster (its master maps the reactor); a webhook sink per test.
 """
 
 import json

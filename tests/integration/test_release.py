@@ -1,5 +1,7 @@
 """
 salt-run deploy.release end to end: real master and minions, nginx + PHP-FPM nodes, HAProxy.
+
+Uses the session cluster (``clean_cluster``).
 """
 
 import contextlib

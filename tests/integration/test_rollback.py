@@ -1,5 +1,7 @@
 """
 salt-run deploy.rollback (normal and emergency) and deploy.releases on the real cluster.
+
+Uses the session cluster (``clean_cluster``).
 """
 
 import os

@@ -3,6 +3,8 @@
 Runs the real thing as a user would, in its own folder, on its own loopback addresses
 and LB port (the cluster tests use 127.0.1.x, the web stack tests 127.0.3.x, a
 developer's sandbox 127.0.1.x and port 8088), so it can run beside all of them.
+
+Builds a sandbox of its own: what it proves is ``up`` from nothing and ``down`` leaving nothing.
 """
 
 import os

@@ -3,7 +3,10 @@
 Salt's client gives up on a node that leaves one ``saltutil.find_job`` unanswered for
 ``gather_job_timeout`` (5 s in this cluster).  On a loaded master or minion (100 nodes on two
 cores, or several test sessions at once) that is a live node still running the job: the
-runner asks again and waits while the node says it runs the job."""
+runner asks again and waits while the node says it runs the job.
+
+Uses the session cluster (``clean_cluster``).
+"""
 
 import os
 import signal

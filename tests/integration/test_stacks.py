@@ -12,6 +12,9 @@ Real web stacks and zero downtime (issue 5): the article's pitfalls (section 6) 
 
 Figures (requests / failures per operation) are printed and attached to each test's report
 (``record_property``, visible in ``--junitxml``).
+
+Uses the session cluster; the nginx-LB project's PHP nodes and LB and the Tomcat nodes start once for
+the module, for the one test that needs each.
 """
 
 import collections

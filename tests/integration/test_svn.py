@@ -2,6 +2,8 @@
 The project `rainbow` switched to ``vcs: svn`` on the real cluster: a repository made with
 ``svnadmin create``, served over ``file://`` and by ``svnserve`` on loopback (as www-data, with a
 password from pillar); released, re-released, rolled back, and the refusals that change nothing.
+
+Uses the session cluster; the svn repository and svnserve are made once for the module.
 """
 
 import glob

@@ -3,6 +3,9 @@
 One cluster for the module: ``sandbox.cluster.Sandbox(masters=2, store="etcd")`` (etcd on
 loopback, two salt-masters on two loopback addresses with the same keys and pillar, each with
 its own file_roots, minions listing both), lock TTL 3 s.
+
+Builds a cluster of its own: the session cluster has one master and the local store, and a master's
+store is chosen when it starts.
 """
 
 import os

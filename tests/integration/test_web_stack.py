@@ -2,6 +2,8 @@
 
 No Salt involved.  Services run as www-data from the system binaries; the work
 dir is a 0755 directory under /tmp (pytest's tmp_path is not readable by www-data).
+
+Builds its own services (nothing of the session cluster): these tests are about the services themselves.
 """
 
 import os
