@@ -110,7 +110,7 @@ def test_git_build_without_gitpython_is_refused_before_the_lock(master_dir):
     code, doc, err = salt_run(master_dir, "local", ["git"], "deploy.refs", "project=rainbow")
     assert_missing(code, doc, err, "gitpython", "pip install gitpython")
     # nothing changed: no lock, no history record
-    code, doc, _ = salt_run(master_dir, "local", ["git"], "deploy.unlock", "project=rainbow", "env=pro", "show=True")
+    code, doc, _ = salt_run(master_dir, "local", ["git"], "deploy.lock_status", "project=rainbow", "env=pro")
     assert code == 0 and doc["locked"] is False, doc
     code, doc, _ = salt_run(master_dir, "local", ["git"], "deploy.history", "project=rainbow", "env=pro")
     assert code == 0 and doc == [], doc
