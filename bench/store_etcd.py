@@ -27,6 +27,7 @@ import yaml
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
+import saltext_deploy  # noqa: E402,F401  makes the runner's package importable as deploy_master
 from deploy_master import store  # noqa: E402
 from sandbox.cluster import ENV, PROJECT, Sandbox  # noqa: E402
 from sandbox import repo as sample_repo  # noqa: E402

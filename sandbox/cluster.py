@@ -361,6 +361,7 @@ class Sandbox:
     def read_history(self):
         """The runner's history records, oldest first (from the master's disk or from etcd)."""
         if self.store == "etcd":
+            import saltext_deploy  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (deploy_master)
             from deploy_master import store_etcd  # pylint: disable=import-outside-toplevel
 
             try:
