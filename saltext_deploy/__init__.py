@@ -15,8 +15,7 @@ resolves that one top-level name to ``saltext_deploy/master`` (installed) or
 ``sys.path`` first (the classic route's ``extmods/utils``) still wins.
 
 ``python -m saltext_deploy file-roots`` prints the folder that holds the node-preparation
-states (``deploy``) and the notification reactor (``deploy/reactor/notify.sls``): add it
-to the master's ``file_roots``.
+states (``deploy``): add it to the master's ``file_roots``.
 """
 
 import importlib.util
@@ -91,7 +90,7 @@ def console_dir():
 
 def file_roots_dir():
     """The folder to add to the master's ``file_roots``: ``deploy/init.sls`` (the node-preparation
-    states, ``state.apply deploy``) and ``deploy/reactor/notify.sls`` (the notification reactor)."""
+    states, ``state.apply deploy``)."""
     for path in (os.path.join(_HERE, "salt"), os.path.join(os.path.dirname(_HERE), "salt")):
         if os.path.isfile(os.path.join(path, "deploy", "init.sls")):
             return path

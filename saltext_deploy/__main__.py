@@ -2,8 +2,7 @@
 ``python -m saltext_deploy <command>``: where the installed parts are, for the master's configuration.
 
 - ``version``: the version of salt-deploy;
-- ``file-roots``: the folder to add to ``file_roots`` (the node-preparation states ``deploy`` and
-  the reactor ``deploy/reactor/notify.sls``);
+- ``file-roots``: the folder to add to ``file_roots`` (the node-preparation states ``deploy``);
 - ``console``: the web console's folder (salt-api's ``static``); refused (exit 2) when salt-api's
   ``rest_cherrypy`` cannot run because the Python package cherrypy is missing.
 

@@ -3,7 +3,7 @@ One package that holds everything (README "Install", the pip route): ``python -m
 and, from it, a wheel; ``twine check`` passes; the wheel, installed with its dependencies into a fresh
 virtualenv of its own (no system or outer site-packages), holds the modules, the runner and its package
 (namespaced: ``saltext_deploy/master``, nothing named ``deploy_master`` in site-packages), the console,
-the node-preparation states and the reactor recipe; Salt's loader finds the modules from it, and the real
+the node-preparation states; Salt's loader finds the modules from it, and the real
 ``salt-run`` answers ``deploy.version`` from it.
 """
 
@@ -30,7 +30,7 @@ MUST_HOLD = (
     "saltext_deploy/master/store_etcd.py", "saltext_deploy/master/source/git.py",
     "saltext_deploy/master/source/svn.py",
     "saltext_deploy/console/index.html", "saltext_deploy/console/app.js", "saltext_deploy/console/app.css",
-    "saltext_deploy/salt/deploy/init.sls", "saltext_deploy/salt/deploy/reactor/notify.sls",
+    "saltext_deploy/salt/deploy/init.sls",
 )
 
 PROBE = r"""
@@ -93,7 +93,7 @@ def test_the_wheel_holds_everything_and_installs_into_a_fresh_venv():
             assert f"{kind} = saltext_deploy:" in entry_points
         with tarfile.open(os.path.join(dist, built[1])) as tf:
             sdist = set(tf.getnames())
-        for name in ("LICENSE", "CHANGELOG.md", "salt/deploy/init.sls", "salt/deploy/reactor/notify.sls"):
+        for name in ("LICENSE", "CHANGELOG.md", "salt/deploy/init.sls"):
             assert f"salt_deploy-{version}/{name}" in sdist, name
 
         # 2. a fresh venv of its own, the wheel and its dependencies from the index
@@ -117,7 +117,6 @@ def test_the_wheel_holds_everything_and_installs_into_a_fresh_venv():
         roots = _run([python, "-m", "saltext_deploy", "file-roots"], env=env, cwd=tmp).strip()
         assert roots == os.path.join(site, "saltext_deploy", "salt")
         assert os.path.isfile(os.path.join(roots, "deploy", "init.sls"))
-        assert os.path.isfile(os.path.join(roots, "deploy", "reactor", "notify.sls"))
 
         # 4. Salt's loader finds the modules, the states and the runner (with its package) in it
         found = json.loads(_run([python, "-c", PROBE, os.path.join(tmp, "cache")], env=env,
