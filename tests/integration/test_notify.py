@@ -3,7 +3,7 @@ Notifications end to end: the runner posts its run's five notifiable events itse
 session master); a loopback HTTP sink receives
 the webhooks.  Exactly one notification per event and hook, in order, none with a secret.
 
-Uses the session cluster (its master maps the reactor); a webhook sink per test.
+Uses the session cluster (the runner posts; no reactor); a webhook sink per test.
 """
 
 import json
