@@ -3,7 +3,10 @@ supported Salt's venv): ``python -m sandbox up`` starts a salt-master, minions, 
 HAProxy, and releases two versions; then an emergency rollback, a third release and a normal rollback, each
 with ``salt-run … --out=json``; then ``python -m sandbox down``. Exit 0 when every step did what it should.
 
-Run from the repository's top folder:  <venv>/bin/python .ci/smoke.py
+Run from the repository's top folder:  <venv>/bin/python .ci/smoke.py [--classic]
+
+``--classic``: the Salt of that venv has no salt-deploy installed; the sandbox puts this repository into the
+master's ``file_roots`` and syncs (``saltutil.sync_all``, ``sync_runners``, ``sync_utils``), the classic route.
 """
 
 import json
@@ -27,7 +30,7 @@ def main():
     print(f"smoke on Salt {salt.version.__version__}, Python {sys.version.split()[0]}: sandbox in {path}", flush=True)
     try:
         up = subprocess.run([sys.executable, "-m", "sandbox", "up", "--web", "2", "--path", path, "--net", NET,
-                             "--lb-port", LB_PORT, "--force"], timeout=1200, check=False)
+                             "--lb-port", LB_PORT, "--force", *sys.argv[1:]], timeout=1200, check=False)
         if up.returncode != 0:
             return fail("sandbox up (two releases) failed")
         box = Sandbox.load(path)

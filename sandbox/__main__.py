@@ -194,7 +194,8 @@ def cmd_up(args):
     if problems:
         raise SandboxError("this machine cannot run the sandbox yet:\n  " + "\n  ".join(problems))
     box = Sandbox(args.path, web=args.web, lb_port=args.lb_port, net=args.net, out=say,
-                  masters=args.masters, store=args.store, etcd_ttl=args.etcd_ttl, light=args.light)
+                  masters=args.masters, store=args.store, etcd_ttl=args.etcd_ttl, light=args.light,
+                  classic=args.classic)
     old = Sandbox.load(box.path, out=say)
     if old is not None:
         if old.anything_running():
@@ -314,6 +315,9 @@ def main(argv=None):
             p.add_argument("--store", default="local", choices=("local", "etcd"),
                            help="where the lock and history live (etcd: a local etcd the sandbox starts)")
             p.add_argument("--etcd-ttl", type=int, default=10, help="seconds a dead run's lock lives on (etcd)")
+            p.add_argument("--classic", action="store_true",
+                           help="the install route without the package: this repository in the master's file_roots, "
+                                "then saltutil.sync_all, sync_runners and sync_utils")
     args = parser.parse_args(argv)
     try:
         return {"up": cmd_up, "status": cmd_status, "down": cmd_down}[args.command](args)

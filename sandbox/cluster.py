@@ -262,7 +262,7 @@ class Sandbox:
     """One sandbox cluster in ``path``; see the module docstring."""
 
     def __init__(self, path=None, web=3, lb_port=DEFAULT_LB_PORT, net=DEFAULT_NET, out=print,
-                 masters=1, store="local", etcd_ttl=10, light=None):
+                 masters=1, store="local", etcd_ttl=10, light=None, classic=False):
         self.path = os.path.abspath(path or DEFAULT_PATH)
         self.masters = int(masters)
         if self.masters not in (1, 2):
@@ -278,6 +278,9 @@ class Sandbox:
         # light: minions run jobs in threads (multiprocessing: False: no fork per job) and each node's
         # PHP-FPM has 1 worker; the default above LIGHT_ABOVE web nodes, where 2 cores run them all
         self.light = self.web > LIGHT_ABOVE if light is None else bool(light)
+        # classic: the install route without the package: this repository in the master's file_roots, then
+        # the sync commands of docs' "Install" (the Salt that runs the sandbox need not have salt-deploy)
+        self.classic = bool(classic)
         self.lb_port = int(lb_port)
         self.net = net.rstrip(".")
         parts = self.net.split(".")
@@ -476,7 +479,8 @@ class Sandbox:
             "open_mode": True,
             "auto_accept": True,
             "worker_threads": 4,
-            "file_roots": {"base": [self.file_roots]},
+            "file_roots": {"base": [self.file_roots, *([REPO_ROOT, os.path.join(REPO_ROOT, "salt")]
+                                                       if self.classic else [])]},
             "pillar_roots": {"base": [self.pillar_dir]},
             # salt-api with the web console (console/), file eauth with the demo users
             **console.master_options(console.write_users(self.users_file, console.DEMO_USERS), self.ports["api"],
@@ -729,8 +733,21 @@ class Sandbox:
                  f"({time.monotonic() - started:.1f}s); waiting for the minions to answer ...")
         for master in self.master_names:  # every master reaches every minion
             self.wait_minions(master=master)
+        if self.classic:
+            self.sync_modules()
         self.save_state("running")
         self.out(f"all minions answer test.ping ({time.monotonic() - started:.1f}s)")
+
+    def sync_modules(self):
+        """The classic route's sync, as an operator types it: the modules and states to every minion, the
+        runner and its package to the master."""
+        for argv in ([*self.salt_cmd("salt"), "*", "saltutil.sync_all"], [*self.salt_cmd("salt-run"), "saltutil.sync_runners"],
+                     [*self.salt_cmd("salt-run"), "saltutil.sync_utils"]):
+            proc = subprocess.run([*argv, "--out=json", "-t", "120"], capture_output=True, text=True, timeout=300,
+                                  check=False)
+            if proc.returncode != 0:
+                raise SandboxError(f"{argv[-1]} failed: {(proc.stdout + proc.stderr)[-500:]}")
+        self.out("classic route: saltutil.sync_all on every minion, sync_runners and sync_utils on the master")
 
     # ---------------------------------------------------------------- inspection
     def salt_daemons(self):
