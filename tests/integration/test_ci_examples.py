@@ -133,7 +133,9 @@ def test_gitlab_releases_the_tested_commit_and_handles_a_pause_with_manual_jobs(
     assert code == OK, out
     assert c.currents() == before
 
-    # paused again, and the manual `promote` job finishes the release
+    # the aborted release is marked bad on the nodes it reached: the next pipeline tags a fix, pauses again,
+    # and the manual `promote` job finishes the release
+    tag, _ = new_version(c)
     code, data, out = gitlab(ci, "production", CI_COMMIT_SHA="", CI_COMMIT_TAG=tag)
     assert code == PAUSED, out
     code, data, out = gitlab(ci, "promote", CI_COMMIT_SHA="", CI_COMMIT_TAG=tag)

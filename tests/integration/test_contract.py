@@ -63,15 +63,15 @@ def test_unknown_or_missing_arguments_are_refused_with_the_bad_input_code(clean_
     before = snapshot(c)
     count = len(history(c))
     cases = [
-        ("deploy.release", {"project": "rainbow", "env": "pro", "batch": 2}, "batch", "project, env, ref, test"),
-        ("deploy.release", {"project": "rainbow", "envv": "pro"}, "envv", "project, env, ref, test"),
+        ("deploy.release", {"project": "rainbow", "env": "pro", "batch": 2}, "batch", "project, env, ref, test, by"),
+        ("deploy.release", {"project": "rainbow", "envv": "pro"}, "envv", "project, env, ref, test, by"),
         ("deploy.rollback", {"project": "rainbow", "env": "pro", "emergancy": True}, "emergancy",
-         "project, env, to, emergency, force, test"),
+         "project, env, to, emergency, force, allow_bad, test, by"),
         ("deploy.releases", {"project": "rainbow", "env": "pro", "node": "web-1"}, "node", "project, env"),
         ("deploy.history", {"project": "rainbow", "lmit": 5}, "lmit", "project, env, limit"),
         ("deploy.stats", {"project": "rainbow", "envs": "pro"}, "envs", "project, env"),
-        ("deploy.unlock", {"project": "rainbow", "env": "pro", "forse": True}, "forse", "project, env, force"),
-        ("deploy.unlock", {"project": "rainbow", "env": "pro", "show": True}, "show", "project, env, force"),
+        ("deploy.unlock", {"project": "rainbow", "env": "pro", "forse": True}, "forse", "project, env, force, by"),
+        ("deploy.unlock", {"project": "rainbow", "env": "pro", "show": True}, "show", "project, env, force, by"),
         ("deploy.lock_status", {"project": "rainbow", "env": "pro", "force": True}, "force", "project, env"),
     ]
     results = run_many(c, [(fun, kwargs) for fun, kwargs, _, _ in cases])

@@ -936,13 +936,15 @@ def test_git_and_build_failures_stop_before_any_node_is_touched(fresh):
     if not os.path.isdir(os.path.join(c.state_dir, "git", "rainbow.git")):
         assert run(c, "deploy.release", project="rainbow", env="pro", test=True).returncode == 0
     count = len(history(c))
-    cases = [  # an unknown ref is bad input (2), refused before the lock: no history record
+    cases = [  # the ref is resolved before the lock: an unknown one is bad input (2), an unreachable
+        # repository a failure (1), neither leaves a history record; a build that fails (after the lock) does
         ({}, {"ref": "v9.9.9-nope"}, "git: unknown ref 'v9.9.9-nope'", 2),
         ({}, {"ref": "0123456789abcdef0123456789abcdef01234567"}, "git: unknown ref", 2),
         ({"build": ["echo build-broke >&2; exit 3"]}, {}, "build command failed (exit 3)", 1),
         # the runner keeps a mirror of the repository: a remote that is gone must still fail the fetch
         ({"repo": "/nonexistent/repo.git"}, {}, "git: cannot fetch /nonexistent/repo.git", 1),
     ]
+    recorded = 1  # the build failure
     fault(len(cases))
     for project_extra, kwargs, message, code in cases:
         new_version(c)  # a commit never built: the build commands run
@@ -956,7 +958,7 @@ def test_git_and_build_failures_stop_before_any_node_is_touched(fresh):
         assert snapshot(c) == before, (project_extra, kwargs)
         assert code == 2 or history(c)[-1]["result"] == "failure"
         survived()
-    assert len(history(c)) == count + sum(1 for case in cases if case[3] == 1)
+    assert len(history(c)) == count + recorded
 
 
 # --------------------------------------------------------------------------- secrets
