@@ -88,8 +88,6 @@ def text(what, msg):
     if kind == "rollback" and msg.get("mode") == "emergency":
         kind = "emergency rollback"
     head = f"{msg.get('project')}/{msg.get('env')}: "
-    if msg.get("user"):
-        head += f"{msg['user']}" + (f" (by {msg['by']})" if msg.get("by") else "") + ": "
     release = msg.get("release") or msg.get("to") or msg.get("ref") or ""
     if what == "start":
         line = f"{kind} started" + (f": {release}" if release else "")
@@ -104,6 +102,8 @@ def text(what, msg):
         line = f"{kind} {msg.get('result', what)}" + (f": {release}" if release else "")
         line += f" in {msg['seconds']}s" if msg.get("seconds") is not None else ""
         line += f": {msg['error']}" if msg.get("error") else ""
+    if msg.get("user"):  # who ran it, last: the text's beginning stays what chat filters match
+        line += f" (by {msg['user']}" + (f", {msg['by']}" if msg.get("by") else "") + ")"
     return head + line
 
 

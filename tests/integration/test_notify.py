@@ -103,7 +103,8 @@ def test_a_paused_then_aborted_release_notifies_pause_then_rollback(clean_cluste
     assert paused.returncode == 5, (paused.stdout, paused.stderr[-2000:])
     run, release = paused.data["run"], paused.data["release"]
     assert wait_for(got, 1)[0][1]["text"]["content"] == (
-        f"rainbow/pro: release paused after stage gray: {release} (run {run}: salt-run deploy.promote or deploy.abort)")
+        f"rainbow/pro: release paused after stage gray: {release} (run {run}: salt-run deploy.promote or deploy.abort)"
+        " (by root)")
     aborted = c.run("deploy.abort", project="rainbow", env="pro")
     assert aborted.returncode == 0, (aborted.stdout, aborted.stderr[-2000:])
     out = wait_for(got, 2)

@@ -74,7 +74,7 @@ def test_message_carries_only_the_listed_fields():
     ("success", {"kind": "release", "result": "success", "release": "r2", "seconds": 9},
      "rainbow/pro: release success: r2 in 9s"),
     ("success", {"kind": "release", "result": "success", "release": "r2", "user": "alice", "by": "ci:job#3"},
-     "rainbow/pro: alice (by ci:job#3): release success: r2"),
+     "rainbow/pro: release success: r2 (by alice, ci:job#3)"),
 ])
 def test_text(what, data, text):
     assert notify.message(what, {"project": "rainbow", "env": "pro", **data})["text"] == text
