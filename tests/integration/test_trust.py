@@ -26,7 +26,7 @@ from sandbox import repo as sample_repo
 from .conftest import CONSOLE_USERS, WEB
 from tests.webhook_sink import webhook_sink
 
-_VERSION = [27, 0]  # a major version of its own: tags are shared by every module of the session
+_VERSION = [28, 0]  # a major version of its own: tags are shared by every module of the session
 
 
 def new_version(cluster, **kwargs):
