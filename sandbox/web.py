@@ -246,7 +246,10 @@ class _Service:
             missing.append(p)
             p = os.path.dirname(p)
         for d in reversed(missing):
-            os.mkdir(d)
+            try:
+                os.mkdir(d)
+            except FileExistsError:  # a service started beside this one (in parallel) made it first
+                continue
             os.chmod(d, 0o755)
         if owned and self._switch_user:
             os.chown(path, self.uid, self.gid)
