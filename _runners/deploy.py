@@ -763,7 +763,7 @@ def _analysis(run, plan, stage, switched_nodes=None, batch=None):
 def _gates(run, plan, number):
     """What a release's stage must pass before the next one starts, in order:
 
-    1. the analysis of live traffic on the load balancer (issue 16 item 2; raises DeployError);
+    1. the analysis of live traffic on the load balancer (raises DeployError);
     2. the pause: ``pause: true`` stops the run here (exit 5) until ``deploy.promote`` /
        ``deploy.abort``; ``pause: N`` waits N seconds holding the lock.
 
@@ -1631,7 +1631,7 @@ def unlock(project=None, env=None, force=False, **kwargs):
 
 
 # --------------------------------------------------------------------------- public: views for the web console
-# (issue 14) What the console needs and no other runner function gives: the projects and envs of the
+# What the console needs and no other runner function gives: the projects and envs of the
 # pillar with each env's lock, and the refs of a project's mirror.  Read-only; no node is called.
 
 

@@ -1,5 +1,5 @@
 """Distribution of a ~100 MB release of many files to 10 nodes: a full release, a release that
-changes 1 % of the files (incremental distribution, issue 15 goal 4), and a redeploy.
+changes 1 % of the files (incremental distribution), and a redeploy.
 
     python bench/distribution.py [--reps 2] [--files 1000] [--file-size 100000] [--change 0.01] [--web 10]
 

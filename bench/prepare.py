@@ -1,4 +1,4 @@
-"""Prepare at few and at many nodes, and where its cost goes (issue 15, goal 3).
+"""Prepare at few and at many nodes, and where its cost goes.
 
     python bench/prepare.py [--web 50] [--small 10] [--reps 3]
 

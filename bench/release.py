@@ -1,4 +1,4 @@
-"""A rolling release of 10 web nodes in 3 batches, and its orchestration overhead (issue 5).
+"""A rolling release of 10 web nodes in 3 batches, and its orchestration overhead.
 
     python bench/release.py [--reps 3]
 
@@ -11,8 +11,8 @@ version is committed (``sandbox.repo.add_release``, v2.0.<n>) and released with
 Reported per rep, from the runner's history record: total wall, the runner's seconds, build,
 prepare, preprod, each batch's seconds, each batch's drain seconds, the slowest node's
 switch seconds (deploy.switch: activate + restart + checks) and the orchestration overhead
-per batch = batch seconds - (drain + slowest node's switch), target <= 0.3 s (issue 15).  Since
-issue 15 a batch that is not its stage's last makes two calls (``deploy_lb.swap``: the previous
+per batch = batch seconds - (drain + slowest node's switch), target <= 0.3 s.  A batch that is not its
+stage's last makes two calls (``deploy_lb.swap``: the previous
 batch back and this one out; then the switch); the last makes three.
 
 Baseline in the same run, per batch: ``salt -c <conf> -L <batch nodes> test.ping`` (wall,
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench._common import (STAT_HEADERS, Bench, base_parser, batch_envs, fmt, say, stat_row, stats,  # noqa: E402
                            table, timings_of)
 
-TARGET_OVERHEAD = 0.3  # issue 15 goal 2 (issue 5: 0.5)
+TARGET_OVERHEAD = 0.3
 
 
 def analyse(record):

@@ -1,5 +1,5 @@
 """How fast the runner reads a batched call's returns: Salt's ``LocalClient.cmd`` against
-``deploy_master.jobs`` (issue 15).
+``deploy_master.jobs``.
 
     python bench/returns.py [--reps 5] [--web 10]
 

@@ -1,4 +1,4 @@
-"""Emergency rollback against the Salt floor (issue 4).
+"""Emergency rollback against the Salt floor.
 
     python bench/rollback_vs_ping.py [--reps 7] [--no-profile]
 

@@ -1,4 +1,4 @@
-"""Release, emergency rollback and their Salt floors at 10, 30, 50 and 100 web nodes (issue 15, goals 1 and 5).
+"""Release, emergency rollback and their Salt floors at 10, 30, 50 and 100 web nodes.
 
     python bench/scale.py [--sizes 10,30,50,100] [--reps 3] [--light/--no-light]
 

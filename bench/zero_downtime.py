@@ -1,4 +1,4 @@
-"""What users see through the load balancer while the cluster changes (issue 5).
+"""What users see through the load balancer while the cluster changes.
 
     python bench/zero_downtime.py [--reps 1] [--rate 800] [--connections 16]
 

@@ -33,7 +33,7 @@ def find_job_interval(opts, nodes):
 
     ``gather_job_timeout`` (default 10), and at least ``deploy_find_job_per_node`` (default 0.2 s)
     per node asked: each round is one more job on every node asked, and on 100 busy nodes
-    (two cores, issue 15) a round every 10 s was most of what they did."""
+    (two cores) a round every 10 s was most of what they did."""
     per_node = float(opts.get("deploy_find_job_per_node", 0.2))
     return max(int(opts.get("gather_job_timeout", 10)), int(per_node * nodes + 0.5))
 
@@ -152,7 +152,7 @@ ON_FAILURE = pillar_schema.ON_FAILURE
 
 
 def stage_pause(stage, where):
-    """A stage's gate after its last batch (issue 16): None (go on), True (wait for a person:
+    """A stage's gate after its last batch: None (go on), True (wait for a person:
     ``deploy.promote`` / ``deploy.abort``) or N (wait N seconds, then go on)."""
     return plan.pause(stage.get("pause"), where)
 

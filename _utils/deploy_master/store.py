@@ -86,7 +86,7 @@ class Lock:
         """The nodes a run has taken out of the load balancer and not yet put back."""
         raise NotImplementedError
 
-    # --- gates between stages (issue 16)
+    # --- gates between stages
     def update(self, **fields):
         """Change this run's holder record (a field given None is removed), e.g. ``waiting``."""
         raise NotImplementedError

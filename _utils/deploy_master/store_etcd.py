@@ -379,7 +379,7 @@ class EtcdLock(Lock):
             self.store.log.warning("deploy: could not give back the lock: %s (it expires with its lease)", exc)
         self.revision = None
 
-    # --- gates between stages (issue 16)
+    # --- gates between stages
     def update(self, **fields):
         info = {k: v for k, v in {**self.info, **fields}.items() if v is not None}
         self.fenced([put(self.key, info, lease=self.lease), put(self.run_key, info)])

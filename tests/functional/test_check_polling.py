@@ -1,5 +1,5 @@
 """
-Checks poll fast with a deadline (issue 15, goal 1): the first attempt at once, then a short
+Checks poll fast with a deadline: the first attempt at once, then a short
 backoff (50 ms, doubling, at most ``delay`` apart) for the check's window, at least ``retries``
 attempts.  Behaviour only: the speed is measured by bench/, never asserted here.
 """

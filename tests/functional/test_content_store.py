@@ -1,5 +1,5 @@
 """
-Incremental distribution on the node (issue 15 goal 4): the content store, releases built from
+Incremental distribution on the node: the content store, releases built from
 it and a content archive, the tree hash verified before a release can be switched to, and blob
 garbage collection that agrees with cleanup.
 

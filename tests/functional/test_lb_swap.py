@@ -1,4 +1,4 @@
-"""deploy_lb.swap: the batch just done back in the LB and the next one out, in one call (issue 15 goal 2).
+"""deploy_lb.swap: the batch just done back in the LB and the next one out, in one call.
 
 Through Salt's loaders on the nginx driver (a real upstream file, rewritten the driver's way;
 ``nginx`` is ``/bin/true`` here: no daemon).  The LB minion's record of prior states is what

@@ -144,7 +144,7 @@ def test_config_from_the_fileserver_and_new_directories_are_owned(project):
 def test_prepare_refreshes_the_minions_pillar_only_when_it_changed(project):
     # switch/activate read the in-memory pillar; prepare compiles it afresh (current secrets) and
     # asks the minion to refresh its in-memory copy only when that differs: a refresh is a second
-    # pillar compile on the master for every node (issue 15: prepare grew with the node count)
+    # pillar compile on the master for every node (prepare grew with the node count)
     project.prepare("r1")
     assert project.pillar_refreshes == []  # the in-memory pillar is the current one
     project.extra_pillar = {"rainbow_secrets": {"sms_key": "rotated-key"}}

@@ -1,5 +1,5 @@
 """
-Privilege boundaries on the node (issue 10): a committer (templates, files from git) and the
+Privilege boundaries on the node: a committer (templates, files from git) and the
 app user (www-data: shared/, Tomcat's work/, an LB folder it can write) must never get root.
 
 Every test works on real files with the real unprivileged user www-data; each one is named

@@ -1043,7 +1043,7 @@ def test_secrets_never_leak(fresh, event_listener):
 
 
 def test_secrets_never_leak_from_a_failing_template(fresh, event_listener):
-    """Issue 10 item 7: a committed template that fails on a secret's value (as a dict key) makes
+    """A committed template that fails on a secret's value (as a dict key) makes
     prepare fail on every node; the secret is in no output, event, history record or log."""
     c = fresh
     started = time.time()

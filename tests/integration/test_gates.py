@@ -1,5 +1,5 @@
 """
-Gates between stages (issue 16 items 1 and 3) on the real cluster: a release that pauses after the gray
+Gates between stages on the real cluster: a release that pauses after the gray
 stage (exit 5, the lock kept after salt-run ended), deploy.promote and deploy.abort, a timed pause that
 deploy.promote cuts short, and ``on_failure: rollback`` bringing earlier batches back when batch 2 fails.
 

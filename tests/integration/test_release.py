@@ -316,7 +316,7 @@ def test_nodes_the_record_shows_without_a_release_get_the_artifact_unasked(clean
 
 
 def test_a_release_that_changes_one_file_moves_only_that_content(clean_cluster):
-    """Incremental distribution (issue 15 goal 4): only the changed file's content travels, the
+    """Incremental distribution: only the changed file's content travels, the
     rest of the new release is hard links to the blobs the nodes already hold."""
     c = clean_cluster
     tag = new_version(c, files={f"lib/part{i}.txt": f"part {i}\n" * 500 for i in range(20)})

@@ -1,5 +1,5 @@
 """
-Real web stacks and zero downtime (issue 5): the article's pitfalls (section 6) on the real cluster.
+Real web stacks and zero downtime: the article's pitfalls (section 6) on the real cluster.
 
 - PHP (nginx + PHP-FPM, OPcache on with validate_timestamps=0): after a release and after a
   normal and an emergency rollback every node serves the release ``current`` points to, directly
@@ -68,7 +68,7 @@ def new_version(repo, **kwargs):
 def _lost_prepare_returns(ret):
     """The run stopped at prepare only because Salt lost returns: the minions finished
     deploy.prepare just as the LocalClient's find_job poll said they were no longer running it
-    (a known Salt race; see the report of issue 5).  Nothing was switched."""
+    (a known Salt race).  Nothing was switched."""
     data = ret.data if isinstance(ret.data, dict) else {}
     errors = [n.get("error", "") for n in (data.get("nodes") or {}).values() if n.get("result") == "failed"]
     return (str(data.get("error", "")).startswith("prepare failed on") and errors

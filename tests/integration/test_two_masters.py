@@ -1,4 +1,4 @@
-"""Two deployment servers hot/hot on one etcd (issue 13), on real daemons.
+"""Two deployment servers hot/hot on one etcd, on real daemons.
 
 One cluster for the module: ``sandbox.cluster.Sandbox(masters=2, store="etcd")`` (etcd on
 loopback, two salt-masters on two loopback addresses with the same keys and pillar, each with

@@ -1,4 +1,4 @@
-"""The master's unpack of the repository's tree (deploy_master.archive), issue 10 item 8.
+"""The master's unpack of the repository's tree (deploy_master.archive).
 
 The master used to unpack ``git archive`` with only the stdlib ``data`` filter, which
 Python 3.11.7 lets a crafted archive bypass (CVE-2025-4517: symlinks whose expansion exceeds

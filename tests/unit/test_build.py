@@ -86,7 +86,7 @@ def test_the_source_interface():
         source.get("cvs")
 
 
-# --- refs: a tag named like the branch (issue 11 item 5)
+# --- refs: a tag named like the branch
 
 def test_the_envs_branch_is_the_branch_even_if_a_tag_has_its_name(repo, tmp_path):
     opts = _opts(tmp_path)
@@ -146,7 +146,7 @@ def test_a_name_too_long_for_the_nodes_is_refused_before_building(repo, tmp_path
 
 
 def test_two_masters_build_the_same_artifact_from_the_same_commit(repo, tmp_path):
-    """Two deployment servers (issue 13): a release one master prepared on some nodes and the other
+    """Two deployment servers: a release one master prepared on some nodes and the other
     builds again after a take-over must have the same checksum, or the nodes refuse it."""
     one, two = tmp_path / "m1", tmp_path / "m2"
     one.mkdir(), two.mkdir()

@@ -51,7 +51,7 @@ def test_master_options(tmp_path):
     assert config.timeout(opts) == 15 and config.timeout({"deploy_timeout": "3"}) == 3
 
 
-# --- gates between stages (issue 16): pause and on_failure
+# --- gates between stages: pause and on_failure
 
 
 @pytest.mark.parametrize("value,expected", [(True, True), (False, None), (None, None), (300, 300), (1, 1)])

@@ -1,4 +1,4 @@
-"""The release manifest, its tree hash and the content archive (deploy_master.manifest), issue 15 goal 4."""
+"""The release manifest, its tree hash and the content archive (deploy_master.manifest)."""
 
 import hashlib
 import os

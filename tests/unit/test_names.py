@@ -70,7 +70,7 @@ def test_release_name_is_the_articles_pattern_in_utc():
     assert _accepts(node_module._check_release, name)
 
 
-# --- odd committer names (issue 11 item 7): reduced, and the whole name checked with the nodes' rule
+# --- odd committer names: reduced, and the whole name checked with the nodes' rule
 
 @pytest.mark.parametrize("author", ["..", "...", ".", "a..b", "x" * 300, "Li\x00Lei\x1b[31m", "\t\n", "-..-", "a" * 300 + ".."])
 def test_odd_committers_still_give_a_name_the_nodes_accept(author):

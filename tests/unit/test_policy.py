@@ -90,7 +90,7 @@ def test_partial_release_failure_then_rollback():
     assert view["rollback_target"] == "r2"
 
 
-# --- the same commit under another name is not a rollback (issue 11 item 6)
+# --- the same commit under another name is not a rollback
 
 SAME = {"r2": "c1", "r3": "c1"}  # r3: the commit of r2 released again under its tag
 

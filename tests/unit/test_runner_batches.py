@@ -1,6 +1,6 @@
 """The runner's batches behind the load balancer (``_stages``, ``_batch``): one LB call between batches.
 
-Issue 15 goal 2: within a stage, the call that takes batch N+1 out of the LB also puts batch N
+Within a stage, the call that takes batch N+1 out of the LB also puts batch N
 back (``deploy_lb.swap``), so a batch costs two sequential Salt calls, not three.  Checked
 against a load balancer and nodes simulated in memory, with the invariant that matters for
 recovery: before any LB call changes anything, every server out of the LB (or about to be) is
@@ -161,7 +161,7 @@ def test_a_failing_lb_call_puts_back_what_it_can():
 
 
 def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):
-    """Issue 15 goal 5: at 50+ nodes the master, busy compiling every node's pillar, let Salt's client
+    """At 50+ nodes the master, busy compiling every node's pillar, let Salt's client
     time out (``SaltClientError: Salt request timed out. The master is not responding``) and the
     release died with "unexpected error".  The job may run all the same: the nodes are asked, as
     for a slow node (``stragglers``)."""
@@ -260,7 +260,7 @@ def _straggler_run(monkeypatch, client, **opts):
 
 
 def test_a_node_whose_find_job_answer_lands_late_is_alive_not_gone(monkeypatch):
-    """Issue 15 goal 5: at 100 nodes on a small machine every node took ~30 s to answer a
+    """At 100 nodes on a small machine every node took ~30 s to answer a
     ``find_job`` (a test.ping of 101 nodes: 29.8 s); the first release reported all 101 live
     nodes "minion down or not connected".  An answer to an earlier round that lands later still
     says the node lives, and each round waits twice as long as the one before."""

@@ -1,4 +1,4 @@
-"""The runner's gates between stages (issue 16): the pause and the rollback of what a run switched.
+"""The runner's gates between stages: the pause and the rollback of what a run switched.
 
 Pure logic: ``_stages``, ``_pause``, ``_switched`` and ``_revert`` run unchanged; the batch and switch
 steps are recorded instead of calling Salt, the lock is a local store's on a temporary folder.

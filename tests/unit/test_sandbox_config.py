@@ -42,7 +42,7 @@ def test_minion_paths_stay_inside_the_sandbox(box):
 
 
 def test_a_hundred_web_nodes_run_light(tmp_path):
-    """Issue 15: up to 100 web nodes; above 50 the minions run jobs in threads (no fork per job)
+    """Up to 100 web nodes; above 50 the minions run jobs in threads (no fork per job)
     and each node has one PHP-FPM worker, unless asked otherwise."""
     big = cluster.Sandbox(str(tmp_path / "big"), web=100, out=lambda *_: None)
     big.write_configs()

@@ -127,7 +127,7 @@ def test_an_unknown_store_is_refused(tmp_path):
     assert store.get({"cachedir": str(tmp_path)}).base == os.path.join(str(tmp_path), "deploy")
 
 
-# --- two runs racing to take over one stale lock (issue 11 item 4)
+# --- two runs racing to take over one stale lock
 
 def _race_one(base, barrier, queue):
     local = store.LocalStore(base)
@@ -177,7 +177,7 @@ def test_take_over_leaves_a_lock_that_is_no_longer_the_stale_one(tmp_path):
     assert live.holder()["jid"] == "1" and local.history_read("rainbow") == []
 
 
-# --- a paused run (issue 16): the lock outlives the runner process, with the run's state
+# --- a paused run: the lock outlives the runner process, with the run's state
 
 PAUSED_RUN = r"""
 import sys

@@ -243,7 +243,7 @@ def test_a_second_endpoint_is_used_when_the_first_is_down(opts, etcd):
     s.lock("rainbow", "pro", "release").acquire("1").release()
 
 
-# --- a paused run (issue 16): the same behaviour as the local store, against a real etcd
+# --- a paused run: the same behaviour as the local store, against a real etcd
 
 
 def test_a_paused_run_keeps_the_lock_after_its_process_ended(opts):
