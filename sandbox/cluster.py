@@ -622,7 +622,7 @@ class Sandbox:
 
         All at once, 102 minions starting on 2 cores made a run queue of 130 in which the master's
         four workers got a 130th of the CPU each: the minions' sign-in and pillar requests timed
-        out and were sent again, and the minions never all answered (the 100-node run of stop 18).
+        out and were sent again, and the minions never all answered at 100 nodes.
         In a light sandbox a wave of :data:`START_WAVE` minions starts when the one before says
         it is ready (or after ``timeout``), and the minions run at ``nice`` :data:`MINION_NICE`:
         the master keeps the CPU it would have on a machine of its own."""
