@@ -69,6 +69,7 @@ from deploy_master import (  # noqa: E402
     notify, pillar_schema,
     plan as planning, policy, store,
 )
+from deploy_master.source import artifact  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -1031,6 +1032,9 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
         Branch, tag or commit to release (default: the env's ``branch``).
     test
         ``True``: print the release name and the plan, change nothing.
+    artifact, sha256, version
+        Release bytes built elsewhere instead of a ref: a tar.gz, zip or WAR (``https://``, ``salt://``
+        or a file on the master), its sha256 (checked before anything else) and the release's version.
 
     Exit code 0 on success, 1 on a failure, 2 bad input, 3 locked, 4 aborted (SIGTERM/SIGINT).
     Progress lines while it runs (on stderr with ``--out=...``); the summary lists every node
@@ -1043,12 +1047,15 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
         salt-run deploy.release project=rainbow env=pro
         salt-run deploy.release project=rainbow env=pro ref=v1.1.0
         salt-run deploy.release project=rainbow env=pro test=True
+        salt-run deploy.release project=rainbow env=pro artifact=https://ci.example.com/rainbow-1.4.2.tar.gz \\
+            sha256=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 version=1.4.2
     """
     try:
         _acting(kwargs)
-        contract.check_arguments("deploy.release", ("project", "env", "ref", "test", "by"), kwargs, project=project,
-                                 env=env)
+        contract.check_arguments("deploy.release", ("project", "env", "ref", "test", "by", *artifact.ARGUMENTS),
+                                 kwargs, project=project, env=env)
         run = _Run(project, env, "release")
+        run.conf, ref = artifact.from_arguments(run.conf, ref, **{k: kwargs.get(k) for k in artifact.ARGUMENTS})
     except SaltInvocationError as exc:
         return _refused(exc)
     default_branch = ref is None

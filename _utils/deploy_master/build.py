@@ -156,7 +156,7 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False, res
     manifest_path = os.path.join(directory, f"{release}.manifest.json")
     # an artifact is reused for the same commit built by the same commands (records without a
     # digest predate it, and were built by the commands of their time: taken as they are)
-    commands = conf.get("build") or []
+    commands = [] if conf.get("vcs") == "artifact" else conf.get("build") or []  # built elsewhere
     steps = hashlib.sha256(json.dumps(commands).encode()).hexdigest()
     record = None
     rebuilt = False

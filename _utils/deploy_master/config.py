@@ -91,7 +91,7 @@ def _project_env(pillar, project, env=None):
             f"unknown project {project!r}: the master's pillar deploy:projects has {known}"
         )
     for key in ("repo", "root", "envs"):
-        if not conf.get(key):
+        if not conf.get(key) and not (key == "repo" and conf.get("vcs") == "artifact"):
             raise SaltInvocationError(f"project {project!r}: pillar is missing {key!r}")
     from deploy_master import source  # pylint: disable=import-outside-toplevel
 
@@ -111,7 +111,7 @@ def _project_env(pillar, project, env=None):
         raise SaltInvocationError(
             f"unknown env {env!r} for project {project!r}: pillar has {', '.join(sorted(conf['envs']))}"
         )
-    if not envc.get("branch") and vcs != "git":
+    if not envc.get("branch") and vcs in DEFAULT_BRANCH and vcs != "git":
         envc = {**envc, "branch": DEFAULT_BRANCH[vcs]}
     if not envc.get("target") and not envc.get("preprod"):
         raise SaltInvocationError(f"project {project!r} env {env!r}: give a 'target' (and optionally 'preprod')")

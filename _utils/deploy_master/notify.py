@@ -28,6 +28,8 @@ import urllib.request
 
 from salt.exceptions import SaltInvocationError
 
+from deploy_master import web
+
 EVENTS = ("start", "pause", "success", "failure", "rollback")
 FORMATS = ("json", "slack", "dingtalk", "wecom")
 # the event fields a message may carry; everything else in an event stays on the bus
@@ -140,15 +142,6 @@ def signed_url(url, secret, now_ms=None):
     return f"{url}{'&' if '?' in url else '?'}timestamp={stamp}&sign={sign}"
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A 3xx answer is the hook's answer (a failed delivery), never a second request elsewhere."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # pylint: disable=too-many-arguments
-        return None
-
-
-# no proxy from the environment (a hook goes straight to its host), no redirect followed
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 def host_allowed(url, hosts):
@@ -177,7 +170,7 @@ def post(hook, body, timeout=TIMEOUT):
         headers={"Content-Type": "application/json; charset=utf-8", "User-Agent": "salt-deploy"},
     )
     try:
-        with _OPENER.open(request, timeout=timeout) as response:  # nosec: the pillar's own address
+        with web.OPENER.open(request, timeout=timeout) as response:  # nosec: the pillar's own address
             answer = response.read(65536)
     except urllib.error.HTTPError as exc:
         exc.close()

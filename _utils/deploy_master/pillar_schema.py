@@ -30,7 +30,7 @@ from deploy_master import analysis, notify
 
 ON_FAILURE = ("stop", "rollback")
 LB_DRIVERS = ("none", "haproxy", "nginx")
-VCS = ("git", "svn")
+VCS = ("git", "svn", "artifact")
 RESTART_ACTIONS = ("start", "stop", "restart", "reload")  # the node module's RESTART_ACTIONS
 
 SCHEMA_FILE = os.path.join("pillar", "deploy.schema.json")  # relative to the source checkout
@@ -153,7 +153,7 @@ SVN_KEYS = {
 }
 
 PROJECT_KEYS = {
-    "repo": _key("string", "git URL or path, or the Subversion URL, read by the master"),
+    "repo": _key("string", "git URL or path, or the Subversion URL, read by the master (not for vcs artifact)"),
     "root": _key("string", "per node: releases/, shared/, meta/, current (absolute, not '/')"),
     "vcs": _key("string", "where the code comes from", "git", enum=list(VCS)),
     "svn": _obj(SVN_KEYS, "Subversion's credentials, timeout and trunk path"),
@@ -185,11 +185,20 @@ PROJECT_KEYS = {
     "checks": _key("array", "checks run on each node after its switch", [], items=_obj(CHECK_KEYS, "a check")),
     "lb": _obj(LB_KEYS, "the project's load balancer"),
     "notify": _key("array", "webhooks told of a run's events", [], items=_obj(NOTIFY_KEYS, "a hook")),
+    "subdir": _key("string", "git, svn: release only this folder of the repository (its contents)"),
+    "submodules": _key("boolean", "git: include submodules, at the commits the release's tree records", False),
+    "submodule_urls": _key("array", "git: URL prefixes a submodule may be fetched from, beyond the repo's host",
+                           [], items={"type": "string"}),
+    "artifact": _obj({"url": _key("string", "https://, salt:// or a file on the master (deploy_artifact_dirs)"),
+                      "sha256": _key("string", "the artifact's sha256 (64 hex digits), checked before anything"),
+                      "timeout": _key(["integer", "number"], "seconds for the download", 300),
+                      "max_bytes": _key("integer", "the largest artifact, unpacked", 2147483648)},
+                     "vcs artifact: bytes built elsewhere (tar.gz, zip or WAR)"),
     "envs": _map(_obj(ENV_KEYS, "an env"), "env name -> its definition"),
     # a new project key: one line here, then `python -m deploy_master.pillar_schema` (writes the schema file)
 }
 
-PROJECT = _obj(PROJECT_KEYS, "a project: deploy:projects:<project>", required=("repo", "root", "envs"))
+PROJECT = _obj(PROJECT_KEYS, "a project: deploy:projects:<project>", required=("root", "envs"))
 
 
 # --------------------------------------------------------------------------- validation

@@ -8,6 +8,10 @@ dict: ``repo`` is its URL; a VCS module reads its own keys, e.g. credentials) an
 - :meth:`Source.export`: a revision's tree into an empty folder, nothing else (no VCS
   metadata), with every path inside that folder.
 
+``git`` and ``svn`` read a repository; ``artifact`` takes bytes built elsewhere (a tar.gz, zip or
+WAR named by its sha256).  ``subdir`` (git and svn) releases one folder of the repository: the
+release holds that folder's contents, the version still comes from the repository.
+
 The pillar's ``vcs`` key picks the module (``git`` by default); :func:`get` maps it.
 To add a VCS: a module here with a :class:`Source` subclass named ``SOURCE``, its name in
 :data:`KINDS`, and its import at the end of this file.
@@ -20,7 +24,9 @@ import importlib
 
 from salt.exceptions import SaltInvocationError
 
-KINDS = ("git", "svn")
+from deploy_master import DeployError
+
+KINDS = ("git", "svn", "artifact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,7 @@ class Source:
     def __init__(self, opts, project, conf):
         self.opts, self.project, self.conf = opts, project, conf
         self.url = conf["repo"]
+        self.subdir = subdir(conf.get("subdir"))
 
     def check_installed(self):
         """Refuse (:class:`deploy_master.contract.MissingDependency`) before anything starts when the
@@ -64,6 +71,18 @@ class Source:
         raise NotImplementedError
 
 
+def subdir(value):
+    """The pillar's ``subdir`` as a clean relative path (``a/b``), or None; DeployError when it could
+    leave the repository or is not a plain path."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if text.startswith("/") or ".." in parts or not parts or any(c in text for c in "\n\r\0\\:@"):
+        raise DeployError(f"subdir {text!r} must be a folder of the repository (relative, no '..')")
+    return "/".join(parts)
+
+
 def get(vcs=None):
     """The :class:`Source` class for ``vcs`` (pillar ``vcs``, default ``git``)."""
     kind = vcs or "git"
@@ -74,4 +93,4 @@ def get(vcs=None):
 
 # every VCS module is imported here, once, while the runner loads: on the classic install route
 # Salt has this package on sys.path for sure only then (at the end: they import Source)
-from deploy_master.source import git, svn  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
+from deploy_master.source import artifact, git, svn  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 
 from deploy_master import DeployError, UnknownRef, archive, config, contract
-from deploy_master.source import Revision, Source
+from deploy_master.source import Revision, Source, submodules
 
 
 def _git():
@@ -114,13 +114,36 @@ class GitSource(Source):
             raise UnknownRef(f"git: unknown ref {ref!r}: not a branch, tag or commit of the repository") from None
 
     def export(self, revision, dest):
-        """``git archive`` of the commit, unpacked with the nodes' member checks."""
+        """``git archive`` of the commit (of its ``subdir`` folder only, when given), unpacked with the
+        nodes' member checks; with ``submodules: true``, each submodule's tree at the commit the
+        release's tree records, in its place."""
         repo = self.repo or _git().Repo(self.path)
-        with tempfile.TemporaryDirectory(prefix="git-archive-", dir=os.path.dirname(dest)) as tmp:
-            tar = os.path.join(tmp, "git.tar")
-            with open(tar, "wb") as fh:
-                repo.archive(fh, treeish=revision.id, format="tar")
-            archive.unpack(tar, dest)
+        treeish = revision.id
+        if self.subdir:
+            kind = self._kind(repo, f"{revision.id}:{self.subdir}")
+            if kind != "tree":
+                raise DeployError(f"git: subdir {self.subdir!r} is not a folder at {revision.id[:10]}")
+            treeish = f"{revision.id}:{self.subdir}"
+        _archive(repo, treeish, dest)
+        if self.conf.get("submodules"):
+            submodules.export(self, repo, revision.id, self.subdir, dest)
+
+    @staticmethod
+    def _kind(repo, treeish):
+        try:
+            return repo.git.cat_file("-t", treeish).strip()
+        except _git().GitCommandError:
+            return None
+
+
+def _archive(repo, treeish, dest):
+    """``git archive`` of ``treeish`` unpacked into ``dest`` (which may hold files already: a
+    submodule's folder in its superproject's tree)."""
+    with tempfile.TemporaryDirectory(prefix="git-archive-", dir=os.path.dirname(dest.rstrip("/"))) as tmp:
+        tar = os.path.join(tmp, "git.tar")
+        with open(tar, "wb") as fh:
+            repo.archive(fh, treeish=treeish, format="tar")
+        archive.unpack(tar, dest)
 
 
 SOURCE = GitSource

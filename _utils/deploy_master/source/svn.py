@@ -192,12 +192,15 @@ class SvnSource(Source):
         return Revision(id=str(rev), version=f"r{rev}", author=author, time=when, branch=path)
 
     def export(self, revision, dest):
-        """``svn export`` of the folder at its revision (no externals), unpacked with the nodes' checks."""
+        """``svn export`` of the folder at its revision (of its ``subdir`` only, when given; no
+        externals), unpacked with the nodes' checks."""
+        folder = f"{revision.branch}/{self.subdir}" if self.subdir else revision.branch
         with tempfile.TemporaryDirectory(prefix="svn-export-", dir=os.path.dirname(dest)) as tmp:
             tree = os.path.join(tmp, "tree")
-            self._svn(["export", "--quiet", "--ignore-externals",
-                       f"{self.url}/{revision.branch}@{revision.id}", tree],
-                      f"{revision.branch}@r{revision.id}")
+            self._svn(["export", "--quiet", "--ignore-externals", f"{self.url}/{folder}@{revision.id}", tree],
+                      f"{folder}@r{revision.id}")
+            if not os.path.isdir(tree):
+                raise DeployError(f"svn: subdir {self.subdir!r} is not a folder at r{revision.id}")
             # the same member checks as a git archive: no link out of the tree reaches the build
             tar = os.path.join(tmp, "svn.tar")
             with tarfile.open(tar, "w") as fh:
