@@ -69,7 +69,7 @@ from deploy_master import (  # noqa: E402
     notify, pillar_schema,
     plan as planning, policy, store,
 )
-from deploy_master.source import artifact  # noqa: E402
+from deploy_master.source import artifact as artifacts  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -1019,7 +1019,7 @@ def _guard(run, plan, body):
 # --------------------------------------------------------------------------- public: release
 
 
-def release(project=None, env=None, ref=None, test=False, **kwargs):
+def release(project=None, env=None, ref=None, test=False, artifact=None, sha256=None, version=None, **kwargs):
     """
     Release a project to an environment: build, prepare everywhere, preprod, stages and
     batches behind the load balancer, record.
@@ -1052,10 +1052,10 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
     """
     try:
         _acting(kwargs)
-        contract.check_arguments("deploy.release", ("project", "env", "ref", "test", "by", *artifact.ARGUMENTS),
+        contract.check_arguments("deploy.release", ("project", "env", "ref", "test", "by", *artifacts.ARGUMENTS),
                                  kwargs, project=project, env=env)
         run = _Run(project, env, "release")
-        run.conf, ref = artifact.from_arguments(run.conf, ref, **{k: kwargs.get(k) for k in artifact.ARGUMENTS})
+        run.conf, ref = artifacts.from_arguments(run.conf, ref, artifact, sha256, version)
     except SaltInvocationError as exc:
         return _refused(exc)
     default_branch = ref is None

@@ -225,6 +225,7 @@ def test_an_artifact_above_max_bytes_is_refused(drop, tmp_path):
     ({"artifact": "x.tgz", "sha256": "a" * 64, "version": "1"}, "absolute path"),
     ({"artifact": "https://ci/x.tgz", "sha256": "a" * 64}, "version="),
     ({"version": "1"}, "artifact= and sha256="),
+    ({"artifact": "https://ci/x.tgz", "sha256": 1234, "version": "1"}, "quote it"),
 ])
 def test_artifact_arguments_are_checked_before_anything(args, match):
     with pytest.raises(SaltInvocationError, match=match):

@@ -59,6 +59,8 @@ def settings(conf, where="artifact"):
     if unknown:
         raise SaltInvocationError(f"{where}: unknown key(s) {', '.join(unknown)}: use {', '.join(KEYS)}")
     url = str(raw.get("url") or "")
+    if raw.get("sha256") is not None and not isinstance(raw.get("sha256"), str):  # YAML made a number of it
+        raise SaltInvocationError(f"{where}: sha256 must be text (64 hex digits): quote it")
     digest = str(raw.get("sha256") or "").strip().lower()
     if not url:
         raise SaltInvocationError(f"{where}: the artifact's url is missing")
