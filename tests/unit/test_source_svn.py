@@ -99,6 +99,23 @@ def test_export(tmp_path, svnrepo):
         assert os.readlink(dest / "home.php") == "public/index.php"
 
 
+def test_export_of_a_subdir_holds_only_that_folder(tmp_path, svnrepo):
+    src = source.get("svn")({"cachedir": str(tmp_path)}, "rainbow",
+                            {"repo": svnrepo["url"], "vcs": "svn", "subdir": "public"})
+    rev = src.resolve("tags/v1.0")
+    assert rev.version == "r3"  # the version is the repository's, not the folder's
+    dest = tmp_path / "sub"
+    dest.mkdir()
+    src.export(rev, str(dest))
+    assert sorted(os.listdir(dest)) == ["index.php"]
+    missing = source.get("svn")({"cachedir": str(tmp_path)}, "rainbow",
+                                {"repo": svnrepo["url"], "vcs": "svn", "subdir": "nope"})
+    other = tmp_path / "none"
+    other.mkdir()
+    with pytest.raises(DeployError, match="nope"):
+        missing.export(missing.resolve("trunk"), str(other))
+
+
 def test_refusals_name_what_is_wrong(tmp_path, svnrepo):
     src = _src(tmp_path, svnrepo["url"])
     with pytest.raises(DeployError, match=r"svn: unknown revision: trunk@r999 of file://.*: No such revision 999"):
