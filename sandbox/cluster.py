@@ -740,14 +740,16 @@ class Sandbox:
 
     def sync_modules(self):
         """The classic route's sync, as an operator types it: the modules and states to every minion, the
-        runner and its package to the master."""
-        for argv in ([*self.salt_cmd("salt"), "*", "saltutil.sync_all"], [*self.salt_cmd("salt-run"), "saltutil.sync_runners"],
-                     [*self.salt_cmd("salt-run"), "saltutil.sync_utils"]):
+        runner, its package and its outputters to the master."""
+        run = self.salt_cmd("salt-run")
+        for argv in ([*self.salt_cmd("salt"), "*", "saltutil.sync_all"], [*run, "saltutil.sync_runners"],
+                     [*run, "saltutil.sync_utils"], [*run, "saltutil.sync_output"]):
             proc = subprocess.run([*argv, "--out=json", "-t", "120"], capture_output=True, text=True, timeout=300,
                                   check=False)
             if proc.returncode != 0:
                 raise SandboxError(f"{argv[-1]} failed: {(proc.stdout + proc.stderr)[-500:]}")
-        self.out("classic route: saltutil.sync_all on every minion, sync_runners and sync_utils on the master")
+        self.out("classic route: saltutil.sync_all on every minion, sync_runners, sync_utils and sync_output "
+                 "on the master")
 
     # ---------------------------------------------------------------- inspection
     def salt_daemons(self):

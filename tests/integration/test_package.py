@@ -25,7 +25,7 @@ MUST_HOLD = (
     "saltext_deploy/_modules/deploy.py", "saltext_deploy/_modules/deploy_lb.py",
     "saltext_deploy/_states/deploy.py",
     "saltext_deploy/_runners/deploy.py", "saltext_deploy/_runners/deploy_notify.py",
-    "saltext_deploy/_output/deploy_progress.py",
+    "saltext_deploy/_output/deploy_progress.py", "saltext_deploy/_output/deploy_summary.py",
     "saltext_deploy/master/__init__.py", "saltext_deploy/master/contract.py", "saltext_deploy/master/store.py",
     "saltext_deploy/master/store_etcd.py", "saltext_deploy/master/source/git.py",
     "saltext_deploy/master/source/svn.py",
