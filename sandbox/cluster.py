@@ -202,7 +202,7 @@ def _tail(path, lines=15):
 def _not_root_only(path):
     """The first folder on the way to ``path`` (itself included) that is a symlink or that someone
     other than root can change (a root-owned sticky folder such as /tmp is fine), or None.
-    The deploy module refuses a project root below such a folder (README, "Trust model")."""
+    The deploy module refuses a project root below such a folder (docs/trust.md)."""
     parts = [p for p in os.path.abspath(path).split("/") if p]
     for i in range(len(parts) + 1):
         d = "/" + "/".join(parts[:i])
@@ -427,7 +427,7 @@ class Sandbox:
         if unsafe:
             raise SandboxError(
                 f"{unsafe} is a symlink or can be changed by someone other than root: the deploy module refuses "
-                f"project roots below it (README, \"Trust model\"): choose another folder, e.g. --path /tmp/sandbox")
+                f"project roots below it (docs/trust.md): choose another folder, e.g. --path /tmp/sandbox")
         blocked = _reachable_by(USER, os.path.dirname(self.path))
         if blocked:
             raise SandboxError(

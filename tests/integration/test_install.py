@@ -1,5 +1,5 @@
 """
-The two install routes of README.md, "Install":
+The two install routes of docs/install.md:
 
 1. `pip install .`: the wheel carries the modules and registers them under the `salt.loader`
    entry points; Salt's loader finds them from the installed package alone.

@@ -1,5 +1,5 @@
 """
-One package that holds everything (README "Install", the pip route): ``python -m build`` makes an sdist
+One package that holds everything (docs/install.md, the pip route): ``python -m build`` makes an sdist
 and, from it, a wheel; ``twine check`` passes; the wheel, installed with its dependencies into a fresh
 virtualenv of its own (no system or outer site-packages), holds the modules, the runner and its package
 (namespaced: ``saltext_deploy/master``, nothing named ``deploy_master`` in site-packages), the console,

@@ -206,7 +206,7 @@ def pillar_files():
 
 def test_every_readme_project_pillar_validates():
     found = readme_project_pillars()
-    assert len(found) >= 5, "README.md's project pillar examples were not found"
+    assert len(found) >= 5, "the docs' project pillar examples were not found"
     for offset, pillar in found:
         for project, conf in pillar["deploy"]["projects"].items():
             assert pillar_schema.problems(conf, project) == [], f"the block in {offset}"
