@@ -90,7 +90,7 @@ def test_release_serves_new_version_everywhere(clean_cluster):
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "reused" in (again.stdout + again.stderr) and "(0 unpacked)" in (again.stdout + again.stderr)
-    end = again.stdout[again.stdout.index("release success in "):].splitlines()
+    end = again.stdout[again.stdout.rindex("release success in "):].splitlines()  # after the last progress line
     assert end[1].startswith(f"release: rainbow_pro_{tag}_master_") and "  preprod: pre-1 ok" in end, end
     assert end[-1] == "next: salt-run deploy.rollback project=rainbow env=pro   (back to the last good release)"
     assert len(end) <= 12 and "timings:" not in again.stdout and "outputter" not in again.stdout, again.stdout
