@@ -12,7 +12,7 @@ The module implements the article's node steps: unpack a distributed artifact in
 new release directory, copy the per-node config and files into it, re-point the
 ``current`` symlink, restart the web service and test it, and roll back to the last
 good release.  Everything it needs about the project comes from the node's pillar
-(see README.md, "The pillar contract").
+(see docs/pillar.md).
 
 :depends: jinja2 (ships with Salt)
 """

@@ -46,6 +46,7 @@ Master options (all optional):
     longest wait, in seconds, for a node that says it still runs the job (default 600)
 """
 
+import functools
 import logging
 import os
 import signal
@@ -79,9 +80,31 @@ LATE_RETURN_GRACE = 5  # seconds to look for returns in the job cache after a no
 NO_RESPONSE = "no response: minion down or not connected"
 
 
+# Without --out, salt-run ends these with the summary of _output/deploy_summary.py.  Salt reads a
+# module's __outputter__ for execution modules only; salt-run takes a runner return's outputter from
+# its "outputter" key, which the return carries only on a salt-run command line without --out:
+# --out=json, salt-api, orchestration and Python callers get the return unchanged.
+__outputter__ = {name: "deploy_summary" for name in ("release", "rollback", "promote", "abort")}
+
+
+def _summary_by_default(fun, name):
+    @functools.wraps(fun)
+    def wrapper(*args, **kwargs):
+        ret = fun(*args, **kwargs)
+        opts = globals().get("__opts__") or {}
+        if (isinstance(ret, dict) and opts.get("fun") == f"deploy.{name}" and "selected_output_option" in opts
+                and not opts.get("output")):
+            ret["outputter"] = __outputter__[name]
+        return ret
+    return wrapper
+
+
 def __virtual__():
     # no gitpython needed here: the git source imports it when a build needs it, so rollback,
     # history and unlock work without it
+    for name in __outputter__:  # every function is defined by now: wrap them once
+        if not hasattr(globals()[name], "__wrapped__"):
+            globals()[name] = _summary_by_default(globals()[name], name)
     return __virtualname__
 
 

@@ -2,7 +2,7 @@
 Post one message to a project's webhooks by hand (to try a hook): ``deploy_notify.send``.
 
 A release's or rollback's notifications are posted by the ``deploy`` runner itself, from its own run
-(README "Notifications"); no reactor is needed, nor safe: a minion can fire any ``deploy/...`` event
+(docs/notifications.md); no reactor is needed, nor safe: a minion can fire any ``deploy/...`` event
 on the master's bus.  The hooks are the project's ``notify`` list in the master's pillar (see
 ``deploy_master.notify``).
 """
@@ -30,13 +30,13 @@ def __virtual__():
 def send(tag=None, data=None, **kwargs):  # pylint: disable=unused-argument
     """
     Post one event to the project's webhooks (the ``notify`` list of its pillar), once per hook
-    that wants it.  Only a fixed set of the event's fields travels (README "Notifications");
+    that wants it.  Only a fixed set of the event's fields travels (docs/notifications.md);
     a hook's address is never logged or returned.  Any other tag is ignored.
 
     tag
         The event's tag, ``deploy/<project>/<env>/<what>``.
     data
-        The message's fields (see README "Notifications").
+        The message's fields (see docs/notifications.md).
 
     CLI Example:
 

@@ -76,7 +76,7 @@ def get_runner_dirs():
 
 
 def get_outputter_dirs():
-    """Outputters: ``deploy_progress`` (plain progress lines for ``salt-run deploy.*``)."""
+    """Outputters: ``deploy_progress`` (progress lines) and ``deploy_summary`` (the end of a run)."""
     return _dirs("_output", "deploy_progress.py")
 
 

@@ -317,7 +317,7 @@ def main(argv=None):
             p.add_argument("--etcd-ttl", type=int, default=10, help="seconds a dead run's lock lives on (etcd)")
             p.add_argument("--classic", action="store_true",
                            help="the install route without the package: this repository in the master's file_roots, "
-                                "then saltutil.sync_all, sync_runners and sync_utils")
+                                "then saltutil.sync_all, sync_runners, sync_utils and sync_output")
     args = parser.parse_args(argv)
     try:
         return {"up": cmd_up, "status": cmd_status, "down": cmd_down}[args.command](args)

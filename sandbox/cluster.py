@@ -202,7 +202,7 @@ def _tail(path, lines=15):
 def _not_root_only(path):
     """The first folder on the way to ``path`` (itself included) that is a symlink or that someone
     other than root can change (a root-owned sticky folder such as /tmp is fine), or None.
-    The deploy module refuses a project root below such a folder (README, "Trust model")."""
+    The deploy module refuses a project root below such a folder (docs/trust.md)."""
     parts = [p for p in os.path.abspath(path).split("/") if p]
     for i in range(len(parts) + 1):
         d = "/" + "/".join(parts[:i])
@@ -427,7 +427,7 @@ class Sandbox:
         if unsafe:
             raise SandboxError(
                 f"{unsafe} is a symlink or can be changed by someone other than root: the deploy module refuses "
-                f"project roots below it (README, \"Trust model\"): choose another folder, e.g. --path /tmp/sandbox")
+                f"project roots below it (docs/trust.md): choose another folder, e.g. --path /tmp/sandbox")
         blocked = _reachable_by(USER, os.path.dirname(self.path))
         if blocked:
             raise SandboxError(
@@ -740,14 +740,16 @@ class Sandbox:
 
     def sync_modules(self):
         """The classic route's sync, as an operator types it: the modules and states to every minion, the
-        runner and its package to the master."""
-        for argv in ([*self.salt_cmd("salt"), "*", "saltutil.sync_all"], [*self.salt_cmd("salt-run"), "saltutil.sync_runners"],
-                     [*self.salt_cmd("salt-run"), "saltutil.sync_utils"]):
+        runner, its package and its outputters to the master."""
+        run = self.salt_cmd("salt-run")
+        for argv in ([*self.salt_cmd("salt"), "*", "saltutil.sync_all"], [*run, "saltutil.sync_runners"],
+                     [*run, "saltutil.sync_utils"], [*run, "saltutil.sync_output"]):
             proc = subprocess.run([*argv, "--out=json", "-t", "120"], capture_output=True, text=True, timeout=300,
                                   check=False)
             if proc.returncode != 0:
                 raise SandboxError(f"{argv[-1]} failed: {(proc.stdout + proc.stderr)[-500:]}")
-        self.out("classic route: saltutil.sync_all on every minion, sync_runners and sync_utils on the master")
+        self.out("classic route: saltutil.sync_all on every minion, sync_runners, sync_utils and sync_output "
+                 "on the master")
 
     # ---------------------------------------------------------------- inspection
     def salt_daemons(self):

@@ -6,7 +6,7 @@
 - :func:`write_users`: the user file of the ``file`` eauth (``user:sha256(password)``);
 - :func:`start_api` / :func:`wait_api`: salt-api as a daemon of the sandbox.
 
-The same configuration is what the README's "Web console" section shows.
+The same configuration is what docs/console.md shows.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ STATIC_PATH = "/console-static"
 # eauth ACLs: regular expressions matched (re.match) against "<module>.<function>" of a runner
 OPERATOR_ACL = [{"@runner": [r"deploy\..*"]}]
 # Function names only: an eauth ``kwargs`` rule is no boundary (a request sent straight to the
-# master's request port is checked on other keys than the runner reads: README "Web console")
+# master's request port is checked on other keys than the runner reads: docs/console.md)
 VIEWER_FUNCTIONS = ("projects", "refs", "releases", "history", "stats", "lock_status")
 VIEWER_ACL = [{"@runner": [r"deploy\.(" + "|".join(VIEWER_FUNCTIONS) + r")$"]}]
 
@@ -41,7 +41,7 @@ def master_options(users_file, port, host="127.0.0.1", log_dir=None):
     api = {
         "host": host,
         "port": int(port),
-        "disable_ssl": True,  # loopback only; see the README for TLS
+        "disable_ssl": True,  # loopback only; see docs/console.md for TLS
         "app": os.path.join(CONSOLE_DIR, "index.html"),
         "app_path": APP_PATH,
         "static": CONSOLE_DIR,

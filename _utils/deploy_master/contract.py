@@ -1,10 +1,10 @@
 """The runner's contract with the shell, CI servers and operators: exit codes and arguments.
 
-Exit codes of every ``salt-run deploy.*`` (the return's ``retcode``; README "Exit codes"):
+Exit codes of every ``salt-run deploy.*`` (the return's ``retcode``; docs/runner.md):
 
 ==  ===========  ==================================================================
 0   OK           done
-1   FAILED       the run failed (the env's state: see the summary and the README)
+1   FAILED       the run failed (the env's state: see the summary and docs/runner.md)
 2   BAD_INPUT    refused before anything changed: an unknown, missing or invalid argument or pillar value, or
                  a part the master needs for it is not installed (:class:`MissingDependency`)
 3   LOCKED       refused before anything changed: the project+env is locked by another run (retry later)

@@ -3,7 +3,7 @@
 Salt 3008's ``LocalClient.cmd`` gathers returns by polling the event bus without blocking; its TCP
 transport then reads one 4 kB chunk per poll and the client sleeps 10 ms between polls, so returns
 are read at about 300 kB/s (every return also echoes the job's arguments).  A 64 kB argument to 10
-nodes took 6.5 s that way and 1.5 s read here with blocking reads (README, "Performance").
+nodes took 6.5 s that way and 1.5 s read here with blocking reads (bench/README.md).
 
 An event only says that a return landed: a minion can fire an event whose tag and data name another
 minion (``event.send`` with ``preload``, a batch of ``events``), and Salt's minion tag blacklist lets

@@ -87,7 +87,7 @@ LB_KEYS = {
 _ANALYSIS_TYPES = {"bake": _SECONDS, "interval": _SECONDS, "max_error_rate": "string",
                    "max_p95_ms": ["number", "string", "null"], "min_requests": ["integer", "string"]}
 ANALYSIS_KEYS = {
-    key: _key(_ANALYSIS_TYPES.get(key, "string"), f"analysis of live traffic: {key} (README 'Analysis of live traffic')",
+    key: _key(_ANALYSIS_TYPES.get(key, "string"), f"analysis of live traffic: {key} (docs/analysis.md)",
               analysis.DEFAULTS[key], **({"enum": list(analysis.CHOICES[key])} if key in analysis.CHOICES else {}))
     for key in analysis.KEYS
 }

@@ -16,7 +16,7 @@ deploy:
       files: {}                       # extra per-node files, see deploy/rainbow_job.sls
       restart:                        # after the switch, in order
         # PHP-FPM reload (a graceful restart of the workers) drops OPcache and the
-        # realpath cache, so the new `current` target is compiled afresh; see README "PHP".
+        # realpath cache, so the new `current` target is compiled afresh; see docs/php-java.md.
         - {service: php8.2-fpm, action: reload}
       checks:                         # key pages, API, admin; run on each node after its switch
         - {url: 'http://127.0.0.1:8080/', status: 200, contains: rainbow}

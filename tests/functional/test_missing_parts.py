@@ -5,7 +5,7 @@ the real ``salt-run`` CLI, in a subprocess, with a master configuration of its o
 that process only, as if not installed (``sys.modules[name] = None``: its import raises
 ImportError); the svn client by a PATH without it.
 
-Each must end in one line naming the part and its install command, exit 2 (README "Exit codes"),
+Each must end in one line naming the part and its install command, exit 2 (docs/runner.md),
 no traceback, and nothing changed: no lock and no history record left behind.
 """
 

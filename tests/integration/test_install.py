@@ -1,10 +1,10 @@
 """
-The two install routes of README.md, "Install":
+The two install routes of docs/install.md:
 
 1. `pip install .`: the wheel carries the modules and registers them under the `salt.loader`
    entry points; Salt's loader finds them from the installed package alone.
 2. the classic route: the underscore folders in file_roots, then `saltutil.sync_all` on the
-   minions and `saltutil.sync_runners` + `saltutil.sync_utils` on the master.
+   minions and `saltutil.sync_runners` + `saltutil.sync_utils` + `saltutil.sync_output` on the master.
 
 On both routes the runner imports the master-side package `deploy_master` (`_utils/`): from the
 installed distribution (where it is `saltext_deploy/master`, found under that name once Salt's loader
@@ -111,7 +111,7 @@ def test_pip_install_registers_the_modules_through_entry_points():
 def test_classic_route_file_roots_and_sync(cluster):
     c = cluster
     file_root = c.master.config["file_roots"]["base"][0]
-    for folder in ("_modules", "_states", "_runners"):
+    for folder in ("_modules", "_states", "_runners", "_output"):
         shutil.copytree(os.path.join(REPO, folder), os.path.join(file_root, folder),
                         ignore=shutil.ignore_patterns("__pycache__", "__init__.py"), dirs_exist_ok=True)
     shutil.copytree(os.path.join(REPO, "_utils"), os.path.join(file_root, "_utils"),  # a package: keep __init__.py
@@ -133,6 +133,10 @@ def test_classic_route_file_roots_and_sync(cluster):
         assert utils.returncode == 0, utils
         assert "utils.deploy_master.store" in utils.data and "utils.deploy_master.source.git" in utils.data
         assert os.path.isfile(os.path.join(extmods_master, "utils", "deploy_master", "source", "git.py"))
+        output = c.run_cli.run("saltutil.sync_output")  # salt-run's progress lines and summary
+        assert output.returncode == 0, output
+        assert {"output.deploy_progress", "output.deploy_summary"} <= set(output.data)
+        assert os.path.isfile(os.path.join(extmods_master, "output", "deploy_summary.py"))
         # the runner works on this route alone: its package comes from extmods/utils
         config = os.path.join(c.work, "classic-master.conf")
         with open(config, "w", encoding="utf-8") as fh:
@@ -152,5 +156,5 @@ def test_classic_route_file_roots_and_sync(cluster):
         listed = c.call("web-1", "sys.list_functions", "deploy")
         assert "deploy.prepare" in listed.data and "deploy.switch" in listed.data
     finally:
-        for folder in ("_modules", "_states", "_runners", "_utils"):
+        for folder in ("_modules", "_states", "_runners", "_output", "_utils"):
             shutil.rmtree(os.path.join(file_root, folder), ignore_errors=True)

@@ -1,5 +1,5 @@
 """
-One package that holds everything (README "Install", the pip route): ``python -m build`` makes an sdist
+One package that holds everything (docs/install.md, the pip route): ``python -m build`` makes an sdist
 and, from it, a wheel; ``twine check`` passes; the wheel, installed with its dependencies into a fresh
 virtualenv of its own (no system or outer site-packages), holds the modules, the runner and its package
 (namespaced: ``saltext_deploy/master``, nothing named ``deploy_master`` in site-packages), the console,
@@ -25,7 +25,7 @@ MUST_HOLD = (
     "saltext_deploy/_modules/deploy.py", "saltext_deploy/_modules/deploy_lb.py",
     "saltext_deploy/_states/deploy.py",
     "saltext_deploy/_runners/deploy.py", "saltext_deploy/_runners/deploy_notify.py",
-    "saltext_deploy/_output/deploy_progress.py",
+    "saltext_deploy/_output/deploy_progress.py", "saltext_deploy/_output/deploy_summary.py",
     "saltext_deploy/master/__init__.py", "saltext_deploy/master/contract.py", "saltext_deploy/master/store.py",
     "saltext_deploy/master/store_etcd.py", "saltext_deploy/master/source/git.py",
     "saltext_deploy/master/source/svn.py",

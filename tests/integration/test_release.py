@@ -54,6 +54,7 @@ def test_release_serves_new_version_everywhere(clean_cluster):
     assert ret.returncode == 0, ret.stdout
     summary = ret.data
     assert summary["result"] == "success"
+    assert "outputter" not in summary  # --out=json: the return itself
     release = summary["release"]
     assert release.startswith(f"rainbow_pro_{tag}_master_") and release.endswith("_xuliangwei")
     # every node switched, old -> new, and back in the LB
@@ -82,10 +83,17 @@ def test_release_serves_new_version_everywhere(clean_cluster):
     last = history(c)[-1]
     assert last["kind"] == "release" and last["result"] == "success" and last["release"] == release
     assert set(last["nodes"]) == set(NODES)
-    # a second release of the same commit reuses the artifact and the prepared release
-    again = c.run("deploy.release", project="rainbow", env="pro")
-    assert again.returncode == 0, again.stdout
+    # a second release of the same commit reuses the artifact and the prepared release; without --out,
+    # salt-run ends with the summary (deploy_summary), not the return's nested dump
+    argv = [a for a in c.run_cli.cmdline("deploy.release", "project=rainbow", "env=pro")
+            if not a.startswith(("--out=", "--out-indent="))]
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "reused" in (again.stdout + again.stderr) and "(0 unpacked)" in (again.stdout + again.stderr)
+    end = again.stdout[again.stdout.rindex("release success in "):].splitlines()  # after the last progress line
+    assert end[1].startswith(f"release: rainbow_pro_{tag}_master_") and "  preprod: pre-1 ok" in end, end
+    assert end[-1] == "next: salt-run deploy.rollback project=rainbow env=pro   (back to the last good release)"
+    assert len(end) <= 12 and "timings:" not in again.stdout and "outputter" not in again.stdout, again.stdout
     # changed build commands: the same commit is built again, not reused; nodes holding the
     # old build refuse the new one (a release name is one artifact), and nothing switches
     before = c.currents()

@@ -1,5 +1,5 @@
 """
-The trust model against someone who tries (README "Trust model"), on real daemons:
+The trust model against someone who tries (docs/trust.md), on real daemons:
 
 - a read-only console user (the viewer of the console's eauth config) sends requests straight to the
   master's request port, past salt-api: it cannot clear a lock, whatever the keyword arguments;

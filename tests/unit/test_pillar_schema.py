@@ -2,6 +2,7 @@
 with the nearest valid key, wrong types, the shipped JSON Schema file, and every example pillar."""
 
 import copy
+import glob
 import json
 import os
 import re
@@ -152,36 +153,45 @@ def _merge(base, extra):
     return out
 
 
+def _documents():
+    """The documentation's text: the pillar reference first (its full example is the base of the
+    fragments), then the README and the other docs/ files."""
+    first = os.path.join(TOP, "docs", "pillar.md")
+    paths = [first, os.path.join(TOP, "README.md"),
+             *sorted(p for p in glob.glob(os.path.join(TOP, "docs", "*.md")) if p != first)]
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            yield os.path.relpath(path, TOP), fh.read()
+
+
 def readme_project_pillars():
-    """The ```yaml blocks of README.md that are project pillar, each as a whole pillar.
+    """The ```yaml blocks of the docs (README.md, docs/*.md) that are project pillar, each as a whole pillar.
 
     The full example (``deploy: projects: ...``) stands alone; a fragment is placed by its
     indentation as in the full example (4: a project, 6: project keys, 10: env keys) onto the
     first full example.  ``…`` marks an elision in a fragment and is dropped."""
-    with open(os.path.join(TOP, "README.md"), encoding="utf-8") as fh:
-        text = fh.read()
     base, out = None, []
-    for match in re.finditer(r"^( *)```yaml\n(.*?)^\1```", text, re.M | re.S):
-        block = match.group(2)
-        first = next(line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#"))
-        indent = len(first) - len(first.lstrip()) - len(match.group(1))
-        block = textwrap.dedent(re.sub(r",\s*…", "", block))
-        doc = yaml.safe_load(block)
-        if indent == 0 and isinstance(doc, dict) and "projects" in (doc.get("deploy") or {}):
-            pillar = doc if base is None else _merge(base, doc)
-            base = base or doc
-        elif base is not None and indent in (4, 6, 10):
-            project = _merge(base["deploy"]["projects"]["rainbow"], {})
-            if indent == 4:
-                pillar = _merge(base, {"deploy": {"projects": doc}})
-            elif indent == 6:
-                pillar = _merge(base, {"deploy": {"projects": {"rainbow": doc}}})
+    for name, text in _documents():
+        for match in re.finditer(r"^( *)```yaml\n(.*?)^\1```", text, re.M | re.S):
+            block = match.group(2)
+            first = next(line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+            indent = len(first) - len(first.lstrip()) - len(match.group(1))
+            doc = yaml.safe_load(textwrap.dedent(re.sub(r",\s*…", "", block)))
+            if indent == 0 and isinstance(doc, dict) and "projects" in (doc.get("deploy") or {}):
+                pillar = doc if base is None else _merge(base, doc)
+                base = base or doc
+            elif base is not None and indent in (4, 6, 10):
+                project = _merge(base["deploy"]["projects"]["rainbow"], {})
+                if indent == 4:
+                    pillar = _merge(base, {"deploy": {"projects": doc}})
+                elif indent == 6:
+                    pillar = _merge(base, {"deploy": {"projects": {"rainbow": doc}}})
+                else:
+                    project["envs"]["pro"] = _merge(project["envs"]["pro"], doc)
+                    pillar = _merge(base, {"deploy": {"projects": {"rainbow": project}}})
             else:
-                project["envs"]["pro"] = _merge(project["envs"]["pro"], doc)
-                pillar = _merge(base, {"deploy": {"projects": {"rainbow": project}}})
-        else:
-            continue
-        out.append((match.start(), pillar))
+                continue
+            out.append((f"{name} at character {match.start()}", pillar))
     return out
 
 
@@ -196,10 +206,10 @@ def pillar_files():
 
 def test_every_readme_project_pillar_validates():
     found = readme_project_pillars()
-    assert len(found) >= 5, "README.md's project pillar examples were not found"
+    assert len(found) >= 5, "the docs' project pillar examples were not found"
     for offset, pillar in found:
         for project, conf in pillar["deploy"]["projects"].items():
-            assert pillar_schema.problems(conf, project) == [], f"README.md block at character {offset}"
+            assert pillar_schema.problems(conf, project) == [], f"the block in {offset}"
             for env in conf["envs"]:
                 config.project_env(pillar, project, env)
 
