@@ -9,7 +9,10 @@ import re
 import pytest
 from salt.exceptions import SaltInvocationError
 from deploy_master import Aborted, DeployError, analysis, config
-from saltext_deploy._runners import deploy as runner
+from deploy_master.rollout import batches, gating
+from deploy_master.rollout import run as runs
+
+from tests.unit import fakes
 
 
 # --------------------------------------------------------------------------- settings
@@ -234,6 +237,7 @@ class FakeRun:
         self.lock, self.timings, self.events, self.log, self.calls = FakeLock(), {}, [], [], []
         self.counts = {n: [0, 0] for n in rates}
         self.aborted = None
+        self.balancer = fakes.balancer(lambda *a, **kw: self.lb_call(*a, **kw))
 
     def lb_call(self, fun, nodes, **kwarg):
         assert fun == "stats"
@@ -268,7 +272,7 @@ def test_runner_hook_stops_a_bad_release_and_reports_the_figures():
                   {"web-1": (100, 10), "web-2": (100, 0), "web-3": (100, 0)})
     with pytest.raises(DeployError, match=r"analysis of stage gray failed: error rate 10.00% .* on web-1\) is above "
                                           r"the old release's 0.00%"):
-        runner._analysis(run, PLAN, GRAY, ["web-1"])
+        gating.watch(run, PLAN, GRAY, ["web-1"])
     assert 3 <= len(run.calls) <= 4 and run.calls[0] == ["web-1", "web-2", "web-3"]
     (what, data), = run.events
     assert what == "analysis" and data["verdict"] == "fail" and data["stage"] == "gray"
@@ -282,28 +286,28 @@ def test_runner_hook_stops_a_bad_release_and_reports_the_figures():
 def test_runner_hook_passes_a_good_release_and_skips_what_is_not_asked():
     rates = {"web-1": (100, 0), "web-2": (100, 0), "web-3": (100, 0)}
     run = FakeRun({"analysis": {"bake": 1, "interval": 0.5, "min_requests": 50}}, rates)
-    runner._analysis(run, PLAN, GRAY, ["web-1"])
+    gating.watch(run, PLAN, GRAY, ["web-1"])
     assert run.timings["analysis"][0]["verdict"] == "pass"
     # per batch only when asked; not for rollbacks; not without analysis; not before anything switched
     run = FakeRun({"analysis": {"bake": 1, "after": "batch"}}, rates)
-    runner._analysis(run, PLAN, GRAY, ["web-1"])
+    gating.watch(run, PLAN, GRAY, ["web-1"])
     assert run.calls == []
     run = FakeRun({"analysis": {"bake": 1}}, rates)
-    runner._analysis(run, PLAN, GRAY, ["web-1"], batch=1)
+    gating.watch(run, PLAN, GRAY, ["web-1"], batch=1)
     run.kind = "rollback"
-    runner._analysis(run, PLAN, GRAY, ["web-1"])
+    gating.watch(run, PLAN, GRAY, ["web-1"])
     run.kind = "release"
-    runner._analysis(run, PLAN, GRAY, [])
+    gating.watch(run, PLAN, GRAY, [])
     assert run.calls == []
     run = FakeRun({}, rates)
-    runner._analysis(run, PLAN, GRAY, ["web-1"])
+    gating.watch(run, PLAN, GRAY, ["web-1"])
     assert run.calls == []
 
 
 def test_runner_hook_inconclusive_pass_warns():
     run = FakeRun({"analysis": {"bake": 1, "interval": 0.5, "inconclusive": "pass"}},
                   {"web-1": (1, 0), "web-2": (1, 0), "web-3": (1, 0)})
-    runner._analysis(run, PLAN, GRAY, ["web-1"])
+    gating.watch(run, PLAN, GRAY, ["web-1"])
     assert run.lock.warnings and "passed without evidence" in run.lock.warnings[0]
 
 
@@ -311,7 +315,7 @@ def test_runner_hook_stops_waiting_on_a_signal():
     run = FakeRun({"analysis": {"bake": 30, "interval": 0.5}}, {"web-1": (1, 0), "web-2": (1, 0), "web-3": (1, 0)},
                   abort_after=2)
     with pytest.raises(Aborted, match="during the analysis of stage gray"):
-        runner._analysis(run, PLAN, GRAY, ["web-1"])
+        gating.watch(run, PLAN, GRAY, ["web-1"])
     assert len(run.calls) == 2
 
 
@@ -324,17 +328,17 @@ def test_stages_call_the_hook_after_each_batch_and_as_the_first_gate_of_a_stage(
         return list(nodes)
 
     def watch(run, plan, stage, switched_nodes=None, batch=None):
-        seen.append((stage["name"], batch, sorted(runner._switched(run))))
+        seen.append((stage["name"], batch, sorted(runs.switched(run))))
 
-    original = (runner._batch, runner._analysis)
-    runner._batch, runner._analysis = batch, watch
+    original = (batches.batch, gating.watch)
+    batches.batch, gating.watch = batch, watch
     try:
         run = FakeRun({}, {})
         run.failed, run.max_failures, run.nodes, run.release = [], 0, {"pre-1": {"old": "r1", "new": "r2",
                                                                                  "result": "ok"}}, "r2"
-        runner._stages(run, PLAN, "r2")
+        batches.stages(run, PLAN, "r2")
     finally:
-        runner._batch, runner._analysis = original
+        batches.batch, gating.watch = original
     assert seen == [("gray", 1, ["pre-1", "web-1"]), ("gray", None, ["pre-1", "web-1"]),
                     ("all", 1, ["pre-1", "web-1", "web-2", "web-3"]), ("all", None, ["pre-1", "web-1", "web-2", "web-3"])]
 
@@ -345,6 +349,6 @@ def test_the_hook_watches_the_switched_nodes_behind_the_lb_only():
     run.release = "r2"
     run.nodes = {n: {"old": "r1", "new": "r2", "result": "ok"} for n in ("pre-1", "web-1")}
     run.nodes["web-2"] = {"old": "r1", "new": "r1", "result": "failed"}  # switched back
-    runner._analysis(run, PLAN, GRAY)
+    gating.watch(run, PLAN, GRAY)
     entry = run.timings["analysis"][0]
     assert entry["new"]["servers"] == ["web-1"] and entry["old"]["servers"] == ["web-2", "web-3"]

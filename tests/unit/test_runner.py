@@ -12,7 +12,8 @@ import copy
 
 import pytest
 from saltext_deploy._modules import deploy as node_module
-from saltext_deploy._runners import deploy as runner
+from deploy_master import DeployError
+from deploy_master.rollout import revert
 
 NODES = ("pre-1", "web-1", "web-2", "web-3")
 # name -> prepared_at: r1 oldest
@@ -53,6 +54,9 @@ class Cluster:
 
     def progress(self, message, **data):
         self.log.append(message)
+
+    def node_call(self, nodes, fun, kwarg):
+        return self.call(nodes, fun, kwarg)
 
     def fire(self, *args, **kwargs):
         pass
@@ -107,12 +111,12 @@ class Cluster:
 def _run(cluster, record, to=None):
     """_emergency with the master's record ``record`` (None: no record)."""
     plan = {"nodes": list(NODES)}
-    original = runner._known_inventories
-    runner._known_inventories = lambda run, nodes: record
+    original = revert.known_inventories
+    revert.known_inventories = lambda run, nodes: record
     try:
-        return runner._emergency(cluster, plan, to)
+        return revert.emergency(cluster, plan, to)
     finally:
-        runner._known_inventories = original
+        revert.known_inventories = original
 
 
 def _record(cluster):
@@ -170,7 +174,7 @@ def test_a_node_changing_again_during_the_retry_leaves_every_node_where_it_was()
     before = copy.deepcopy(c.state)
     record = _record(c)
     c.state["web-2"]["statuses"]["r2"] = "bad"
-    with pytest.raises(runner.DeployError, match="changed during the rollback: every switched node was switched back"):
+    with pytest.raises(DeployError, match="changed during the rollback: every switched node was switched back"):
         _run(c, record)
     assert c.currents() == {n: "r3" for n in NODES}  # nobody moved in the end: no split env
     for node in NODES:
@@ -203,7 +207,7 @@ def test_a_forged_record_whose_target_a_node_marked_bad_moves_no_node():
     for node in NODES:
         _forge(record, node, "r2", "good")  # the forger makes r2 the target again
     before = copy.deepcopy(c.state)
-    with pytest.raises(runner.DeployError, match=r"pre-1, web-1, web-2, web-3 refused the target r2 of the master's "
+    with pytest.raises(DeployError, match=r"pre-1, web-1, web-2, web-3 refused the target r2 of the master's "
                                                   r"record.*nothing was changed"):
         _run(c, record)
     assert c.state == before
@@ -217,7 +221,7 @@ def test_a_forged_record_on_one_node_switches_the_others_back():
     record = _record(c)
     _forge(record, "web-2", "r2", "good")
     before = copy.deepcopy(c.state)
-    with pytest.raises(runner.DeployError, match=r"web-2 refused the target r2 .*; pre-1, web-1, web-3 switched back"):
+    with pytest.raises(DeployError, match=r"web-2 refused the target r2 .*; pre-1, web-1, web-3 switched back"):
         _run(c, record)
     assert c.currents() == {n: "r3" for n in NODES}  # no split env
     assert c.state == before  # r3 is good again where the rollback had marked it bad
@@ -231,15 +235,15 @@ def _bad_r2():
 
 
 def test_a_target_the_nodes_marked_bad_needs_allow_bad():
-    with pytest.raises(runner.DeployError, match="r2 is marked bad on pre-1, web-1, web-2, web-3: refusing"):
+    with pytest.raises(DeployError, match="r2 is marked bad on pre-1, web-1, web-2, web-3: refusing"):
         _run(_bad_r2(), None, to="r2")
     c = _bad_r2()
-    original = runner._known_inventories
-    runner._known_inventories = lambda run, nodes: _record(c)
+    original = revert.known_inventories
+    revert.known_inventories = lambda run, nodes: _record(c)
     try:
-        out = runner._emergency(c, {"nodes": list(NODES)}, "r2", allow_bad=True)
+        out = revert.emergency(c, {"nodes": list(NODES)}, "r2", allow_bad=True)
     finally:
-        runner._known_inventories = original
+        revert.known_inventories = original
     assert out["to"] == "r2" and set(c.currents().values()) == {"r2"}
     assert c.switches() == [("deploy.switch", NODES, "r2")]
 

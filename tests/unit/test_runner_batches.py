@@ -10,7 +10,10 @@ left out but a node that never answered.
 
 import pytest
 from deploy_master import Aborted, DeployError
-from saltext_deploy._runners import deploy as runner
+from deploy_master import jobs
+from deploy_master.rollout import batches
+
+from tests.unit import fakes
 
 
 class Lock:
@@ -45,6 +48,10 @@ class Run:
         self.max_failures = 0
         self.aborted = None
         self.log = []
+        self.balancer = fakes.balancer(lambda *a, **kw: self.lb_call(*a, **kw), self.lb)
+
+    def node_call(self, nodes, fun, kwarg):
+        return self.call(nodes, fun, kwarg)
 
     def progress(self, message, **data):
         self.log.append(message)
@@ -88,18 +95,13 @@ class Run:
         return out
 
 
-@pytest.fixture(autouse=True)
-def _no_store(monkeypatch):
-    monkeypatch.setattr(runner, "_node_call", lambda run, nodes, fun, kwarg: run.call(nodes, fun, kwarg))
-
-
 def _plan(*stages):
     return {"stages": [{"name": f"s{i}", "batches": [list(b) for b in batches]} for i, batches in enumerate(stages, 1)]}
 
 
 def test_one_lb_call_between_batches_of_a_stage():
     run = Run()
-    runner._stages(run, _plan([["w1", "w2"], ["w3", "w4"], ["w5"]]), "r2")
+    batches.stages(run, _plan([["w1", "w2"], ["w3", "w4"], ["w5"]]), "r2")
     assert run.lb_calls == [
         ("detach", ["w1", "w2"], []),
         ("swap", ["w3", "w4"], ["w1", "w2"]),
@@ -113,7 +115,7 @@ def test_one_lb_call_between_batches_of_a_stage():
 
 def test_no_node_waits_out_of_the_lb_across_a_stage_boundary():
     run = Run()
-    runner._stages(run, _plan([["w1"], ["w2"]], [["w3"], ["w4"]]), "r2")
+    batches.stages(run, _plan([["w1"], ["w2"]], [["w3"], ["w4"]]), "r2")
     assert [c[0] for c in run.lb_calls] == ["detach", "swap", "attach", "detach", "swap", "attach"]
     assert run.out == set() and run.lock.detached() == []
 
@@ -121,7 +123,7 @@ def test_no_node_waits_out_of_the_lb_across_a_stage_boundary():
 def test_a_failing_batch_stops_the_rollout_with_every_node_back():
     run = Run(failing={"w3"})
     with pytest.raises(DeployError, match="max_failures"):
-        runner._stages(run, _plan([["w1"], ["w2", "w3"], ["w4"]]), "r2")
+        batches.stages(run, _plan([["w1"], ["w2", "w3"], ["w4"]]), "r2")
     assert run.lb_calls == [("detach", ["w1"], []), ("swap", ["w2", "w3"], ["w1"]), ("attach", ["w2", "w3"], [])]
     assert run.out == set() and run.lock.detached() == []
     assert run.switches == [["w1"], ["w2", "w3"]]
@@ -130,7 +132,7 @@ def test_a_failing_batch_stops_the_rollout_with_every_node_back():
 def test_an_abort_between_batches_puts_the_last_batch_back():
     run = Run(abort_after=1)
     with pytest.raises(Aborted):
-        runner._stages(run, _plan([["w1"], ["w2"], ["w3"]]), "r2")
+        batches.stages(run, _plan([["w1"], ["w2"], ["w3"]]), "r2")
     assert run.lb_calls == [("detach", ["w1"], []), ("attach", ["w1"], [])]
     assert run.out == set() and run.lock.detached() == []
 
@@ -138,7 +140,7 @@ def test_an_abort_between_batches_puts_the_last_batch_back():
 def test_a_silent_node_stays_out_and_recorded():
     run = Run(silent={"w2"})
     run.max_failures = 5
-    runner._stages(run, _plan([["w1", "w2"], ["w3"]]), "r2")
+    batches.stages(run, _plan([["w1", "w2"], ["w3"]]), "r2")
     assert run.lb_calls == [("detach", ["w1", "w2"], []), ("swap", ["w3"], ["w1"]), ("attach", ["w3"], [])]
     assert run.out == {"w2"} and run.lock.detached() == ["w2"]
 
@@ -155,7 +157,7 @@ def test_a_failing_lb_call_puts_back_what_it_can():
 
     run.lb_call = lb_call
     with pytest.raises(DeployError, match="swap failed"):
-        runner._stages(run, _plan([["w1"], ["w2"]]), "r2")
+        batches.stages(run, _plan([["w1"], ["w2"]]), "r2")
     assert run.lb_calls[-1] == ("attach", ["w1", "w2"], [])
     assert run.out == set() and run.lock.detached() == []
 
@@ -171,19 +173,17 @@ def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):
         def run_job(self, *args, **kwargs):
             raise SaltClientError("Salt request timed out. The master is not responding.")
 
-    class Fake:
-        client, timeout, salt_calls = Client(), 5, 0
+    fake = jobs.Transport({}, Client())
 
-        def stragglers(self, jid, missing):
-            self.asked = sorted(missing)
-            return {"web-1": {"ret": {"result": True}, "retcode": 0}}, {"web-2": runner.NO_RESPONSE}
+    def stragglers(jid, missing):
+        fake.asked = sorted(missing)
+        return {"web-1": {"ret": {"result": True}, "retcode": 0}}, {"web-2": jobs.NO_RESPONSE}
 
-    monkeypatch.setattr(runner, "__opts__", {}, raising=False)
-    fake = Fake()
-    out = runner._Run.call(fake, ["web-2", "web-1"], "deploy.prepare")
+    fake.stragglers = stragglers
+    out = fake.call(["web-2", "web-1"], "deploy.prepare")
     assert fake.asked == ["web-1", "web-2"]
     assert out["web-1"] == {"ok": True, "ret": {"result": True}}
-    assert out["web-2"]["ok"] is False and out["web-2"]["error"] == runner.NO_RESPONSE
+    assert out["web-2"]["ok"] is False and out["web-2"]["error"] == jobs.NO_RESPONSE
 
 
 class FakeBus:
@@ -196,7 +196,7 @@ class FakeBus:
     def get_event(self, wait, tag, **kwargs):
         if self.queue:
             return self.queue.pop(0)
-        runner.time.sleep(wait)
+        jobs.time.sleep(wait)
         return None
 
     def unsubscribe(self, tag):
@@ -242,21 +242,10 @@ class FindJobClient:
 
 
 def _straggler_run(monkeypatch, client, **opts):
-    monkeypatch.setattr(runner, "__opts__", {"gather_job_timeout": 10, **opts}, raising=False)
-    clock = [1000.0]  # a clock that moves only when the runner sleeps
-    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(runner.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
-
-    class Fake:
-        salt_calls = 0
-
-    fake = Fake()
-    fake.client = client
-    fake.find_job = lambda jid, nodes, **kw: runner._Run.find_job(fake, jid, nodes, **kw)
-    fake.cached_returns = lambda jid, missing, grace=0: runner._Run.cached_returns(fake, jid, missing, grace)
-    fake.late_answers = lambda jids, missing, heard: runner._Run.late_answers(fake, jids, missing, heard)
-    fake.returns_while_landing = lambda *a, **kw: runner._Run.returns_while_landing(fake, *a, **kw)
-    return fake
+    clock = [1000.0]  # a clock that moves only when the transport sleeps
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    return jobs.Transport({"gather_job_timeout": 10, **opts}, client)
 
 
 def test_a_node_whose_find_job_answer_lands_late_is_alive_not_gone(monkeypatch):
@@ -266,17 +255,17 @@ def test_a_node_whose_find_job_answer_lands_late_is_alive_not_gone(monkeypatch):
     says the node lives, and each round waits twice as long as the one before."""
     client = FindJobClient(late={"web-1": 1, "web-2": None}, done={"web-1": 3})
     fake = _straggler_run(monkeypatch, client)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-1", "web-2"])
+    found, verdicts = fake.stragglers("J", ["web-1", "web-2"])
     assert found == {"web-1": {"ret": {"result": True}, "retcode": 0}}
-    assert verdicts == {"web-2": runner.NO_RESPONSE}
+    assert verdicts == {"web-2": jobs.NO_RESPONSE}
     assert [t for _, t in client.rounds][:2] == [10, 20]
 
 
 def test_a_dead_node_is_gone_after_its_silent_rounds(monkeypatch):
     client = FindJobClient(late={"web-2": None}, done={})
     fake = _straggler_run(monkeypatch, client, deploy_silent_rounds=3)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-2"])
-    assert found == {} and verdicts == {"web-2": runner.NO_RESPONSE}
+    found, verdicts = fake.stragglers("J", ["web-2"])
+    assert found == {} and verdicts == {"web-2": jobs.NO_RESPONSE}
     assert client.rounds == [(["web-2"], 10), (["web-2"], 20), (["web-2"], 40)]
 
 
@@ -298,7 +287,7 @@ def test_a_question_the_master_did_not_take_is_no_evidence_against_the_node(monk
 
     client.run_job = run_job
     fake = _straggler_run(monkeypatch, client)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-1"])
+    found, verdicts = fake.stragglers("J", ["web-1"])
     assert verdicts == {} and found == {"web-1": {"ret": {"result": True}, "retcode": 0}}
 
 
@@ -326,8 +315,8 @@ def test_a_node_that_answered_once_and_then_died_is_gone(monkeypatch):
         original()
 
     client.tick = tick
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-3"])
-    assert found == {} and verdicts == {"web-3": runner.NO_RESPONSE}
+    found, verdicts = fake.stragglers("J", ["web-3"])
+    assert found == {} and verdicts == {"web-3": jobs.NO_RESPONSE}
     assert len(client.rounds) == 3  # answered, then two silent rounds
 
 
@@ -339,7 +328,7 @@ def test_a_master_that_never_takes_the_question_is_named_at_the_deadline(monkeyp
             raise SaltClientError("Salt request timed out. The master is not responding.")
 
     fake = _straggler_run(monkeypatch, Client(late={}, done={}), deploy_job_timeout=30)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-1"])
+    found, verdicts = fake.stragglers("J", ["web-1"])
     assert found == {}
     assert verdicts == {"web-1": "no return within deploy_job_timeout (30s): the master did not take the "
                                  "question whether the minion runs the job"}
@@ -371,13 +360,13 @@ def test_a_node_that_thaws_and_answers_before_its_job_started_is_waited_for(monk
     no verdict: the next round finds the job running."""
     client = ScriptedClient({"web-2": [None, False, True, True]}, done={"web-2": 3})
     fake = _straggler_run(monkeypatch, client)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-2"])
+    found, verdicts = fake.stragglers("J", ["web-2"])
     assert verdicts == {} and found == {"web-2": {"ret": {"result": True}, "retcode": 0}}
 
 
 def test_a_node_that_keeps_saying_it_runs_no_such_job_is_named_so(monkeypatch):
     client = ScriptedClient({"web-2": [False]}, done={})
     fake = _straggler_run(monkeypatch, client)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-2"])
+    found, verdicts = fake.stragglers("J", ["web-2"])
     assert found == {} and verdicts["web-2"].startswith("no return: the minion answers but does not run this job")
     assert len(client.rounds) == 2  # deploy_silent_rounds answers in a row

@@ -7,7 +7,8 @@ On real daemons: tests/integration/test_gates.py.
 
 import pytest
 from deploy_master import Aborted, store
-from saltext_deploy._runners import deploy as runner
+from deploy_master.rollout import batches as steps
+from deploy_master.rollout import gating, revert
 
 PLAN = {"nodes": ["pre-1", "web-1", "web-2", "web-3"], "preprod": "pre-1",
         "stages": [{"name": "gray", "batches": [["web-1"]], "pause": True},
@@ -63,30 +64,30 @@ def batches(monkeypatch):
             run.nodes.setdefault(node, {}).update({"new": release, "result": "ok"})
         return nodes
 
-    monkeypatch.setattr(runner, "_batch", batch)
-    monkeypatch.setattr(runner, "_switch", switch)
+    monkeypatch.setattr(steps, "batch", batch)
+    monkeypatch.setattr(steps, "switch", switch)
     return done
 
 
 def test_pause_true_stops_after_the_stage_with_the_runs_state(tmp_path, batches):
     run = Run(tmp_path)
-    with pytest.raises(runner._Paused) as paused:
-        runner._stages(run, PLAN, "r3")
+    with pytest.raises(gating.Paused) as paused:
+        steps.stages(run, PLAN, "r3")
     assert [b[0] for b in batches] == ["gray"]
     state = paused.value.state
     assert state["run"] == "42" and state["release"] == "r3" and state["stage"] == "gray" and state["next"] == 1
     assert state["switched"] == {"pre-1": "r2", "web-1": "r1"} and state["plan"]["stages"] == PLAN["stages"]
     # promote goes on from the next stage
-    runner._stages(run, PLAN, "r3", start=state["next"])
+    steps.stages(run, PLAN, "r3", start=state["next"])
     assert [b[1] for b in batches] == [("web-1",), ("web-2",), ("web-3",)]
 
 
 def test_a_pause_on_the_last_stage_is_ignored_and_a_rollback_has_none(tmp_path, batches):
     run = Run(tmp_path)
-    runner._stages(run, {**PLAN, "stages": [PLAN["stages"][1], {**PLAN["stages"][0], "pause": True}]}, "r3")
+    steps.stages(run, {**PLAN, "stages": [PLAN["stages"][1], {**PLAN["stages"][0], "pause": True}]}, "r3")
     assert any("pause ignored: it is the last stage" in line for line in run.log)
     run.kind = "rollback"
-    runner._stages(run, PLAN, "r1")  # no _Paused
+    steps.stages(run, PLAN, "r1")  # no _Paused
 
 
 def test_a_timed_pause_takes_a_promote_and_an_abort_request(tmp_path, batches):
@@ -94,40 +95,40 @@ def test_a_timed_pause_takes_a_promote_and_an_abort_request(tmp_path, batches):
     plan = {**PLAN, "stages": [{**PLAN["stages"][0], "pause": 30}, PLAN["stages"][1]]}
     other = store.LocalStore(str(tmp_path)).lock("rainbow", "pro", "promote")
     other.request("promote", "42", "bob")  # left before the wait starts: taken at its first poll
-    runner._stages(run, plan, "r3")
+    steps.stages(run, plan, "r3")
     assert any("promoted by bob" in line for line in run.log)
     assert "waiting" not in run.lock.holder()
     assert ("pause", {"run": "42", "stage": "gray", "seconds": 30, "switched": {"pre-1": "r2", "web-1": "r1"}}) \
         in run.events
     run = Run(tmp_path / "b")
     store.LocalStore(str(tmp_path / "b")).lock("rainbow", "pro", "abort").request("abort", "42", "bob")
-    with pytest.raises(runner._AbortRequested, match="aborted by deploy.abort \\(bob\\) during the pause after stage gray"):
-        runner._stages(run, plan, "r3")
+    with pytest.raises(gating.AbortRequested, match="aborted by deploy.abort \\(bob\\) during the pause after stage gray"):
+        steps.stages(run, plan, "r3")
     assert run.outcome == "aborted"
 
 
 def test_sigterm_during_a_timed_pause_is_the_abort_path(tmp_path, batches):
     run = Run(tmp_path)
     plan = {**PLAN, "stages": [{**PLAN["stages"][0], "pause": 30}, PLAN["stages"][1]]}
-    original = runner._batch
+    original = steps.batch
 
     def batch_then_signal(r, *a, **k):
         out = original(r, *a, **k)
         r.aborted = "SIGTERM"
         return out
 
-    runner._batch = batch_then_signal
+    steps.batch = batch_then_signal
     try:
         with pytest.raises(Aborted, match="aborted by SIGTERM before the pause after stage gray"):
-            runner._stages(run, plan, "r3")
+            steps.stages(run, plan, "r3")
     finally:
-        runner._batch = original
+        steps.batch = original
 
 
 def test_revert_sends_every_switched_node_back_through_the_lb_in_plan_order(tmp_path, batches):
     run = Run(tmp_path)
     run.nodes["web-2"] = {"old": "r1", "new": "r1", "result": "failed", "error": "checks (switched back)"}
-    done = runner._revert(run, PLAN, "2 node(s) failed")
+    done = revert.revert(run, PLAN, "2 node(s) failed")
     assert [(b[0], b[1], b[2]) for b in batches] == [("preprod", ("pre-1",), "r2"), ("gray", ("web-1",), "r1")]
     assert all(b[3] == {"mark_left": "bad", "checks": "report", "force": True} for b in batches)  # back to what they served
     assert done["result"] == "success" and done["to"] == {"pre-1": "r2", "web-1": "r1"}
@@ -139,4 +140,4 @@ def test_revert_sends_every_switched_node_back_through_the_lb_in_plan_order(tmp_
     assert rec["kind"] == "rollback" and rec["mode"] == "auto" and rec["result"] == "success" and rec["from"] == "r3"
     # nothing switched: nothing to do
     run.nodes = {}
-    assert runner._revert(run, PLAN, "x") is None
+    assert revert.revert(run, PLAN, "x") is None

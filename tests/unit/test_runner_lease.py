@@ -6,7 +6,7 @@ calling Salt.  On real etcd and daemons: tests/unit/test_store_etcd.py, tests/in
 
 import pytest
 from deploy_master import DeployError
-from saltext_deploy._runners import deploy as runner
+from deploy_master.rollout import batches
 
 
 class Lock:
@@ -41,22 +41,22 @@ PLAN = {"stages": [{"name": "all", "batches": [["web-1"], ["web-2"], ["web-3"]]}
 
 def test_a_lost_lock_stops_before_the_next_batch(monkeypatch):
     done = []
-    monkeypatch.setattr(runner, "_batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes) or nodes)
+    monkeypatch.setattr(batches, "batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes) or nodes)
     with pytest.raises(DeployError, match="lost the lock"):
-        runner._stages(Run(Lock(lose_after=1)), PLAN, "r2")
+        batches.stages(Run(Lock(lose_after=1)), PLAN, "r2")
     assert done == [["web-1"]]
 
 
 def test_a_held_lock_goes_through_every_batch(monkeypatch):
     done = []
-    monkeypatch.setattr(runner, "_batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes) or nodes)
-    runner._stages(Run(Lock(lose_after=99)), PLAN, "r2")
+    monkeypatch.setattr(batches, "batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes) or nodes)
+    batches.stages(Run(Lock(lose_after=99)), PLAN, "r2")
     assert done == [["web-1"], ["web-2"], ["web-3"]]
 
 
 def test_a_lost_lock_stops_before_preprod(monkeypatch):
-    monkeypatch.setattr(runner, "_switch", lambda *a, **k: pytest.fail("switched without the lock"))
+    monkeypatch.setattr(batches, "switch", lambda *a, **k: pytest.fail("switched without the lock"))
     run = Run(Lock(lose_after=0))
     run.nodes = {}
     with pytest.raises(DeployError, match="lost the lock"):
-        runner._preprod(run, {"preprod": "pre-1"}, "r2")
+        batches.preprod(run, {"preprod": "pre-1"}, "r2")

@@ -1,0 +1,137 @@
+"""The state of one release or rollback: config, transport, progress and events, the record.
+
+Every progress line goes through :meth:`Run.progress` and every event through :meth:`Run.fire`;
+what the nodes report of themselves goes into the master's record as it comes
+(:meth:`Run.node_call`).
+"""
+
+import logging
+import sys
+import time
+
+import salt.client
+import salt.utils.event
+import salt.utils.jid
+from salt.exceptions import SaltInvocationError
+
+from deploy_master import Aborted, config, jobs, names, notify, store
+from deploy_master.rollout import lb as balancer
+import contextlib
+
+log = logging.getLogger(__name__)
+
+
+class Run:
+    """One run of ``kind`` (release, rollback, ...) of ``project``/``env``.
+
+    ``opts``: the master's options; ``jid``: the runner job's jid (names the run); ``jid_event``:
+    the runner's progress channel (``__jid_event__``, None outside a runner job); ``client``: a
+    ``LocalClient`` (made from ``opts`` when None), whose event bus the run's events go to."""
+
+    def __init__(self, opts, project, env, kind, mode="normal", jid=None, jid_event=None, client=None):
+        self.opts, self.jid, self.jid_event = opts, jid, jid_event
+        self.project, self.env, self.kind, self.mode = project, env, kind, mode
+        self.conf, self.envc = config.load(opts, project, env)
+        if jobs.cache_check(opts):
+            raise SaltInvocationError(jobs.cache_check(opts))
+        self.hooks = notify.hooks(self.conf, project)  # the run posts its own notifications
+        self.lb = config.load_balancer(self.conf, self.envc)  # an env may have its own
+        self.has_lb = self.lb.get("driver", "none") != "none"
+        self.max_failures = int(self.envc.get("max_failures", 0))
+        self.started = time.monotonic()
+        self.started_at = names.now()
+        self.store = store.get(opts, log)
+        self.client = client or salt.client.LocalClient(mopts=opts)
+        self.event = salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False)
+        self.transport = jobs.Transport(opts, self.client)
+        self.balancer = balancer.LoadBalancer(self.lb, self.call)
+        self.nodes = {}  # node -> {old, new, result, out_of_lb, error}
+        self.timings = {}
+        self.failed = []
+        self.silent = set()  # nodes that never answered a switch
+        self.refused = {}  # node -> its inventory: refused a switch, its state differs from the record
+        self.refused_target = {}  # node -> why: same state as the record, but refused the record's target
+        self.inventories = {}  # node -> latest inventory it reported in this run (None: unknown)
+        self.lock = None
+        self.release = None
+        self.build = {}
+        self.aborted = None  # the signal's name once SIGTERM/SIGINT arrived
+        self.on_failure = config.on_failure(self.envc, env) if self.envc is not None else "stop"
+        self.run_id = jid or salt.utils.jid.gen_jid(opts)  # names a paused run
+        self.extra = {}  # what the summary and a paused run's state carry (ref, commit, version)
+        self.outcome = None  # "aborted" for deploy.abort
+
+    @property
+    def salt_calls(self):
+        """Salt jobs this run published (the record's timings: salt_calls)."""
+        return self.transport.calls
+
+    def check_abort(self, where):
+        """Stop here (no new step or batch) if a signal asked the run to stop."""
+        if self.aborted:
+            raise Aborted(f"aborted by {self.aborted} {where}: no new batch was started; nodes not reached stay "
+                          "on their release, every detached node is back in its prior LB state")
+
+    def close(self):
+        self.event.destroy()
+        self.client.destroy()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- output
+    def progress_to_stderr(self):
+        """With an outputter chosen (``--out=json``, ``yaml``...), stdout is the return alone: progress
+        lines go to stderr.  Otherwise they are progress events, which salt-run prints as they come."""
+        return (self.opts.get("output") or "deploy_progress") != "deploy_progress"
+
+    def progress(self, message, **data):
+        line = f"[{time.monotonic() - self.started:6.1f}s] {self.project}/{self.env}: {message}"
+        log.info("deploy: %s", line)
+        if self.progress_to_stderr():
+            print(line, file=sys.stderr, flush=True)
+        elif self.jid_event is not None:
+            with contextlib.suppress(ReferenceError):
+                self.jid_event.fire_event({"message": line, "outputter": "deploy_progress"}, "progress")
+        if data:
+            self.fire("node" if "node" in data else "step", message=message, **data)
+
+    def fire(self, what, **data):
+        user, _ = names.caller()
+        data.update({"project": self.project, "env": self.env, "kind": self.kind, "mode": self.mode, "user": user,
+                     "by": names.by()})
+        if self.release:
+            data.setdefault("release", self.release)
+        tag = f"deploy/{self.project}/{self.env}/{what}"
+        self.event.fire_event(data, tag)
+        if what in notify.EVENTS and self.hooks:
+            # from the run itself, never from an event on the bus (a minion can fire any deploy/... event)
+            try:
+                notify.send(self.hooks, tag, data, log)
+            except Exception:  # pylint: disable=broad-except  # a notification never stops a run
+                log.warning("deploy: notification %s failed", tag, exc_info=True)
+
+    # --- salt calls: one batched call to a list of minions
+    def call(self, nodes, fun, kwarg=None, timeout=None):
+        return self.transport.call(nodes, fun, kwarg, timeout)
+
+    def node_call(self, nodes, fun, kwarg):
+        """A batched deploy.* call; what the nodes report of themselves goes into the master's record."""
+        out = self.call(nodes, fun, kwarg)
+        reported = {n: store.reported_inventory(fun, res) for n, res in out.items()}
+        reported = {n: inv for n, inv in reported.items() if inv is not False}
+        self.inventories.update(reported)
+        self.store.record_update(self.project, self.env, reported, lock=self.lock)
+        return out
+
+
+def switched(run):
+    """node -> the release it had, for every node ``run`` switched to its release (and left there)."""
+    return {
+        node: entry["old"] for node, entry in run.nodes.items()
+        if entry.get("result") == "ok" and entry.get("old") and entry.get("new") == run.release
+        and entry["old"] != run.release
+    }
