@@ -142,10 +142,9 @@ def _build(run, ref, test=False, branch=False):
     if test:
         return info
     run.timings["build"] = round(time.monotonic() - started, 3)
-    run.progress(
-        f"build: {run.release} ({info['commit'][:10]}, {'reused' if info['reused'] else 'built'} "
-        f"{info['bytes']} bytes) in {run.timings['build']}s"
-    )
+    run.emit("build", f"build: {run.release} ({info['commit'][:10]}, {'reused' if info['reused'] else 'built'} "
+                      f"{info['bytes']} bytes) in {run.timings['build']}s",
+             **{k: info.get(k) for k in ("version", "commit", "branch", "source")}, seconds=run.timings["build"])
     return info
 
 
@@ -221,11 +220,11 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
     plan = {}
 
     def body():
-        run.fire("start", ref=ref)
+        run.emit("start", f"release of {ref}", line=False, notify_as="start", ref=ref, test=False)
         build = _build(run, ref, branch=default_branch)
         plan.update(_plan(run))
         for line in _describe_plan(run, plan):
-            run.progress(f"plan: {line}")
+            run.emit("plan", f"plan: {line}", **batches.plan_fields(run, plan))
         batches.check_lb(run, plan)
         run.check_abort("before prepare")
         ready = distribute.prepare(run, plan, build)
@@ -302,8 +301,8 @@ def promote(project=None, env=None, **kwargs):
 
     def body(run, plan, state):
         following = plan["stages"][state["next"]]["name"]
-        run.fire("promote", run=run.run_id, stage=state["stage"], next=following)
-        run.progress(f"promote: run {run.run_id} ({run.release}) goes on with stage {following}")
+        run.emit("promote", f"promote: run {run.run_id} ({run.release}) goes on with stage {following}",
+                 stage=state["stage"], next=following, by=names.by() or names.caller()[0])
         batches.check_lb(run, plan)
         batches.stages(run, plan, run.release, start=state["next"])
         return run.extra
@@ -336,7 +335,8 @@ def abort(project=None, env=None, **kwargs):
     def body(run, plan, state):
         run.outcome = "aborted"
         user, host = names.caller()
-        run.fire("abort", run=run.run_id, stage=state["stage"])
+        run.emit("abort", f"abort: run {run.run_id} ({run.release}) after stage {state['stage']}", line=False,
+                 stage=state["stage"], by=names.by() or user)
         batches.check_lb(run, plan)
         return {"rolled_back": revert.revert(run, plan, f"aborted by deploy.abort ({user} from {host}) after stage "
                                                   f"{state['stage']}")}
@@ -433,8 +433,11 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
         if emergency:
             return revert.emergency(run, plan, to, allow_bad)
         run.release = policy.rollback_target(revert.inventories(run, plan["nodes"]), to, allow_bad)
-        run.fire("start", to=run.release)
-        run.progress(f"normal rollback to {run.release}" + (" (allow_bad: even where it is marked bad)" if allow_bad else ""))
+        run.emit("start", f"normal rollback to {run.release}", line=False, notify_as="start", ref=None, test=False,
+                 to=run.release)
+        run.emit("rollback", f"normal rollback to {run.release}"
+                 + (" (allow_bad: even where it is marked bad)" if allow_bad else ""),
+                 target=run.release, emergency=False, nodes=list(plan["nodes"]))
         batches.check_lb(run, plan)
         batches.preprod(run, plan, run.release, mark_left="bad", force=allow_bad)
         batches.stages(run, plan, run.release, mark_left="bad", force=allow_bad)

@@ -227,7 +227,7 @@ class FakeLock:
         self.checks += 1
 
 
-class FakeRun:
+class FakeRun(fakes.Recorder):
     """What ``_analysis`` uses of a run; the LB's counters grow by ``rates`` per stats call."""
 
     kind, env, has_lb, project = "release", "pro", True, "rainbow"
@@ -252,12 +252,6 @@ class FakeRun:
             out[node] = row(*self.counts[node])
         return {"servers": out, "time": 1000.0 + len(self.calls)}
 
-    def progress(self, message, **data):
-        self.log.append(message)
-
-    def fire(self, what, **data):
-        self.events.append((what, data))
-
     def check_abort(self, where):
         if self.aborted:
             raise Aborted(f"aborted by {self.aborted} {where}")
@@ -274,9 +268,11 @@ def test_runner_hook_stops_a_bad_release_and_reports_the_figures():
                                           r"the old release's 0.00%"):
         gating.watch(run, PLAN, GRAY, ["web-1"])
     assert 3 <= len(run.calls) <= 4 and run.calls[0] == ["web-1", "web-2", "web-3"]
-    (what, data), = run.events
-    assert what == "analysis" and data["verdict"] == "fail" and data["stage"] == "gray"
-    assert data["new"]["servers"] == ["web-1"] and data["old"]["servers"] == ["web-2", "web-3"]
+    assert [(what, data["phase"]) for what, data in run.events] == [("analysis", "start")] + [
+        ("analysis", "sample")] * (len(run.calls) - 2) + [("analysis", "end")]
+    data = run.events[-1][1]
+    assert data["verdict"] == "fail" and data["stage"] == "gray" and data["batch"] is None and data["reasons"]
+    assert data["figures"]["new"]["servers"] == ["web-1"] and data["figures"]["old"]["servers"] == ["web-2", "web-3"]
     assert run.timings["analysis"][0]["verdict"] == "fail"
     assert run.timings["analysis"][0]["window"] == [1001.0, 1000.0 + len(run.calls)]
     assert run.lock.checks >= 1

@@ -15,6 +15,8 @@ from saltext_deploy._modules import deploy as node_module
 from deploy_master import DeployError
 from deploy_master.rollout import revert
 
+from tests.unit import fakes
+
 NODES = ("pre-1", "web-1", "web-2", "web-3")
 # name -> prepared_at: r1 oldest
 TIMES = {"r1": 100.0, "r2": 200.0, "r3": 300.0}
@@ -37,7 +39,7 @@ class NoStore:
         pass
 
 
-class Cluster:
+class Cluster(fakes.Recorder):
     """Nodes in memory; ``call`` is what LocalClient would do with the deploy module."""
 
     project, env, mode = "rainbow", "pro", "emergency"
@@ -52,14 +54,8 @@ class Cluster:
         self.refused_target = {}
         self.release, self.log = None, []
 
-    def progress(self, message, **data):
-        self.log.append(message)
-
     def node_call(self, nodes, fun, kwarg):
         return self.call(nodes, fun, kwarg)
-
-    def fire(self, *args, **kwargs):
-        pass
 
     def call(self, nodes, fun, kwarg=None, timeout=None):
         self.calls.append((fun, tuple(nodes), kwarg.get("release")))

@@ -30,7 +30,7 @@ class Lock:
         pass
 
 
-class Run:
+class Run(fakes.Recorder):
     """What ``_stages`` and ``_batch`` use of ``_Run``; an LB and nodes in memory."""
 
     project, env, mode, kind = "rainbow", "pro", "normal", "release"
@@ -52,12 +52,6 @@ class Run:
 
     def node_call(self, nodes, fun, kwarg):
         return self.call(nodes, fun, kwarg)
-
-    def progress(self, message, **data):
-        self.log.append(message)
-
-    def fire(self, *args, **kwargs):
-        pass
 
     def check_abort(self, where):
         if self.aborted:

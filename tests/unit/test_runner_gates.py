@@ -10,6 +10,8 @@ from deploy_master import Aborted, store
 from deploy_master.rollout import batches as steps
 from deploy_master.rollout import gating, revert
 
+from tests.unit import fakes
+
 PLAN = {"nodes": ["pre-1", "web-1", "web-2", "web-3"], "preprod": "pre-1",
         "stages": [{"name": "gray", "batches": [["web-1"]], "pause": True},
                    {"name": "all", "batches": [["web-2"], ["web-3"]]}]}
@@ -23,7 +25,7 @@ class History:
         self.records.append(record)
 
 
-class Run:
+class Run(fakes.Recorder):
     project, env, kind, mode, max_failures, release, run_id = "rainbow", "pro", "release", "normal", 0, "r3", "42"
     has_lb, envc = False, {}  # no LB: no analysis of live traffic (tests/unit/test_analysis.py has it)
     started_at, outcome, aborted = "t0", None, None
@@ -35,12 +37,6 @@ class Run:
         self.timings, self.extra, self.build = {}, {}, {}
         self.nodes = {"pre-1": {"old": "r2", "new": "r3", "result": "ok"},
                       "web-1": {"old": "r1", "new": "r3", "result": "ok"}}
-
-    def progress(self, message, **data):
-        self.log.append(message)
-
-    def fire(self, what, **data):
-        self.events.append((what, data))
 
     def check_abort(self, where):
         if self.aborted:
@@ -98,8 +94,10 @@ def test_a_timed_pause_takes_a_promote_and_an_abort_request(tmp_path, batches):
     steps.stages(run, plan, "r3")
     assert any("promoted by bob" in line for line in run.log)
     assert "waiting" not in run.lock.holder()
-    assert ("pause", {"run": "42", "stage": "gray", "seconds": 30, "switched": {"pre-1": "r2", "web-1": "r1"}}) \
-        in run.events
+    (pause,) = [data for what, data in run.events if what == "pause"]
+    assert pause == {"stage": "gray", "next_stage": "all", "next": "all", "seconds": 30,
+                     "switched": {"pre-1": "r2", "web-1": "r1"}, "by": None}
+    assert ("promote", {"stage": "gray", "by": "bob"}) in run.events
     run = Run(tmp_path / "b")
     store.LocalStore(str(tmp_path / "b")).lock("rainbow", "pro", "abort").request("abort", "42", "bob")
     with pytest.raises(gating.AbortRequested, match="aborted by deploy.abort \\(bob\\) during the pause after stage gray"):
@@ -134,8 +132,9 @@ def test_revert_sends_every_switched_node_back_through_the_lb_in_plan_order(tmp_
     assert done["result"] == "success" and done["to"] == {"pre-1": "r2", "web-1": "r1"}
     assert run.nodes["web-1"]["rolled_back"] == {"new": "r1", "result": "ok"}
     assert run.nodes["web-2"]["result"] == "failed"  # the forward run's record is kept
-    (event,) = [e for e in run.events if e[0] == "rollback"]
-    assert event[1]["nodes"] == {"pre-1": "r2", "web-1": "r1"} and event[1]["to"] == ["r1", "r2"]
+    event, end = [e for e in run.events if e[0] == "rollback"]
+    assert event[1]["nodes"] == {"pre-1": "r2", "web-1": "r1"} and event[1]["to"] == event[1]["target"] == ["r1", "r2"]
+    assert end[1]["result"] == "success"
     (rec,) = run.store.records
     assert rec["kind"] == "rollback" and rec["mode"] == "auto" and rec["result"] == "success" and rec["from"] == "r3"
     # nothing switched: nothing to do

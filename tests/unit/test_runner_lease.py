@@ -8,6 +8,8 @@ import pytest
 from deploy_master import DeployError
 from deploy_master.rollout import batches
 
+from tests.unit import fakes
+
 
 class Lock:
     def __init__(self, lose_after):
@@ -19,18 +21,12 @@ class Lock:
             raise DeployError("lost the lock of rainbow/pro (its lease expired): stopped")
 
 
-class Run:
+class Run(fakes.Recorder):
     project, env, max_failures = "rainbow", "pro", 0
     kind, has_lb, envc = "release", False, {}  # no LB: no analysis of live traffic
 
     def __init__(self, lock):
         self.lock, self.failed, self.log = lock, [], []
-
-    def progress(self, message, **data):
-        self.log.append(message)
-
-    def fire(self, *args, **kwargs):
-        pass
 
     def check_abort(self, where):
         """No signal in these tests (the abort path has its own tests)."""

@@ -18,7 +18,7 @@ def fail(run, nodes, errors):
         run.nodes[node].update({"result": "failed", "error": errors[node]})
         if node not in run.failed:
             run.failed.append(node)
-        run.progress(f"{node}: FAILED: {errors[node]}", node=node, result=False, error=errors[node])
+        run.node_event(node, f"{node}: FAILED: {errors[node]}")
 
 
 def check_lb(run, plan):
@@ -26,8 +26,16 @@ def check_lb(run, plan):
         return {}
     nodes = planning.behind_lb(plan)
     states = run.balancer.status(nodes)
-    run.progress(f"load balancer: {run.lb['driver']} on {run.lb['minion']} answers for {len(nodes)} nodes")
+    run.emit("plan", f"load balancer: {run.lb['driver']} on {run.lb['minion']} answers for {len(nodes)} nodes",
+             **plan_fields(run, plan))
     return states
+
+
+def plan_fields(run, plan):
+    """The ``plan`` event's fields: nodes, preprod, stages (name, batches, pause, analysis)."""
+    return {"nodes": list(plan.get("nodes") or []), "preprod": plan.get("preprod"),
+            "stages": [{"name": s["name"], "batches": s["batches"], "pause": s.get("pause"),
+                        "analysis": bool(gating.analysis_settings(run, s))} for s in plan.get("stages") or []]}
 
 
 def switch(run, nodes, release, mark_left=None, checks="gate", expect=None, force=False):
@@ -60,7 +68,7 @@ def switch(run, nodes, release, mark_left=None, checks="gate", expect=None, forc
         if out.get("refused") and isinstance(out.get("inventory"), dict):
             run.refused[node] = out["inventory"]
             run.nodes.setdefault(node, {}).update({"result": "refused", "old": out.get("current")})
-            run.progress(f"{node}: {res['error']}", node=node, result=None)
+            run.node_event(node, f"{node}: {res['error']}")
             continue
         entry = run.nodes.setdefault(node, {})
         entry.setdefault("old", out.get("previous"))
@@ -72,7 +80,7 @@ def switch(run, nodes, release, mark_left=None, checks="gate", expect=None, forc
             entry["result"] = "ok"
             passed.append(node)
             steps = ", ".join(f"{s['step']} {s['seconds']}s" for s in out.get("steps", []))
-            run.progress(f"{node}: {out.get('previous')} -> {release}: {steps}", node=node, result=True)
+            run.node_event(node, f"{node}: {out.get('previous')} -> {release}: {steps}")
         else:
             fail(run, [node], {node: res["error"] + (" (switched back)" if out.get("reverted") else "")})
     return passed
@@ -88,12 +96,15 @@ def preprod(run, plan, release, **switch_args):
     if run.lock:
         run.lock.check()
     started = time.monotonic()
-    run.progress(f"preprod {node}: switching to {release}")
+    run.stage = "preprod"
+    run.emit("stage", f"preprod {node}: switching to {release}", stage="preprod", phase="start", result=None)
     passed = switch(run, [node], release, **switch_args)
     run.timings["preprod"] = round(time.monotonic() - started, 3)
+    run.emit("stage", f"preprod {node}: {'ok' if passed else 'failed'} in {run.timings['preprod']}s", line=False,
+             stage="preprod", phase="end", result="ok" if passed else "failed", nodes=[node],
+             seconds=run.timings["preprod"])
     if not passed:
         raise DeployError(f"pre-production node {node} failed: {run.nodes[node]['error']}; stopped before any web node")
-    run.fire("stage", stage="preprod", nodes=[node], seconds=run.timings["preprod"])
 
 
 def batch(run, stage, index, nodes, release, held=None, keep=False, **switch_args):
@@ -107,10 +118,13 @@ def batch(run, stage, index, nodes, release, held=None, keep=False, **switch_arg
     anything, the run's record of detached nodes (``run.lock.set_detached``) holds every server it
     takes out, so an interrupted run is repaired by ``deploy.unlock``."""
     started = time.monotonic()
+    run.stage = stage["name"]
+    where = {"stage": stage["name"], "batch": index, "of": len(stage["batches"])}
     label = f"stage {stage['name']} batch {index}/{len(stage['batches'])}"
     back = [held.pop() for _ in range(len(held))] if held and run.has_lb else []
     detached_at = None
     done = False
+    passed = []
     try:
         if run.has_lb:
             run.lock.set_detached(set(run.lock.detached()) | set(nodes))
@@ -118,19 +132,21 @@ def batch(run, stage, index, nodes, release, held=None, keep=False, **switch_arg
             wait = float(run.lb.get("drain_timeout", 30))
             if back:
                 out = run.balancer.swap(nodes, [n for b in back for n in b["nodes"]], wait)
-                back_in(run, back)
+                back_in(run, back, out.get("lb_wait_seconds"))
                 back = []
             else:
                 out = run.balancer.detach(nodes, wait)
             run.timings.setdefault("drain", []).append(out.get("drain_seconds"))
-            run.progress(f"{label}: {', '.join(nodes)} out of the LB (drained in {out.get('drain_seconds')}s)")
+            run.emit("batch", f"{label}: {', '.join(nodes)} out of the LB (drained in {out.get('drain_seconds')}s)",
+                     **where, nodes=nodes, phase="out", drain_seconds=out.get("drain_seconds"))
         passed = switch(run, nodes, release, **switch_args)
         done = True
     finally:
         if detached_at is not None:
             # a node that never answered may be half-restarted: it stays out, and the summary says so
             back.append({"label": label, "since": detached_at, "nodes": [n for n in nodes if n not in run.silent],
-                         "left": sorted(n for n in nodes if n in run.silent)})
+                         "left": sorted(n for n in nodes if n in run.silent), "where": where, "passed": passed,
+                         "started": started})
         if back and (not done or not keep or held is None):
             put_back(run, back)
         elif back:
@@ -138,20 +154,22 @@ def batch(run, stage, index, nodes, release, held=None, keep=False, **switch_arg
     seconds = round(time.monotonic() - started, 3)
     run.timings.setdefault("batches", []).append({"stage": stage["name"], "batch": index, "nodes": nodes,
                                                   "seconds": seconds})
-    run.fire("batch", stage=stage["name"], batch=index, nodes=nodes, passed=passed, seconds=seconds)
+    if not run.has_lb:
+        run.emit("batch", f"{label}: {', '.join(nodes)} switched in {seconds}s", line=False, **where, nodes=nodes,
+                 phase="in", out_seconds=None, lb_wait_seconds=None, passed=passed, seconds=seconds)
     return passed
 
 
 def put_back(run, held):
     """Restore the recorded LB state of the batches in ``held`` (one call), and say so."""
     nodes = sorted(n for b in held for n in b["nodes"])
-    if nodes:
-        run.balancer.attach(nodes)
-    back_in(run, held)
+    out = run.balancer.attach(nodes) if nodes else {}
+    back_in(run, held, out.get("lb_wait_seconds"))
 
 
-def back_in(run, held):
-    """Bookkeeping once the batches in ``held`` are back in the LB: the run's record, time out, progress."""
+def back_in(run, held, lb_wait=None):
+    """Bookkeeping once the batches in ``held`` are back in the LB: the run's record, time out, progress.
+    ``lb_wait``: how long the LB call waited for them to be up (None: it did not wait)."""
     nodes = {n for b in held for n in b["nodes"]}
     run.lock.set_detached(set(run.lock.detached()) - nodes)
     now = time.monotonic()
@@ -160,10 +178,12 @@ def back_in(run, held):
         for node in batch["nodes"]:
             run.nodes.setdefault(node, {})["out_of_lb"] = out_for
         if batch["nodes"]:
-            run.progress(f"{batch['label']}: {', '.join(batch['nodes'])} back in the LB after {out_for}s")
+            run.emit("batch", f"{batch['label']}: {', '.join(batch['nodes'])} back in the LB after {out_for}s",
+                     **batch["where"], nodes=batch["nodes"], phase="in", out_seconds=out_for, lb_wait_seconds=lb_wait,
+                     passed=list(batch["passed"]), seconds=round(now - batch["started"], 3))
         for node in batch["left"]:
-            run.progress(f"{batch['label']}: {node} left out of the LB: it did not answer; check it, then "
-                         f"salt-run deploy.unlock project={run.project} env={run.env}")
+            run.node_event(node, f"{batch['label']}: {node} left out of the LB: it did not answer; check it, then "
+                                 f"salt-run deploy.unlock project={run.project} env={run.env}", batch["where"]["stage"])
     held.clear()
 
 
@@ -174,6 +194,9 @@ def stages(run, plan, release, start=0, **switch_args):
             continue
         held = []  # the stage's previous batch, still out of the LB: put back by the next batch's LB call
         per_batch = gating.per_batch(run, stage)
+        run.stage = stage["name"]
+        run.emit("stage", f"stage {stage['name']}: start", line=False, stage=stage["name"], phase="start", result=None)
+        ok = False
         try:
             for index, members in enumerate(stage["batches"], 1):
                 nodes = [n for n in members if n not in run.failed]
@@ -189,10 +212,13 @@ def stages(run, plan, release, start=0, **switch_args):
                         f"{run.max_failures}: stopped; nodes not reached stay on their release"
                     )
                 gating.after_batch(run, plan, stage, index)
+            ok = True
         finally:
             if held:
                 put_back(run, held)
-        run.fire("stage", stage=stage["name"])
-        run.progress(f"stage {stage['name']} done")
+            if not ok:
+                run.emit("stage", f"stage {stage['name']} failed", line=False, stage=stage["name"], phase="end",
+                         result="failed")
+        run.emit("stage", f"stage {stage['name']} done", stage=stage["name"], phase="end", result="ok")
         if getattr(run, "kind", None) == "release":  # a rollback has no gates
             gating.after_stage(run, plan, number)

@@ -34,12 +34,12 @@ def distribute(run, nodes, info):
     fresh = [n for n, a in answers.items() if not a.get("prepared")]
     if whole:
         what = {"source": info["source"], "checksum": info["checksum"], "bytes": info["bytes"]}
-        run.progress(f"distribute: {len(fresh)} nodes to prepare, {why}: the whole artifact ({info['bytes']} bytes)")
+        line = f"distribute: {len(fresh)} nodes to prepare, {why}: the whole artifact ({info['bytes']} bytes)"
     else:
         what = build.part(run.opts, run.project, info, lacking)
-        run.progress(f"distribute: {len(fresh)} nodes to prepare, {why} ({sum(sizes[s] for s in lacking)} bytes): "
-                     f"a part of {what['bytes']} bytes "
-                     f"({100 * what['bytes'] / max(info['bytes'], 1):.2f}% of the artifact)")
+        line = (f"distribute: {len(fresh)} nodes to prepare, {why} ({sum(sizes[s] for s in lacking)} bytes): "
+                f"a part of {what['bytes']} bytes ({100 * what['bytes'] / max(info['bytes'], 1):.2f}% of the artifact)")
+    run.emit("prepare", line, ready=0, total=len(nodes), bytes=what["bytes"], done=False)
     run.timings["distribute"] = {"seconds": round(time.monotonic() - started, 3), "contents": len(sizes),
                                  "lacking": len(lacking), "bytes": what["bytes"], "artifact_bytes": info["bytes"],
                                  "asked": not new}
@@ -64,10 +64,10 @@ def prepare(run, plan, build):
     batches.fail(run, errors, errors)
     run.timings["prepare"] = round(time.monotonic() - started, 3)
     fresh = sum(1 for r in ret.values() if r["ok"] and r["ret"].get("changed"))
-    run.progress(
-        f"prepare: {len(ret) - len(errors)}/{len(ret)} nodes ready ({fresh} unpacked) in {run.timings['prepare']}s",
-        step="prepare", ok=len(ret) - len(errors), failed=sorted(errors),
-    )
+    run.emit("prepare", f"prepare: {len(ret) - len(errors)}/{len(ret)} nodes ready ({fresh} unpacked) in "
+             f"{run.timings['prepare']}s",
+             ready=len(ret) - len(errors), total=len(ret), bytes=archive["bytes"], done=True,
+             ok=len(ret) - len(errors), failed=sorted(errors))
     if len(run.failed) > run.max_failures:
         raise DeployError(
             f"prepare failed on {', '.join(sorted(errors))}: nothing was switched"

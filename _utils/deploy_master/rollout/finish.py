@@ -15,6 +15,8 @@ from deploy_master.rollout import gating, revert
 
 log = logging.getLogger(__name__)
 
+DONE = {"success": "ok", "paused": "paused", "aborted": "aborted"}  # the history's result -> the done event's
+
 
 def failed(ret, code=contract.FAILED):
     """Mark a runner return as failed: salt-run exits with ``retcode`` (as state.orchestrate does);
@@ -66,12 +68,17 @@ def finish(run, plan, error=None, extra=None, aborted=False, paused=None):
     except DeployError as exc:  # a lost lock: the next run records this one as interrupted
         error = record["error"] = f"{error}; {exc}" if error else str(exc)
         result = record["result"] = "failure"
+    code = exit_code(run, result, error, extra, paused)
+    run.fire_later()
     if paused:
-        run.fire("pause", run=run.run_id, stage=paused["stage"], seconds=None, switched=paused["switched"],
-                 next=plan["stages"][paused["next"]]["name"])
-    else:
-        run.fire("success" if result == "success" else "failure", result=result, error=error, seconds=seconds)
-    run.progress(f"{run.kind} {result} in {seconds}s" + (f": {error}" if error else ""))
+        following = plan["stages"][paused["next"]]["name"]
+        run.emit("pause", f"paused after stage {paused['stage']}", line=False, notify_as="pause",
+                 stage=paused["stage"], next_stage=following, next=following, seconds=None,
+                 switched=paused["switched"], by=None)
+    run.emit("done", f"{run.kind} {result} in {seconds}s" + (f": {error}" if error else ""),
+             notify_as=None if paused else "success" if result == "success" else "failure",
+             notify_fields={"result": result}, result=DONE.get(result, "failed"), exit_code=code, seconds=seconds,
+             error=error)
     summary = {"result": result, "retcode": 0, "release": run.release, "run": run.run_id, "seconds": seconds,
                "nodes": run.nodes, "timings": run.timings, **(extra or {})}
     if error:
@@ -84,11 +91,17 @@ def finish(run, plan, error=None, extra=None, aborted=False, paused=None):
         summary["comment"] = (f"paused after stage {paused['stage']}, holding the lock: salt-run deploy.promote "
                               f"project={run.project} env={run.env} goes on, salt-run deploy.abort "
                               f"project={run.project} env={run.env} reverts")
-        return failed(summary, contract.PAUSED)
+    return failed(summary, code) if code else summary
+
+
+def exit_code(run, result, error, extra, paused=None):
+    """The run's exit code (``deploy_master.contract``) for its ``result``."""
+    if paused:
+        return contract.PAUSED
     if result == "success" or (run.mode == "abort" and not error
                                and not ((extra or {}).get("rolled_back") or {}).get("failed")):
-        return summary  # deploy.abort did what it was asked
-    return failed(summary, contract.ABORTED if result == "aborted" and run.mode != "abort" else contract.FAILED)
+        return contract.OK  # deploy.abort did what it was asked
+    return contract.ABORTED if result == "aborted" and run.mode != "abort" else contract.FAILED
 
 
 def take_lock(run):
@@ -105,7 +118,8 @@ def recover(run):
         run.lock.set_detached([])
         message = f"restored LB state of {', '.join(left)} left detached by an interrupted run: {out['restored']}"
         run.lock.warnings.append(message)
-        run.progress(message)
+        run.emit("batch", message, stage=None, batch=None, of=None, nodes=sorted(left), phase="in", out_seconds=None,
+                 lb_wait_seconds=out.get("lb_wait_seconds"))
 
 
 def on_signals(run):
@@ -116,7 +130,10 @@ def on_signals(run):
         name = signal.Signals(signum).name
         if not run.aborted:
             run.aborted = name
-            run.progress(f"{name} received: finishing the step in flight, then stopping (no new batch)")
+            # a handler interrupts the flow anywhere, a bus write included: the line now, its event at the
+            # flow's next check (Run.check_abort)
+            run.emit_later("abort", f"{name} received: finishing the step in flight, then stopping (no new batch)",
+                           stage=run.stage, by=name)
 
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -53,8 +53,10 @@ def watch(run, plan, stage, switched_nodes=None, batch=None):
         return
     old = sorted(set(behind) - set(new))
     label = f"stage {stage['name']}" + (f" batch {batch}/{len(stage['batches'])}" if batch else "")
-    run.progress(f"{label}: analysis: watching live traffic on the LB for {settings['bake']:g}s "
-                 f"({', '.join(new)} on the release" + (f" against {', '.join(old)})" if old else ")"))
+    where = {"stage": stage["name"], "batch": batch}
+    run.emit("analysis", f"{label}: analysis: watching live traffic on the LB for {settings['bake']:g}s "
+             f"({', '.join(new)} on the release" + (f" against {', '.join(old)})" if old else ")"),
+             **where, phase="start", verdict=None, figures=None, reasons=[])
     started = time.monotonic()
     deadline = started + settings["bake"]
     taken = [run.balancer.stats(new + old)]
@@ -65,6 +67,8 @@ def watch(run, plan, stage, switched_nodes=None, batch=None):
             if run.lock:
                 run.lock.check()
             taken.append(run.balancer.stats(new + old))
+            run.emit("analysis", f"{label}: analysis: sample {len(taken)}", line=False, **where, phase="sample",
+                     verdict=None, figures=None, reasons=[])
             next_sample += settings["interval"]
         time.sleep(max(0.0, min(0.2, deadline - time.monotonic())))
     taken.append(run.balancer.stats(new + old))
@@ -73,10 +77,9 @@ def watch(run, plan, stage, switched_nodes=None, batch=None):
              "samples": len(taken), "window": [taken[0].get("time"), taken[-1].get("time")], "settings": settings,
              **result}
     run.timings.setdefault("analysis", []).append(entry)
-    run.fire("analysis", **entry)
-    run.progress(f"{label}: analysis: {analysis.describe(result)}")
-    for note in result["notes"]:
-        run.progress(f"{label}: analysis: {note}")
+    end = {**entry, "phase": "end", "figures": {"new": result["new"], "old": result["old"]}}
+    for message in [analysis.describe(result), *result["notes"]]:
+        run.emit("analysis", f"{label}: analysis: {message}", **end)
     if not result["passed"]:
         raise DeployError(f"analysis of {label} failed: {'; '.join(result['reasons'])}")
     if result["verdict"] == "inconclusive" and run.lock:
@@ -117,15 +120,16 @@ def pause(run, plan, number):
     if gate is None:
         return
     if number + 1 >= len(plan["stages"]):
-        run.progress(f"stage {stage['name']}: pause ignored: it is the last stage")
+        run.emit("pause", f"stage {stage['name']}: pause ignored: it is the last stage", stage=stage["name"],
+                 next_stage=None, seconds=gate if gate is not True else None, switched=runs.switched(run), by=None)
         return
     run.check_abort(f"before the pause after stage {stage['name']}")
     following = plan["stages"][number + 1]["name"]
     if gate is True:
         raise Paused(paused_state(run, plan, number))
-    run.fire("pause", run=run.run_id, stage=stage["name"], seconds=gate, switched=runs.switched(run))
-    run.progress(f"stage {stage['name']}: pause {gate}s before stage {following} (deploy.promote goes on now, "
-                 "deploy.abort reverts)")
+    run.emit("pause", f"stage {stage['name']}: pause {gate}s before stage {following} (deploy.promote goes on now, "
+             "deploy.abort reverts)", notify_as="pause", stage=stage["name"], next_stage=following, next=following,
+             seconds=gate, switched=runs.switched(run), by=None)
     run.lock.update(waiting={"run": run.run_id, "stage": stage["name"], "seconds": gate, "since": names.now()})
     deadline = time.monotonic() + gate
     try:
@@ -134,7 +138,8 @@ def pause(run, plan, number):
             run.lock.check()
             req = run.lock.requested()
             if req and req.get("action") == "promote":
-                run.progress(f"promoted by {req.get('by')}: stage {following} starts now")
+                run.emit("promote", f"promoted by {req.get('by')}: stage {following} starts now", stage=stage["name"],
+                         by=req.get("by"))
                 break
             if req and req.get("action") == "abort":
                 run.outcome = "aborted"

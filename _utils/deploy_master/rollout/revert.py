@@ -7,6 +7,11 @@ from deploy_master.rollout import batches
 from deploy_master.rollout import run as runs
 
 
+def step(run, message, nodes):
+    """A rollback's progress line and its ``rollback`` event."""
+    run.emit("rollback", message, target=run.release, emergency=run.mode == "emergency", nodes=list(nodes))
+
+
 def revert(run, plan, why):
     """Every node switched in this run back to the release it had, through the LB, batch by batch in
     the plan's order (the pre-production node first), like a normal rollback of those nodes: the
@@ -17,8 +22,9 @@ def revert(run, plan, why):
     forward = (run.nodes, run.failed)
     run.nodes, run.failed = {}, []
     targets = sorted(set(switched.values()))
-    run.fire("rollback", nodes=switched, to=targets[0] if len(targets) == 1 else targets, reason=why)
-    run.progress(f"rollback of this run ({why}): {', '.join(sorted(switched))} back to {', '.join(targets)}")
+    target = targets[0] if len(targets) == 1 else targets
+    run.emit("rollback", f"rollback of this run ({why}): {', '.join(sorted(switched))} back to {', '.join(targets)}",
+             notify_as="rollback", target=target, emergency=False, nodes=switched, to=target, reason=why)
     error = None
     try:
         if plan.get("preprod") in switched:
@@ -55,7 +61,9 @@ def revert(run, plan, why):
         }, lock=run.lock)
     except DeployError as exc:
         done["error"] = f"{done.get('error') or ''}; {exc}".lstrip("; ")
-    run.progress(f"rollback of this run: {done['result']}" + (f" ({', '.join(failed)} failed)" if failed else ""))
+    run.emit("rollback", f"rollback of this run: {done['result']}"
+             + (f" ({', '.join(failed)} failed)" if failed else ""),
+             target=target, emergency=False, nodes=switched, result=done["result"])
     return done
 
 
@@ -93,7 +101,7 @@ def emergency_target(run, nodes, to, allow_bad=False):
     target = policy.target_or_none(known, to, allow_bad) if known else None
     if target:
         return known, target, "record"
-    run.progress("the master's record does not cover every node or gives no target: listing releases first")
+    step(run, "the master's record does not cover every node or gives no target: listing releases first", nodes)
     known = inventories(run, nodes)
     return known, policy.rollback_target(known, to, allow_bad), "listing"
 
@@ -108,9 +116,9 @@ def undo(run, nodes, known):
         groups.setdefault((prev, status), []).append(node)
     for (prev, status), members in groups.items():
         if not prev:
-            run.progress(f"{', '.join(members)}: served no release before; left on {run.release}")
+            step(run, f"{', '.join(members)}: served no release before; left on {run.release}", members)
             continue
-        run.progress(f"{', '.join(members)}: back to {prev}")
+        step(run, f"{', '.join(members)}: back to {prev}", members)
         batches.switch(run, members, prev, checks="report", force=True)  # the rollback marked it bad
         if status:
             run.node_call(members, "deploy.mark", {"project": run.project, "release": prev, "status": status,
@@ -146,9 +154,9 @@ def emergency(run, plan, to, allow_bad=False):
     nodes = list(plan["nodes"])
     known, target, source = emergency_target(run, nodes, to, allow_bad)
     run.release = target
-    run.fire("start", to=target)
-    run.progress(f"emergency rollback to {target}: one call to {len(nodes)} nodes (target from the {source}), "
-                 "no LB actions, checks reported")
+    run.emit("start", f"emergency rollback to {target}", line=False, notify_as="start", ref=None, test=False, to=target)
+    step(run, f"emergency rollback to {target}: one call to {len(nodes)} nodes (target from the {source}), "
+         "no LB actions, checks reported", nodes)
     changed = set()
     for attempt in (1, 2):
         run.refused = {}
@@ -162,8 +170,8 @@ def emergency(run, plan, to, allow_bad=False):
         changed.update(refused)
         truth = {**known, **refused}
         if policy.target_or_none(truth, to, allow_bad) == target:
-            run.progress(f"{', '.join(sorted(refused))}: changed since the master's record; "
-                         f"{target} is still the target there: switching them too")
+            step(run, f"{', '.join(sorted(refused))}: changed since the master's record; "
+                      f"{target} is still the target there: switching them too", sorted(refused))
             run.refused = {}
             batches.switch(run, sorted(refused), target, mark_left="bad", checks="report",
                     expect=fingerprints(refused, target), force=allow_bad)
@@ -182,6 +190,6 @@ def emergency(run, plan, to, allow_bad=False):
         nodes = [n for n in nodes if n not in run.silent]
         known = {n: run.inventories.get(n) or truth[n] for n in nodes}
         target = run.release = policy.rollback_target(known, to, allow_bad)
-        run.progress(f"{', '.join(sorted(refused))}: changed since the master's record, which made "
-                     f"{target} the target: every node goes there instead")
+        step(run, f"{', '.join(sorted(refused))}: changed since the master's record, which made "
+                  f"{target} the target: every node goes there instead", nodes)
     return {"to": target, "target_from": source, "changed_since_record": sorted(changed)}

@@ -20,6 +20,8 @@ import contextlib
 
 log = logging.getLogger(__name__)
 
+EVENTS_VERSION = 1  # the event contract (docs/events.md)
+
 
 class Run:
     """One run of ``kind`` (release, rollback, ...) of ``project``/``env``.
@@ -60,6 +62,8 @@ class Run:
         self.run_id = jid or salt.utils.jid.gen_jid(opts)  # names a paused run
         self.extra = {}  # what the summary and a paused run's state carry (ref, commit, version)
         self.outcome = None  # "aborted" for deploy.abort
+        self.stage = None  # the stage (or "preprod") the run is in: the node events say it
+        self.later = []  # events of lines printed in a signal handler, fired at the next check_abort
 
     @property
     def salt_calls(self):
@@ -68,6 +72,7 @@ class Run:
 
     def check_abort(self, where):
         """Stop here (no new step or batch) if a signal asked the run to stop."""
+        self.fire_later()
         if self.aborted:
             raise Aborted(f"aborted by {self.aborted} {where}: no new batch was started; nodes not reached stay "
                           "on their release, every detached node is back in its prior LB state")
@@ -88,31 +93,70 @@ class Run:
         lines go to stderr.  Otherwise they are progress events, which salt-run prints as they come."""
         return (self.opts.get("output") or "deploy_progress") != "deploy_progress"
 
-    def progress(self, message, **data):
-        line = f"[{time.monotonic() - self.started:6.1f}s] {self.project}/{self.env}: {message}"
+    def emit(self, type_, message, line=True, notify_as=None, notify_fields=None, **fields):
+        """The one emit function: the progress line ``message`` (unless ``line`` is false) and its
+        event ``deploy/<project>/<env>/<type_>``, contract version 1 (docs/events.md): the common
+        fields, then ``fields``.  ``notify_as``: the notification this moment posts (one of
+        ``notify.EVENTS``), with the event's fields and ``notify_fields`` (the fields as the hooks
+        know them where they differ); the run posts it itself, never from an event on the bus."""
+        elapsed = time.monotonic() - self.started
+        if line:
+            self._print(f"[{elapsed:6.1f}s] {self.project}/{self.env}: {message}")
+        data = {**fields, **self.envelope(type_, elapsed, message)}
+        if fields.get("by") is not None:  # pause, promote, abort: whom the step acted for
+            data["by"] = fields["by"]
+        self.event.fire_event(data, f"deploy/{self.project}/{self.env}/{type_}")
+        if notify_as:
+            self._notify(notify_as, {**data, "kind": self.kind, "mode": self.mode, **(notify_fields or {})})
+
+    def emit_later(self, type_, message, **fields):
+        """The line now, its event at the flow's next :meth:`check_abort` (a signal handler's line)."""
+        self._print(f"[{time.monotonic() - self.started:6.1f}s] {self.project}/{self.env}: {message}")
+        self.later.append((type_, message, fields))
+
+    def fire_later(self):
+        """The events :meth:`emit_later` kept."""
+        while self.later:
+            type_, message, fields = self.later.pop(0)
+            self.emit(type_, message, line=False, **fields)
+
+    def progress(self, message):
+        """A progress line of the build (its event: ``build``, the figures not known yet)."""
+        self.emit("build", message, version=None, commit=None, branch=None, source=None, seconds=None)
+
+    def envelope(self, type_, elapsed, message):
+        """The fields every event carries."""
+        user, _ = names.caller()
+        kind = self.mode if self.mode in ("promote", "abort") else self.kind
+        return {"v": EVENTS_VERSION, "type": type_, "run": self.run_id, "project": self.project, "env": self.env,
+                "kind": kind, "mode": "emergency" if self.mode == "emergency" else "normal",
+                "release": self.release, "user": user, "by": names.by(), "at": names.now(),
+                "elapsed": round(elapsed, 3), "message": message}
+
+    def _print(self, line):
         log.info("deploy: %s", line)
         if self.progress_to_stderr():
             print(line, file=sys.stderr, flush=True)
         elif self.jid_event is not None:
             with contextlib.suppress(ReferenceError):
                 self.jid_event.fire_event({"message": line, "outputter": "deploy_progress"}, "progress")
-        if data:
-            self.fire("node" if "node" in data else "step", message=message, **data)
 
-    def fire(self, what, **data):
-        user, _ = names.caller()
-        data.update({"project": self.project, "env": self.env, "kind": self.kind, "mode": self.mode, "user": user,
-                     "by": names.by()})
-        if self.release:
-            data.setdefault("release", self.release)
+    def _notify(self, what, data):
+        if not self.hooks:
+            return
         tag = f"deploy/{self.project}/{self.env}/{what}"
-        self.event.fire_event(data, tag)
-        if what in notify.EVENTS and self.hooks:
-            # from the run itself, never from an event on the bus (a minion can fire any deploy/... event)
-            try:
-                notify.send(self.hooks, tag, data, log)
-            except Exception:  # pylint: disable=broad-except  # a notification never stops a run
-                log.warning("deploy: notification %s failed", tag, exc_info=True)
+        try:
+            notify.send(self.hooks, tag, data, log)
+        except Exception:  # pylint: disable=broad-except  # a notification never stops a run
+            log.warning("deploy: notification %s failed", tag, exc_info=True)
+
+    def node_event(self, node, message, stage=None):
+        """The ``node`` event of ``node`` as the run has it now."""
+        entry = self.nodes.get(node, {})
+        result = {"ok": "ok", "refused": "skipped"}.get(entry.get("result"), "failed")
+        self.emit("node", message, node=node, stage=stage if stage is not None else self.stage,
+                  old=entry.get("old"), new=entry.get("new"), result=result,
+                  error=entry.get("error") if result != "ok" else None, seconds=entry.get("seconds"))
 
     # --- salt calls: one batched call to a list of minions
     def call(self, nodes, fun, kwarg=None, timeout=None):
