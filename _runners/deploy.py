@@ -64,7 +64,7 @@ except ImportError:  # a source checkout whose editable install predates _utils/
     import deploy_master
 from deploy_master import (  # noqa: E402
     DeployError, Locked, NotPaused, UnknownRef, build, config, contract, names, pillar_schema,
-    plan as planning, policy, store,
+    plan as planning, policy, store, views,
 )
 from deploy_master.rollout import batches, distribute, finish, revert  # noqa: E402
 from deploy_master.rollout import run as runs  # noqa: E402
@@ -546,31 +546,11 @@ def stats(project=None, env=None, **kwargs):
         names.valid(project, names.PROJECT_RE, "project name")
     except SaltInvocationError as exc:
         return _refused(exc)
-    out = {
-        "releases": {"success": 0, "failure": 0, "interrupted": 0, "aborted": 0, "paused": 0},
-        # auto: on_failure=rollback; abort: deploy.abort (both of the nodes one run switched)
-        "rollbacks": {"normal": 0, "emergency": 0, "auto": 0, "abort": 0, "failure": 0, "interrupted": 0,
-                      "aborted": 0},
-    }
-    durations = {"release": [], "rollback": []}
     try:
         records = store.get(__opts__, log).history_read(project, env)
     except DeployError as exc:
         return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
-    for rec in records:
-        kind = "rollbacks" if str(rec.get("kind", "")).startswith("rollback") else "releases"
-        result = rec.get("result")
-        if kind == "releases":
-            out["releases"][result if result in out["releases"] else "failure"] += 1
-        elif result == "success":
-            mode = rec.get("mode", "normal")
-            out["rollbacks"][mode if mode in out["rollbacks"] else "normal"] += 1
-        else:
-            out["rollbacks"][result if result in ("interrupted", "aborted") else "failure"] += 1
-        if rec.get("seconds") is not None:
-            durations[kind[:-1]].append(rec["seconds"])
-    out["mean_seconds"] = {k: round(sum(v) / len(v), 3) if v else None for k, v in durations.items()}
-    return out
+    return views.stats(records)
 
 
 def _lock_view(project, env, name, allowed, kwargs, **given):
@@ -679,25 +659,7 @@ def projects(**kwargs):
     """
     try:
         contract.check_arguments("deploy.projects", (), kwargs)
-        backend = store.get(__opts__, log)
-        out = {}
-        defined = (config.master_pillar(__opts__).get("deploy") or {}).get("projects") or {}
-        for name, conf in sorted(defined.items()):
-            if not isinstance(conf, dict) or not names.PROJECT_RE.fullmatch(str(name)):
-                continue
-            envs = {}
-            for env, envc in sorted((conf.get("envs") or {}).items()):
-                if not isinstance(envc, dict) or not names.ENV_RE.fullmatch(str(env)):
-                    continue
-                lock = backend.lock(name, env, "view")
-                held = lock.holder()
-                default = "trunk" if conf.get("vcs") == "svn" else "master"
-                envs[env] = {
-                    "branch": str(envc.get("branch") or default),
-                    "lock": None if held is None else {"holder": held, "alive": bool(held) and lock.alive(held)},
-                    "detached": lock.detached(),
-                }
-            out[name] = {"envs": envs}
+        out = views.projects(config.master_pillar(__opts__), store.get(__opts__, log))
     except SaltInvocationError as exc:
         return _refused(exc)
     except DeployError as exc:
@@ -745,32 +707,9 @@ def _validate_nodes(project, env):
     its problems (the keys and types of its project pillar checked against the one definition)."""
     with _Run(project, env, "validate") as run:
         plan = _plan(run)
-        nodes = list(plan["nodes"])
-        lb = dict(run.lb) if run.has_lb else None
-        if lb:
-            lb["servers_asked"] = planning.behind_lb(plan)
-            nodes = sorted(set(nodes) | {lb["minion"]})
-        out = {node: {"result": "no response", "problems": ["not connected to the master"]} for node in plan["down"]}
-        asked = [node for node in nodes if node not in plan["down"]]
-        for node, res in run.call(asked, "deploy.validate", {"project": project, "lb": lb}).items():
-            ret = res.get("ret") if isinstance(res.get("ret"), dict) else {}
-            found = []
-            if node in plan["nodes"]:  # the LB minion alone: only its LB's answer counts
-                found = list(ret.get("problems") or ([] if res["ok"] else [res.get("error") or "failed"]))
-                if ret.get("shape") is not None:
-                    found += [f"its pillar: {p}" for p in pillar_schema.problems(ret["shape"], project, shape_only=True)]
-            entry = {"result": "ok" if not found else "invalid", "problems": found}
-            if node in plan["nodes"] and ret.get("missing"):
-                entry["missing"] = ret["missing"]
-            if lb and node == lb["minion"]:
-                entry["lb"] = ret.get("lb") or {"error": res.get("error") or "no answer"}
-                if "error" in entry["lb"]:
-                    found.append(f"load balancer: {entry['lb']['error']}")
-                    entry["result"] = "invalid"
-            if res.get("silent"):
-                entry["result"] = "no response"
-            out[node] = entry
-        return out
+        asked, lb = views.validation_targets(plan, run.lb if run.has_lb else None)
+        return views.node_problems(plan, lb, run.call(asked, "deploy.validate", {"project": project, "lb": lb}),
+                                   project)
 
 
 def validate(project=None, env=None, nodes=False, **kwargs):

@@ -4,7 +4,8 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import analysis, names, pillar_schema, plan
+from deploy_master import names, pillar_schema, plan
+from deploy_master.gates import analysis
 
 LB_DRIVERS = pillar_schema.LB_DRIVERS
 DEFAULT_BRANCH = {"git": "master", "svn": "trunk"}  # an env's `branch` when it names none
@@ -136,16 +137,8 @@ def _project_env(pillar, project, env=None):
 
 
 def _check_analysis(envc, env, driver):
-    """The env's and its stages' ``analysis`` (deploy_master.analysis); it needs an LB that counts."""
-    where = f"env {env!r}"
-    base = analysis.parse(envc.get("analysis"), where)
-    wanted = base is not None
-    for index, stage in enumerate(envc.get("stages") or []):
-        name = stage.get("name") or index + 1
-        if analysis.parse(stage.get("analysis"), f"{where} stage {name!r}", base) is not None:
-            wanted = True
-    if wanted:
-        analysis.check_driver(driver, where)
+    """The env's and its stages' ``analysis`` (deploy_master.gates.analysis), each with what its provider needs."""
+    analysis.check(envc, env, driver)
 
 
 ON_FAILURE = pillar_schema.ON_FAILURE

@@ -1,4 +1,5 @@
-"""Analysis of live traffic (deploy_master.analysis, and the runner's ``_analysis`` against a simulated LB).
+"""The analysis gate (deploy_master.gates.analysis, its haproxy provider, and the rollout's ``gating.watch``
+against a simulated LB).
 
 Pure logic: the settings, the figures from HAProxy ``show stat`` samples, the verdict.  The
 real thing, HAProxy counting a release's 500s under load, is tests/integration/test_analysis.py.
@@ -8,7 +9,8 @@ import re
 
 import pytest
 from salt.exceptions import SaltInvocationError
-from deploy_master import Aborted, DeployError, analysis, config
+from deploy_master import Aborted, DeployError, config
+from deploy_master.gates import analysis, haproxy
 from deploy_master.rollout import batches, gating
 from deploy_master.rollout import run as runs
 
@@ -21,7 +23,7 @@ from tests.unit import fakes
 def test_defaults_and_percentages():
     s = analysis.parse({}, "env 'pro'")
     assert s == {"bake": 60, "interval": 5, "max_error_rate": 0.01, "max_p95_ms": None, "min_requests": 100,
-                 "after": "stage", "compare": "baseline", "inconclusive": "fail"}
+                 "after": "stage", "compare": "baseline", "inconclusive": "fail", "provider": "haproxy", "options": {}}
     s = analysis.parse({"bake": "30", "max_error_rate": "0.5%", "max_p95_ms": 250, "min_requests": 10,
                         "after": "batch", "compare": "absolute", "inconclusive": "pass", "interval": 1}, "env 'pro'")
     assert s["bake"] == 30 and s["max_error_rate"] == 0.005 and s["max_p95_ms"] == 250
@@ -127,30 +129,35 @@ def test_figures_are_counter_deltas_over_the_bake():
     s = [{"web-1": row(1000, 5), "web-2": row(2000, 10)},
          {"web-1": row(1100, 15, rtime=40), "web-2": row(2100, 10, rtime=12)},
          {"web-1": row(1200, 25, rtime=50), "web-2": row(2200, 10, rtime=11)}]
-    fig = analysis.group_figures(s, ["web-1"])
+    fig = haproxy.group_figures(s, ["web-1"])
     assert fig["responses"] == 200 and fig["errors"] == 20 and fig["error_rate"] == 0.1
     assert fig["p95_ms"] == 50
     assert fig["per_server"]["web-1"]["hrsp_5xx"] == 20 and fig["per_server"]["web-1"]["rtime_max"] == 150
-    both = analysis.group_figures(s, ["web-1", "web-2"])
+    both = haproxy.group_figures(s, ["web-1", "web-2"])
     assert both["responses"] == 400 and both["errors"] == 20 and both["error_rate"] == 0.05
 
 
 def test_a_reading_counts_only_when_the_server_answered_since_the_last_sample():
     s = [{"w": row(10, rtime=900)}, {"w": row(10, rtime=900)}, {"w": row(20, rtime=30)}]
-    assert analysis.server_figures(s, "w")["rtimes"] == [30]
+    assert haproxy.server_figures(s, "w")["rtimes"] == [30]
 
 
 def test_a_counter_reset_counts_from_zero():
     s = [{"w": row(5000, 100)}, {"w": row(300, 3)}]  # HAProxy reloaded in between
-    fig = analysis.server_figures(s, "w")
+    fig = haproxy.server_figures(s, "w")
     assert fig["responses"] == 300 and fig["errors"] == 3
 
 
 def test_p95_nearest_rank():
-    assert analysis.p95([]) is None
-    assert analysis.p95([7]) == 7
-    assert analysis.p95(list(range(1, 101))) == 95
-    assert analysis.p95(list(range(1, 21))) == 19
+    assert haproxy.p95([]) is None
+    assert haproxy.p95([7]) == 7
+    assert haproxy.p95(list(range(1, 101))) == 95
+    assert haproxy.p95(list(range(1, 21))) == 19
+
+
+def decide(settings, samples, new, old):
+    """The gate's decision on the haproxy provider's figures of ``samples``."""
+    return analysis.decide(settings, haproxy.figures_of(samples, new, old), new, old)
 
 
 SET = analysis.parse({"bake": 60, "max_error_rate": "1%", "min_requests": 100}, "env")
@@ -159,7 +166,7 @@ SET = analysis.parse({"bake": 60, "max_error_rate": "1%", "min_requests": 100}, 
 def test_baseline_fails_a_release_serving_ten_percent_errors():
     s = [{"web-1": row(0), "web-2": row(0), "web-3": row(0)},
          {"web-1": row(500, 50), "web-2": row(500, 1), "web-3": row(500, 0)}]
-    out = analysis.decide(SET, s, ["web-1"], ["web-2", "web-3"])
+    out = decide(SET, s, ["web-1"], ["web-2", "web-3"])
     assert out["verdict"] == "fail" and not out["passed"] and out["mode"] == "baseline"
     assert out["new"]["error_rate"] == 0.1 and out["old"]["error_rate"] == 0.001
     assert out["reasons"] == ["error rate 10.00% (50 5xx of 500 responses on web-1) is above the old release's "
@@ -169,50 +176,50 @@ def test_baseline_fails_a_release_serving_ten_percent_errors():
 
 def test_baseline_passes_when_the_old_release_fails_as_much():
     s = [{"web-1": row(0), "web-2": row(0)}, {"web-1": row(500, 50), "web-2": row(500, 48)}]
-    out = analysis.decide(SET, s, ["web-1"], ["web-2"])
+    out = decide(SET, s, ["web-1"], ["web-2"])
     assert out["verdict"] == "pass" and out["passed"]
-    absolute = analysis.decide({**SET, "compare": "absolute"}, s, ["web-1"], ["web-2"])
+    absolute = decide({**SET, "compare": "absolute"}, s, ["web-1"], ["web-2"])
     assert absolute["verdict"] == "fail" and absolute["mode"] == "absolute"
     assert absolute["reasons"] == ["error rate 10.00% (50 5xx of 500 responses on web-1) is above max_error_rate 1.00%"]
 
 
 def test_no_old_server_left_or_too_little_baseline_traffic_means_absolute_limits():
     s = [{"web-1": row(0), "web-2": row(0)}, {"web-1": row(500, 4), "web-2": row(50, 0)}]
-    out = analysis.decide(SET, s, ["web-1", "web-2"], [])
+    out = decide(SET, s, ["web-1", "web-2"], [])
     assert out["mode"] == "absolute" and out["notes"] == ["no server left on the old release: absolute limits"]
     assert out["verdict"] == "pass"  # 4 of 550 = 0.73 %
-    out = analysis.decide(SET, s, ["web-1"], ["web-2"])
+    out = decide(SET, s, ["web-1"], ["web-2"])
     assert out["mode"] == "absolute" and "answered 50 requests, fewer than min_requests=100" in out["notes"][0]
     assert out["verdict"] == "pass"  # 0.8 %
 
 
 def test_the_limit_itself_passes():
     s = [{"w": row(0)}, {"w": row(1000, 10)}]
-    assert analysis.decide({**SET, "compare": "absolute"}, s, ["w"], [])["passed"]
+    assert decide({**SET, "compare": "absolute"}, s, ["w"], [])["passed"]
     s = [{"w": row(0)}, {"w": row(1000, 11)}]
-    assert not analysis.decide({**SET, "compare": "absolute"}, s, ["w"], [])["passed"]
+    assert not decide({**SET, "compare": "absolute"}, s, ["w"], [])["passed"]
 
 
 def test_too_few_requests_is_inconclusive_and_fails_closed_unless_told():
     s = [{"web-1": row(0), "web-2": row(0)}, {"web-1": row(37, 0), "web-2": row(400)}]
-    out = analysis.decide(SET, s, ["web-1"], ["web-2"])
+    out = decide(SET, s, ["web-1"], ["web-2"])
     assert out["verdict"] == "inconclusive" and not out["passed"]
     assert out["reasons"] == ["inconclusive: the new release's servers (web-1) answered 37 requests in the bake, "
                               "fewer than min_requests=100"]
-    assert analysis.decide({**SET, "inconclusive": "pass"}, s, ["web-1"], ["web-2"])["passed"]
-    assert analysis.decide({**SET, "min_requests": 0}, [{"w": row(0)}, {"w": row(0)}], ["w"], [])["passed"]
+    assert decide({**SET, "inconclusive": "pass"}, s, ["web-1"], ["web-2"])["passed"]
+    assert decide({**SET, "min_requests": 0}, [{"w": row(0)}, {"w": row(0)}], ["w"], [])["passed"]
 
 
 def test_latency_limit_against_baseline_and_absolute():
     setting = {**SET, "max_p95_ms": 100}
     s = [{"n": row(0), "o": row(0)}, {"n": row(200, rtime=90), "o": row(200, rtime=20)},
          {"n": row(400, rtime=180), "o": row(400, rtime=30)}]
-    out = analysis.decide(setting, s, ["n"], ["o"])
+    out = decide(setting, s, ["n"], ["o"])
     assert out["new"]["p95_ms"] == 180 and out["old"]["p95_ms"] == 30
     assert out["reasons"] == ["p95 of the mean response time (HAProxy rtime) 180 ms is above the old release's 30 ms "
                               "+ max_p95_ms 100 ms"]
-    assert analysis.decide({**setting, "max_p95_ms": 200}, s, ["n"], ["o"])["passed"]
-    absolute = analysis.decide({**setting, "compare": "absolute", "max_p95_ms": 150}, s, ["n"], ["o"])
+    assert decide({**setting, "max_p95_ms": 200}, s, ["n"], ["o"])["passed"]
+    absolute = decide({**setting, "compare": "absolute", "max_p95_ms": 150}, s, ["n"], ["o"])
     assert absolute["reasons"] == ["p95 of the mean response time (HAProxy rtime) 180 ms is above max_p95_ms 150 ms"]
 
 
@@ -231,6 +238,7 @@ class FakeRun(fakes.Recorder):
     """What ``_analysis`` uses of a run; the LB's counters grow by ``rates`` per stats call."""
 
     kind, env, has_lb, project = "release", "pro", True, "rainbow"
+    lb = {"driver": "haproxy", "minion": "lb-1"}
 
     def __init__(self, envc, rates, abort_after=None):
         self.envc, self.rates, self.abort_after = envc, rates, abort_after
