@@ -27,33 +27,13 @@ policy, the source (git), the build, and the store (lock, history, the record of
 The project definitions are read from the pillar compiled for the master's own id
 (as ``state.orchestrate`` does); node secrets are never read here.
 
-Master options (all optional):
-
-``deploy_state_dir``
-    locks and history (default ``<cachedir>/deploy``)
-``deploy_artifacts_dir``
-    where artifacts are written; must lie inside a ``file_roots`` directory of
-    ``base`` (default ``<first base file_root>/deploy_artifacts``)
-``deploy_keep_artifacts``
-    artifacts kept per project (default 10)
-``deploy_timeout``
-    seconds to wait for a node's return before asking whether it still runs the job (default 15)
-``deploy_silent_rounds``
-    ``saltutil.find_job`` rounds a node may leave unanswered, after Salt's own, before it counts
-    as gone (default 2; the first lasts ``gather_job_timeout``, each next one twice as long)
-``deploy_find_job_per_node``
-    the least time between two ``find_job`` rounds, per node asked (default 0.2 s: 20 s for 100
-    nodes, never less than ``gather_job_timeout``)
-``deploy_job_timeout``
-    longest wait, in seconds, for a node that says it still runs the job (default 600)
+Master options (all optional): see ``deploy_master.config``.
 """
 
 import logging
 import os
 import sys
-import time
 
-import salt.utils.minions
 import salt.version
 from salt.exceptions import SaltInvocationError
 
@@ -63,10 +43,9 @@ except ImportError:  # a source checkout whose editable install predates _utils/
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_utils"))
     import deploy_master
 from deploy_master import (  # noqa: E402
-    DeployError, Locked, NotPaused, UnknownRef, build, config, contract, names, pillar_schema,
-    plan as planning, policy, store, views,
+    DeployError, Locked, NotPaused, UnknownRef, build, config, contract, names, policy, store, views,
 )
-from deploy_master.rollout import batches, distribute, finish, revert  # noqa: E402
+from deploy_master.rollout import batches, distribute, finish, revert, start  # noqa: E402
 from deploy_master.rollout import run as runs  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -74,9 +53,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "deploy"
 
 
-def __virtual__():
-    # no gitpython needed here: the git source imports it when a build needs it, so rollback,
-    # history and unlock work without it
+def __virtual__():  # no gitpython needed: the git source imports it when a build needs it
     return __virtualname__
 
 
@@ -96,13 +73,8 @@ def _Run(project, env, kind, mode="normal"):  # pylint: disable=invalid-name
 
 def _guarded(run, plan, body):
     """The run's body under :func:`finish.guard` (lock, signals, record, summary); its exit code to Salt."""
-    return _exit(finish.guard(run, plan, body))
-
-
-def _exit(ret):
-    if ret.get("retcode"):
-        __context__["retcode"] = ret["retcode"]
-    return ret
+    ret = finish.guard(run, plan, body)
+    return _failed(ret, ret["retcode"]) if ret.get("retcode") else ret
 
 
 def _failed(ret, code=contract.FAILED):
@@ -128,44 +100,6 @@ def _acting(kwargs):
     """Name whom this runner call acts for (Salt's user of the call; ``by=``, a CI's own job identity,
     taken out of ``kwargs``): every record, event and notification of the run carries both."""
     names.acting(globals().get("__user__"), kwargs.pop("by", None))
-
-
-# --------------------------------------------------------------------------- build
-
-
-def _build(run, ref, test=False, branch=False):
-    """Step 1-4 of the article: latest code, build, package, place it on the fileserver."""
-    started = time.monotonic()
-    info = build.build(__opts__, run.project, run.env, run.conf, ref, run.progress, test=test, branch=branch,
-                       resolved=getattr(run, "resolved", None))
-    run.release = info["release"]
-    if test:
-        return info
-    run.timings["build"] = round(time.monotonic() - started, 3)
-    run.emit("build", f"build: {run.release} ({info['commit'][:10]}, {'reused' if info['reused'] else 'built'} "
-                      f"{info['bytes']} bytes) in {run.timings['build']}s",
-             **{k: info.get(k) for k in ("version", "commit", "branch", "source")}, seconds=run.timings["build"])
-    return info
-
-
-# --------------------------------------------------------------------------- plan
-
-
-def _plan(run):
-    """The env's nodes: preprod first, then stages of batches."""
-    ckminions = salt.utils.minions.CkMinions(__opts__)
-
-    def match(target):
-        return set(ckminions.check_minions(target, "compound")["minions"])
-
-    return planning.make(run.env, run.envc, match, ckminions.connected_ids)
-
-
-def _describe_plan(run, plan):
-    return planning.describe(plan, run.lb)
-
-
-# --------------------------------------------------------------------------- steps
 
 
 # --------------------------------------------------------------------------- public: release
@@ -221,9 +155,9 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
 
     def body():
         run.emit("start", f"release of {ref}", line=False, notify_as="start", ref=ref, test=False)
-        build = _build(run, ref, branch=default_branch)
-        plan.update(_plan(run))
-        for line in _describe_plan(run, plan):
+        build = start.build(run, ref, branch=default_branch)
+        plan.update(start.plan(run))
+        for line in start.describe(run, plan):
             run.emit("plan", f"plan: {line}", **batches.plan_fields(run, plan))
         batches.check_lb(run, plan)
         run.check_abort("before prepare")
@@ -240,16 +174,6 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
 # --------------------------------------------------------------------------- public: the pause's two ways out
 
 
-def _resume(run, action):
-    """Take the paused run over for ``action`` (promote / abort) and put its state back into ``run``."""
-    run.lock = run.store.lock(run.project, run.env, action)
-    state = run.lock.resume(globals().get("__jid__"))
-    run.run_id, run.release = state["run"], state["release"]
-    run.nodes, run.failed = state.get("nodes") or {}, list(state.get("failed") or [])
-    run.timings, run.extra, run.build = state.get("timings") or {}, state.get("extra") or {}, state.get("build") or {}
-    return state
-
-
 def _gate_command(action, project, env, kwargs, body):
     """deploy.promote / deploy.abort: a run waiting in-process (``pause: N``) gets a request; a paused
     run (``pause: true``) is taken over and ``body(run, plan, state)`` goes on with it."""
@@ -260,16 +184,11 @@ def _gate_command(action, project, env, kwargs, body):
     except SaltInvocationError as exc:
         return _refused(exc)
     try:
-        view = run.store.lock(project, env, "view")
-        held = view.holder()
-        waiting = (held or {}).get("waiting")
-        if waiting and view.alive(held):
-            user, host = names.caller()
-            view.request(action, waiting["run"], f"{user} from {host}")
+        requested = finish.request(run, action)
+        if requested:
             run.close()
-            return {"result": "requested", "run": waiting["run"], "action": action,
-                    "comment": f"run {waiting['run']} waits after stage {waiting['stage']}: asked it to {action}"}
-        state = _resume(run, action)
+            return requested
+        state = finish.resume(run, action)
     except (DeployError, SaltInvocationError) as exc:
         run.close()
         return _refused(exc)
@@ -345,10 +264,10 @@ def abort(project=None, env=None, **kwargs):
 
 
 def _release_plan(run, ref, default_branch=False):
-    build = _build(run, ref, test=True, branch=default_branch)
-    plan = _plan(run)
+    build = start.build(run, ref, test=True, branch=default_branch)
+    plan = start.plan(run)
     return {"result": None, "comment": "test=True: nothing was changed", "release": run.release,
-            "commit": build["commit"], "plan": _describe_plan(run, plan), "down": plan["down"]}
+            "commit": build["commit"], "plan": start.describe(run, plan), "down": plan["down"]}
 
 
 # --------------------------------------------------------------------------- public: rollback
@@ -409,10 +328,10 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
     try:
         if test:
             with run:
-                plan = _plan(run)
+                plan = start.plan(run)
                 target = policy.rollback_target(revert.inventories(run, plan["nodes"]), to, allow_bad)
                 return {"result": None, "comment": f"test=True: {mode} rollback would go to {target}",
-                        "target": target, "plan": _describe_plan(run, plan) if not emergency else plan["nodes"]}
+                        "target": target, "plan": start.describe(run, plan) if not emergency else plan["nodes"]}
         if not force:
             finish.take_lock(run)
         else:
@@ -429,7 +348,7 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
         run.extra["allow_bad"] = True
 
     def body():
-        plan.update(_plan(run))
+        plan.update(start.plan(run))
         if emergency:
             return revert.emergency(run, plan, to, allow_bad)
         run.release = policy.rollback_target(revert.inventories(run, plan["nodes"]), to, allow_bad)
@@ -469,25 +388,14 @@ def releases(project=None, env=None, **kwargs):
     try:
         contract.check_arguments("deploy.releases", ("project", "env"), kwargs, project=project, env=env)
         with _Run(project, env, "list") as run:
-            inventories = revert.inventories(run, _plan(run)["nodes"])
+            inventories = revert.inventories(run, start.plan(run)["nodes"])
     except (DeployError, SaltInvocationError) as exc:
         return _refused(exc)
-    nodes = {
-        node: [
-            {k: r.get(k) for k in ("name", "version", "commit", "committer", "time", "status", "current")}
-            for r in inv["releases"]
-        ]
-        for node, inv in inventories.items()
-    }
-    out = {"nodes": nodes, "cluster": policy.cluster_view(inventories)}
     try:
         held = store.get(__opts__, log).lock(project, env, "view").holder() or {}
     except DeployError:
         held = {}
-    if held.get("paused"):
-        paused = held["paused"]
-        out["paused"] = {k: paused.get(k) for k in ("run", "release", "stage", "since", "switched")}
-    return out
+    return views.releases(inventories, held)
 
 
 def history(project=None, env=None, limit=20, **kwargs):
@@ -618,14 +526,8 @@ def unlock(project=None, env=None, force=False, **kwargs):
         return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     if held is None:
         return info
-    alive = info["alive"]
-    if alive and not force:
-        if held.get("paused"):
-            why = (f"{lock._locked(held)}; or force=True, which clears it and leaves the nodes it switched on "  # pylint: disable=protected-access
-                   f"{held['paused'].get('release')}")
-        else:
-            why = f"the lock is held by a running {lock.describe(held)}; use force=True"
-        return _failed({**info, "result": "refused", "error": why}, contract.LOCKED)
+    if info["alive"] and not force:
+        return _failed({**info, "result": "refused", "error": finish.held_by(lock, held)}, contract.LOCKED)
     try:
         with _Run(project, env, "unlock") as run:
             run.lock = lock
@@ -706,7 +608,7 @@ def _validate_nodes(project, env):
     """One batched, read-only ``deploy.validate`` call to the env's nodes and its LB minion: node ->
     its problems (the keys and types of its project pillar checked against the one definition)."""
     with _Run(project, env, "validate") as run:
-        plan = _plan(run)
+        plan = start.plan(run)
         asked, lb = views.validation_targets(plan, run.lb if run.has_lb else None)
         return views.node_problems(plan, lb, run.call(asked, "deploy.validate", {"project": project, "lb": lb}),
                                    project)
@@ -754,15 +656,7 @@ def validate(project=None, env=None, nodes=False, **kwargs):
             config.project_env(pillar, project)  # names the unknown project
     except SaltInvocationError as exc:
         return _refused(exc)
-    problems = list(pillar_schema.problems(defined, project))
-    envs = [env] if env is not None else sorted((defined.get("envs") or {}) if isinstance(defined.get("envs"), dict) else [])
-    for name in envs or [None]:
-        try:
-            config.project_env(pillar, project, name)
-        except SaltInvocationError as exc:
-            message = str(exc)
-            if not any(message.endswith(p) or p in message for p in problems):
-                problems.append(message)
+    envs, problems = views.pillar_problems(pillar, defined, project, env)
     out = {"result": "valid", "project": project, "envs": envs, "problems": problems}
     code = contract.OK
     if nodes is True and not problems:

@@ -1,4 +1,25 @@
-"""The project and env definition (pillar ``deploy:projects``), validated; the master options."""
+"""The project and env definition (pillar ``deploy:projects``), validated; the master options.
+
+Master options (all optional):
+
+``deploy_state_dir``
+    locks and history (default ``<cachedir>/deploy``)
+``deploy_artifacts_dir``
+    where artifacts are written; must lie inside a ``file_roots`` directory of
+    ``base`` (default ``<first base file_root>/deploy_artifacts``)
+``deploy_keep_artifacts``
+    artifacts kept per project (default 10)
+``deploy_timeout``
+    seconds to wait for a node's return before asking whether it still runs the job (default 15)
+``deploy_silent_rounds``
+    ``saltutil.find_job`` rounds a node may leave unanswered, after Salt's own, before it counts
+    as gone (default 2; the first lasts ``gather_job_timeout``, each next one twice as long)
+``deploy_find_job_per_node``
+    the least time between two ``find_job`` rounds, per node asked (default 0.2 s: 20 s for 100
+    nodes, never less than ``gather_job_timeout``)
+``deploy_job_timeout``
+    longest wait, in seconds, for a node that says it still runs the job (default 600)
+"""
 
 import os
 

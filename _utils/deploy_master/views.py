@@ -1,7 +1,9 @@
 """What the runner's read-only views compute (pure, or reading the store): statistics from the
 history, the projects and envs of the pillar with their locks, the nodes' answers to a validation."""
 
-from deploy_master import names, pillar_schema
+from salt.exceptions import SaltInvocationError
+
+from deploy_master import config, names, pillar_schema, policy
 from deploy_master import plan as planning
 
 
@@ -86,3 +88,36 @@ def node_problems(plan, lb, answers, project):
             entry["result"] = "no response"
         out[node] = entry
     return out
+
+
+def releases(inventories, held):
+    """The releases on every node and the cluster view, from the nodes' ``inventories``; a paused
+    run (``held``: the lock's holder) is shown too."""
+    nodes = {
+        node: [
+            {k: r.get(k) for k in ("name", "version", "commit", "committer", "time", "status", "current")}
+            for r in inv["releases"]
+        ]
+        for node, inv in inventories.items()
+    }
+    out = {"nodes": nodes, "cluster": policy.cluster_view(inventories)}
+    if held.get("paused"):
+        paused = held["paused"]
+        out["paused"] = {k: paused.get(k) for k in ("run", "release", "stage", "since", "switched")}
+    return out
+
+
+def pillar_problems(pillar, defined, project, env=None):
+    """(the envs checked, the problems of the project's pillar ``defined`` as the master sees it):
+    its keys and types, then the checks a release makes of each env (or of ``env``)."""
+    problems = list(pillar_schema.problems(defined, project))
+    envs = [env] if env is not None else sorted(
+        (defined.get("envs") or {}) if isinstance(defined.get("envs"), dict) else [])
+    for name in envs or [None]:
+        try:
+            config.project_env(pillar, project, name)
+        except SaltInvocationError as exc:
+            message = str(exc)
+            if not any(message.endswith(p) or p in message for p in problems):
+                problems.append(message)
+    return envs, problems

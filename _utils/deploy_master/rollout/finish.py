@@ -175,3 +175,35 @@ def guard(run, plan, body):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def held_by(lock, held):
+    """Why ``deploy.unlock`` without ``force`` refuses the live ``held`` lock."""
+    if held.get("paused"):
+        return (f"{lock._locked(held)}; or force=True, which clears it and leaves the nodes it "  # pylint: disable=protected-access
+                f"switched on {held['paused'].get('release')}")
+    return f"the lock is held by a running {lock.describe(held)}; use force=True"
+
+
+def request(run, action):
+    """deploy.promote / deploy.abort of a run waiting in-process (``pause: N``): ask it (its return),
+    or None when no live run waits."""
+    view = run.store.lock(run.project, run.env, "view")
+    held = view.holder()
+    waiting = (held or {}).get("waiting")
+    if not (waiting and view.alive(held)):
+        return None
+    user, host = names.caller()
+    view.request(action, waiting["run"], f"{user} from {host}")
+    return {"result": "requested", "run": waiting["run"], "action": action,
+            "comment": f"run {waiting['run']} waits after stage {waiting['stage']}: asked it to {action}"}
+
+
+def resume(run, action):
+    """Take the paused run over for ``action`` (promote / abort) and put its state back into ``run``."""
+    run.lock = run.store.lock(run.project, run.env, action)
+    state = run.lock.resume(run.jid)
+    run.run_id, run.release = state["run"], state["release"]
+    run.nodes, run.failed = state.get("nodes") or {}, list(state.get("failed") or [])
+    run.timings, run.extra, run.build = state.get("timings") or {}, state.get("extra") or {}, state.get("build") or {}
+    return state
