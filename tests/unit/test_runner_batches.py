@@ -13,147 +13,84 @@ from deploy_master import Aborted, DeployError
 from deploy_master import jobs
 from deploy_master.rollout import batches
 
-from tests.unit import fakes
-
-
-class Lock:
-    def __init__(self):
-        self.record = []
-
-    def detached(self):
-        return list(self.record)
-
-    def set_detached(self, nodes):
-        self.record = sorted(nodes)
-
-    def check(self):
-        pass
-
-
-class Run(fakes.Recorder):
-    """What ``_stages`` and ``_batch`` use of ``_Run``; an LB and nodes in memory."""
-
-    project, env, mode, kind = "rainbow", "pro", "normal", "release"
-    has_lb = True
-    lb = {"driver": "haproxy", "minion": "lb-1", "drain_timeout": 1}
-    envc = {}  # no analysis, no pause: the stage gates pass at once
-
-    def __init__(self, failing=(), silent=(), abort_after=None):
-        self.lock = Lock()
-        self.out = set()  # servers the simulated LB has out of service
-        self.lb_calls = []
-        self.switches = []
-        self.failing, self.silent_nodes, self.abort_after = set(failing), set(silent), abort_after
-        self.nodes, self.failed, self.silent, self.refused, self.timings = {}, [], set(), {}, {}
-        self.max_failures = 0
-        self.aborted = None
-        self.log = []
-        self.balancer = fakes.balancer(lambda *a, **kw: self.lb_call(*a, **kw), self.lb)
-
-    def node_call(self, nodes, fun, kwarg):
-        return self.call(nodes, fun, kwarg)
-
-    def check_abort(self, where):
-        if self.aborted:
-            raise Aborted(f"aborted {where}")
-
-    def lb_call(self, fun, nodes, **kwarg):
-        restore = list(kwarg.get("restore") or [])
-        self.lb_calls.append((fun, sorted(nodes), sorted(restore)))
-        recorded = set(self.lock.detached())
-        if fun in ("detach", "swap"):
-            assert set(nodes) <= recorded, "a node is taken out before the run records it"
-        assert self.out <= recorded, "a node is out of the LB without the run's record"
-        if fun == "attach":
-            self.out -= set(nodes)
-            return {"restored": {n: "ready" for n in nodes}}
-        self.out -= set(restore)
-        self.out |= set(nodes)
-        return {"prior": {n: "ready" for n in nodes}, "drain_seconds": 0.0, "restored": {n: "ready" for n in restore}}
-
-    def call(self, nodes, fun, kwarg=None, timeout=None):
-        assert fun == "deploy.switch"
-        self.switches.append(sorted(nodes))
-        out = {}
-        for node in nodes:
-            if node in self.silent_nodes:
-                out[node] = {"ok": False, "silent": True, "error": "no response"}
-            elif node in self.failing:
-                out[node] = {"ok": False, "error": "checks failed",
-                             "ret": {"result": False, "previous": "r1", "current": "r1", "reverted": True}}
-            else:
-                out[node] = {"ok": True, "ret": {"result": True, "previous": "r1", "current": "r2", "steps": [],
-                                                 "seconds": 0.1}}
-        if self.abort_after is not None and len(self.switches) == self.abort_after:
-            self.aborted = "SIGTERM"
-        return out
+from tests.unit.fakesalt import FakeSalt, make_run
 
 
 def _plan(*stages):
     return {"stages": [{"name": f"s{i}", "batches": [list(b) for b in batches]} for i, batches in enumerate(stages, 1)]}
 
 
-def test_one_lb_call_between_batches_of_a_stage():
-    run = Run()
+def test_one_lb_call_between_batches_of_a_stage(tmp_path):
+    salt = FakeSalt()
+    run = make_run(tmp_path, salt)
     batches.stages(run, _plan([["w1", "w2"], ["w3", "w4"], ["w5"]]), "r2")
-    assert run.lb_calls == [
+    assert salt.lb_calls == [
         ("detach", ["w1", "w2"], []),
         ("swap", ["w3", "w4"], ["w1", "w2"]),
         ("swap", ["w5"], ["w3", "w4"]),
         ("attach", ["w5"], []),
     ]
-    assert run.out == set() and run.lock.detached() == []
+    assert salt.out == set() and run.lock.detached() == []
     assert all(run.nodes[n]["out_of_lb"] is not None for n in ("w1", "w2", "w3", "w4", "w5"))
     assert [b["nodes"] for b in run.timings["batches"]] == [["w1", "w2"], ["w3", "w4"], ["w5"]]
+    assert run.salt_calls == len(salt.calls) == 4 + 3  # one LB call and one switch per batch, the last attach
+    events = [(tag.rsplit("/", 1)[1], d.get("phase"), d.get("batch")) for tag, d in salt.fired
+              if tag.endswith(("/batch", "/stage"))]
+    assert events == [("stage", "start", None), ("batch", "out", 1), ("batch", "in", 1), ("batch", "out", 2),
+                      ("batch", "in", 2), ("batch", "out", 3), ("batch", "in", 3), ("stage", "end", None)]
+    back = [d for tag, d in salt.fired if tag.endswith("/batch") and d["phase"] == "in"]
+    assert [d["passed"] for d in back] == [["w1", "w2"], ["w3", "w4"], ["w5"]] and all(d["v"] == 1 for d in back)
 
 
-def test_no_node_waits_out_of_the_lb_across_a_stage_boundary():
-    run = Run()
+def test_no_node_waits_out_of_the_lb_across_a_stage_boundary(tmp_path):
+    salt = FakeSalt()
+    run = make_run(tmp_path, salt)
     batches.stages(run, _plan([["w1"], ["w2"]], [["w3"], ["w4"]]), "r2")
-    assert [c[0] for c in run.lb_calls] == ["detach", "swap", "attach", "detach", "swap", "attach"]
-    assert run.out == set() and run.lock.detached() == []
+    assert [c[0] for c in salt.lb_calls] == ["detach", "swap", "attach", "detach", "swap", "attach"]
+    assert salt.out == set() and run.lock.detached() == []
 
 
-def test_a_failing_batch_stops_the_rollout_with_every_node_back():
-    run = Run(failing={"w3"})
+def test_a_failing_batch_stops_the_rollout_with_every_node_back(tmp_path):
+    salt = FakeSalt(failing={"w3"})
+    run = make_run(tmp_path, salt)
     with pytest.raises(DeployError, match="max_failures"):
         batches.stages(run, _plan([["w1"], ["w2", "w3"], ["w4"]]), "r2")
-    assert run.lb_calls == [("detach", ["w1"], []), ("swap", ["w2", "w3"], ["w1"]), ("attach", ["w2", "w3"], [])]
-    assert run.out == set() and run.lock.detached() == []
-    assert run.switches == [["w1"], ["w2", "w3"]]
+    assert salt.lb_calls == [("detach", ["w1"], []), ("swap", ["w2", "w3"], ["w1"]), ("attach", ["w2", "w3"], [])]
+    assert salt.out == set() and run.lock.detached() == []
+    assert salt.switches == [["w1"], ["w2", "w3"]]
+    (failed,) = [d for tag, d in salt.fired if tag.endswith("/node") and d["result"] == "failed"]
+    assert failed["node"] == "w3" and failed["error"].startswith("checks failed")
+    assert [d["result"] for tag, d in salt.fired if tag.endswith("/stage") and d["phase"] == "end"] == ["failed"]
 
 
-def test_an_abort_between_batches_puts_the_last_batch_back():
-    run = Run(abort_after=1)
+def test_an_abort_between_batches_puts_the_last_batch_back(tmp_path):
+    salt = FakeSalt()
+    run = make_run(tmp_path, salt)
+    salt.after_switch = lambda: setattr(run, "aborted", "SIGTERM")
     with pytest.raises(Aborted):
         batches.stages(run, _plan([["w1"], ["w2"], ["w3"]]), "r2")
-    assert run.lb_calls == [("detach", ["w1"], []), ("attach", ["w1"], [])]
-    assert run.out == set() and run.lock.detached() == []
+    assert salt.lb_calls == [("detach", ["w1"], []), ("attach", ["w1"], [])]
+    assert salt.out == set() and run.lock.detached() == []
 
 
-def test_a_silent_node_stays_out_and_recorded():
-    run = Run(silent={"w2"})
+def test_a_silent_node_stays_out_and_recorded(tmp_path):
+    salt = FakeSalt(silent={"w2"})
+    run = make_run(tmp_path, salt)
     run.max_failures = 5
     batches.stages(run, _plan([["w1", "w2"], ["w3"]]), "r2")
-    assert run.lb_calls == [("detach", ["w1", "w2"], []), ("swap", ["w3"], ["w1"]), ("attach", ["w3"], [])]
-    assert run.out == {"w2"} and run.lock.detached() == ["w2"]
+    assert salt.lb_calls == [("detach", ["w1", "w2"], []), ("swap", ["w3"], ["w1"]), ("attach", ["w3"], [])]
+    assert salt.out == {"w2"} and run.lock.detached() == ["w2"]
+    assert run.nodes["w2"]["error"] == jobs.NO_RESPONSE and ("saltutil.find_job", ["w2"]) in salt.calls
 
 
-def test_a_failing_lb_call_puts_back_what_it_can():
-    run = Run()
-    original = run.lb_call
-
-    def lb_call(fun, nodes, **kwarg):
-        if fun == "swap":
-            run.lb_calls.append((fun, sorted(nodes), sorted(kwarg.get("restore") or [])))
-            raise DeployError("load balancer: swap failed")
-        return original(fun, nodes, **kwarg)
-
-    run.lb_call = lb_call
-    with pytest.raises(DeployError, match="swap failed"):
+def test_a_failing_lb_call_puts_back_what_it_can(tmp_path):
+    salt = FakeSalt()
+    salt.lb_fails = {"swap"}
+    run = make_run(tmp_path, salt)
+    with pytest.raises(DeployError, match="load balancer \\(haproxy on lb-1\\): swap failed: swap refused"):
         batches.stages(run, _plan([["w1"], ["w2"]]), "r2")
-    assert run.lb_calls[-1] == ("attach", ["w1", "w2"], [])
-    assert run.out == set() and run.lock.detached() == []
+    assert salt.lb_calls[-1] == ("attach", ["w1", "w2"], [])
+    assert salt.out == set() and run.lock.detached() == []
 
 
 def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):

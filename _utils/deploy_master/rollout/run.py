@@ -28,12 +28,15 @@ class Run:
 
     ``opts``: the master's options; ``jid``: the runner job's jid (names the run); ``jid_event``:
     the runner's progress channel (``__jid_event__``, None outside a runner job); ``client``: a
-    ``LocalClient`` (made from ``opts`` when None), whose event bus the run's events go to."""
+    ``LocalClient`` (made from ``opts`` when None) and ``event``: the master's event bus the run's
+    events go to (made from ``opts`` when None); ``definition``: (the project's pillar, the env's),
+    read from the master's pillar when None."""
 
-    def __init__(self, opts, project, env, kind, mode="normal", jid=None, jid_event=None, client=None):
+    def __init__(self, opts, project, env, kind, mode="normal", jid=None, jid_event=None, client=None, event=None,
+                 definition=None):
         self.opts, self.jid, self.jid_event = opts, jid, jid_event
         self.project, self.env, self.kind, self.mode = project, env, kind, mode
-        self.conf, self.envc = config.load(opts, project, env)
+        self.conf, self.envc = definition or config.load(opts, project, env)
         if jobs.cache_check(opts):
             raise SaltInvocationError(jobs.cache_check(opts))
         self.hooks = notify.hooks(self.conf, project)  # the run posts its own notifications
@@ -44,7 +47,7 @@ class Run:
         self.started_at = names.now()
         self.store = store.get(opts, log)
         self.client = client or salt.client.LocalClient(mopts=opts)
-        self.event = salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False)
+        self.event = event or salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False)
         self.transport = jobs.Transport(opts, self.client)
         self.balancer = balancer.LoadBalancer(self.lb, self.call)
         self.nodes = {}  # node -> {old, new, result, out_of_lb, error}
