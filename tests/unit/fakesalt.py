@@ -15,8 +15,11 @@ class FakeSalt:
     """``failing``: nodes whose switch fails (switched back); ``silent``: nodes that never return;
     ``recorded()``: the run's record of detached nodes, checked before every LB change."""
 
-    def __init__(self, failing=(), silent=(), recorded=None):
+    def __init__(self, failing=(), silent=(), recorded=None, rates=None):
         self.failing, self.silent, self.recorded = set(failing), set(silent), recorded
+        self.rates = dict(rates or {})  # node -> (responses, 5xx) its LB server answers between two stats
+        self.counts = {n: [0, 0] for n in self.rates}
+        self.stats_calls = []
         self.current = {}  # node -> release
         self.out = set()  # servers the LB has out of service
         self.calls, self.lb_calls, self.switches, self.fired = [], [], [], []
@@ -27,6 +30,7 @@ class FakeSalt:
         self.event = self  # the bus LocalClient reads returns from
         self.after_switch = None  # called after each deploy.switch (a test's signal, say)
         self.lb_fails = set()  # deploy_lb functions that fail (changing nothing)
+        self.after_stats = None  # called with the number of stats calls so far
 
     # --- LocalClient
     def run_job(self, nodes, fun, arg=(), kwarg=None, tgt_type="list", timeout=None, jid=None, listen=True):
@@ -86,6 +90,8 @@ class FakeSalt:
 
     def _lb(self, fun, kwarg):
         nodes, restore = list(kwarg["servers"]), list(kwarg.get("restore") or [])
+        if fun == "stats":
+            return self._stats(nodes)
         self.lb_calls.append((fun, sorted(nodes), sorted(restore)))
         recorded = set(self.recorded())
         if fun in ("detach", "swap"):
@@ -93,12 +99,29 @@ class FakeSalt:
         assert self.out <= recorded, "a node is out of the LB without the run's record"
         if fun == "status":
             return {"states": {n: "ready" for n in nodes}}
+        if fun == "stats":
+            return self._stats(nodes)
         if fun == "attach":
             self.out -= set(nodes)
             return {"restored": {n: "ready" for n in nodes}}
         self.out -= set(restore)
         self.out |= set(nodes)
         return {"prior": {n: "ready" for n in nodes}, "drain_seconds": 0.0, "restored": {n: "ready" for n in restore}}
+
+
+    def _stats(self, nodes):
+        """HAProxy's show-stat rows of ``nodes``: each one's counters grown by its ``rates``."""
+        self.stats_calls.append(list(nodes))
+        if self.after_stats:
+            self.after_stats(len(self.stats_calls))
+        out = {}
+        for node in nodes:
+            total, errors = self.rates[node]
+            self.counts[node][0] += total
+            self.counts[node][1] += errors
+            done, failed = self.counts[node]
+            out[node] = {"hrsp_2xx": done - failed, "hrsp_5xx": failed, "rtime": 10, "rtime_max": 30, "status": "UP"}
+        return {"servers": out, "time": 1000.0 + len(self.stats_calls)}
 
 
 def make_run(tmp_path, salt, envc=None, kind="release", lb=True, **opts):

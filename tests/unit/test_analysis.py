@@ -14,7 +14,7 @@ from deploy_master.gates import analysis, haproxy
 from deploy_master.rollout import batches, gating
 from deploy_master.rollout import run as runs
 
-from tests.unit import fakes
+from tests.unit.fakesalt import FakeSalt, make_run
 
 
 # --------------------------------------------------------------------------- settings
@@ -226,104 +226,83 @@ def test_latency_limit_against_baseline_and_absolute():
 # --------------------------------------------------------------------------- the runner's hook
 
 
-class FakeLock:
-    def __init__(self):
-        self.warnings, self.checks = [], 0
+def fake_run(tmp_path, envc, rates, abort_after=None):
+    """A real Run on the fake Salt, whose LB counters grow by ``rates`` per stats call."""
+    salt = FakeSalt(rates=rates)
+    run = make_run(tmp_path, salt, envc)
+    checks = []
+    check = run.lock.check
+    run.lock.check = lambda: checks.append(1) or check()
+    if abort_after:
+        salt.after_stats = lambda n: n >= abort_after and setattr(run, "aborted", "SIGTERM")
+    run.salt, run.checks = salt, checks
+    return run
 
-    def check(self):
-        self.checks += 1
 
-
-class FakeRun(fakes.Recorder):
-    """What ``_analysis`` uses of a run; the LB's counters grow by ``rates`` per stats call."""
-
-    kind, env, has_lb, project = "release", "pro", True, "rainbow"
-    lb = {"driver": "haproxy", "minion": "lb-1"}
-
-    def __init__(self, envc, rates, abort_after=None):
-        self.envc, self.rates, self.abort_after = envc, rates, abort_after
-        self.lock, self.timings, self.events, self.log, self.calls = FakeLock(), {}, [], [], []
-        self.counts = {n: [0, 0] for n in rates}
-        self.aborted = None
-        self.balancer = fakes.balancer(lambda *a, **kw: self.lb_call(*a, **kw))
-
-    def lb_call(self, fun, nodes, **kwarg):
-        assert fun == "stats"
-        self.calls.append(list(nodes))
-        if self.abort_after and len(self.calls) >= self.abort_after:
-            self.aborted = "SIGTERM"
-        out = {}
-        for node in nodes:
-            total, errors = self.rates[node]
-            self.counts[node][0] += total
-            self.counts[node][1] += errors
-            out[node] = row(*self.counts[node])
-        return {"servers": out, "time": 1000.0 + len(self.calls)}
-
-    def check_abort(self, where):
-        if self.aborted:
-            raise Aborted(f"aborted by {self.aborted} {where}")
+def _events(run):
+    return [(tag.rsplit("/", 1)[1], data) for tag, data in run.salt.fired]
 
 
 PLAN = {"stages": [{"name": "gray", "batches": [["web-1"]]}, {"name": "all", "batches": [["web-2", "web-3"]]}]}
 GRAY = PLAN["stages"][0]
 
 
-def test_runner_hook_stops_a_bad_release_and_reports_the_figures():
-    run = FakeRun({"analysis": {"bake": 1, "interval": 0.5, "min_requests": 50}},
-                  {"web-1": (100, 10), "web-2": (100, 0), "web-3": (100, 0)})
+def test_runner_hook_stops_a_bad_release_and_reports_the_figures(tmp_path):
+    run = fake_run(tmp_path, {"analysis": {"bake": 1, "interval": 0.5, "min_requests": 50}},
+                   {"web-1": (100, 10), "web-2": (100, 0), "web-3": (100, 0)})
     with pytest.raises(DeployError, match=r"analysis of stage gray failed: error rate 10.00% .* on web-1\) is above "
                                           r"the old release's 0.00%"):
         gating.watch(run, PLAN, GRAY, ["web-1"])
-    assert 3 <= len(run.calls) <= 4 and run.calls[0] == ["web-1", "web-2", "web-3"]
-    assert [(what, data["phase"]) for what, data in run.events] == [("analysis", "start")] + [
-        ("analysis", "sample")] * (len(run.calls) - 2) + [("analysis", "end")]
-    data = run.events[-1][1]
+    calls = run.salt.stats_calls
+    assert 3 <= len(calls) <= 4 and calls[0] == ["web-1", "web-2", "web-3"]
+    assert [(what, data["phase"]) for what, data in _events(run)] == [("analysis", "start")] + [
+        ("analysis", "sample")] * (len(calls) - 2) + [("analysis", "end")]
+    data = _events(run)[-1][1]
     assert data["verdict"] == "fail" and data["stage"] == "gray" and data["batch"] is None and data["reasons"]
     assert data["figures"]["new"]["servers"] == ["web-1"] and data["figures"]["old"]["servers"] == ["web-2", "web-3"]
     assert run.timings["analysis"][0]["verdict"] == "fail"
-    assert run.timings["analysis"][0]["window"] == [1001.0, 1000.0 + len(run.calls)]
-    assert run.lock.checks >= 1
-    assert any("watching live traffic on the LB for 1s" in line for line in run.log)
+    assert run.timings["analysis"][0]["window"] == [1001.0, 1000.0 + len(calls)]
+    assert run.checks
+    assert "watching live traffic on the LB for 1s" in _events(run)[0][1]["message"]
 
 
-def test_runner_hook_passes_a_good_release_and_skips_what_is_not_asked():
+def test_runner_hook_passes_a_good_release_and_skips_what_is_not_asked(tmp_path):
     rates = {"web-1": (100, 0), "web-2": (100, 0), "web-3": (100, 0)}
-    run = FakeRun({"analysis": {"bake": 1, "interval": 0.5, "min_requests": 50}}, rates)
+    run = fake_run(tmp_path / "a", {"analysis": {"bake": 1, "interval": 0.5, "min_requests": 50}}, rates)
     gating.watch(run, PLAN, GRAY, ["web-1"])
     assert run.timings["analysis"][0]["verdict"] == "pass"
     # per batch only when asked; not for rollbacks; not without analysis; not before anything switched
-    run = FakeRun({"analysis": {"bake": 1, "after": "batch"}}, rates)
+    run = fake_run(tmp_path / "b", {"analysis": {"bake": 1, "after": "batch"}}, rates)
     gating.watch(run, PLAN, GRAY, ["web-1"])
-    assert run.calls == []
-    run = FakeRun({"analysis": {"bake": 1}}, rates)
+    assert run.salt.stats_calls == []
+    run = fake_run(tmp_path / "c", {"analysis": {"bake": 1}}, rates)
     gating.watch(run, PLAN, GRAY, ["web-1"], batch=1)
     run.kind = "rollback"
     gating.watch(run, PLAN, GRAY, ["web-1"])
     run.kind = "release"
     gating.watch(run, PLAN, GRAY, [])
-    assert run.calls == []
-    run = FakeRun({}, rates)
+    assert run.salt.stats_calls == []
+    run = fake_run(tmp_path / "d", {}, rates)
     gating.watch(run, PLAN, GRAY, ["web-1"])
-    assert run.calls == []
+    assert run.salt.stats_calls == []
 
 
-def test_runner_hook_inconclusive_pass_warns():
-    run = FakeRun({"analysis": {"bake": 1, "interval": 0.5, "inconclusive": "pass"}},
-                  {"web-1": (1, 0), "web-2": (1, 0), "web-3": (1, 0)})
+def test_runner_hook_inconclusive_pass_warns(tmp_path):
+    run = fake_run(tmp_path, {"analysis": {"bake": 1, "interval": 0.5, "inconclusive": "pass"}},
+                   {"web-1": (1, 0), "web-2": (1, 0), "web-3": (1, 0)})
     gating.watch(run, PLAN, GRAY, ["web-1"])
     assert run.lock.warnings and "passed without evidence" in run.lock.warnings[0]
 
 
-def test_runner_hook_stops_waiting_on_a_signal():
-    run = FakeRun({"analysis": {"bake": 30, "interval": 0.5}}, {"web-1": (1, 0), "web-2": (1, 0), "web-3": (1, 0)},
-                  abort_after=2)
+def test_runner_hook_stops_waiting_on_a_signal(tmp_path):
+    run = fake_run(tmp_path, {"analysis": {"bake": 30, "interval": 0.5}},
+                   {"web-1": (1, 0), "web-2": (1, 0), "web-3": (1, 0)}, abort_after=2)
     with pytest.raises(Aborted, match="during the analysis of stage gray"):
         gating.watch(run, PLAN, GRAY, ["web-1"])
-    assert len(run.calls) == 2
+    assert len(run.salt.stats_calls) == 2
 
 
-def test_stages_call_the_hook_after_each_batch_and_as_the_first_gate_of_a_stage():
+def test_stages_call_the_hook_after_each_batch_and_as_the_first_gate_of_a_stage(tmp_path):
     seen = []
 
     def batch(run, stage, index, nodes, release, **kw):
@@ -337,19 +316,19 @@ def test_stages_call_the_hook_after_each_batch_and_as_the_first_gate_of_a_stage(
     original = (batches.batch, gating.watch)
     batches.batch, gating.watch = batch, watch
     try:
-        run = FakeRun({}, {})
-        run.failed, run.max_failures, run.nodes, run.release = [], 0, {"pre-1": {"old": "r1", "new": "r2",
-                                                                                 "result": "ok"}}, "r2"
+        run = fake_run(tmp_path, {}, {})
+        run.nodes, run.release = {"pre-1": {"old": "r1", "new": "r2", "result": "ok"}}, "r2"
         batches.stages(run, PLAN, "r2")
     finally:
         batches.batch, gating.watch = original
     assert seen == [("gray", 1, ["pre-1", "web-1"]), ("gray", None, ["pre-1", "web-1"]),
-                    ("all", 1, ["pre-1", "web-1", "web-2", "web-3"]), ("all", None, ["pre-1", "web-1", "web-2", "web-3"])]
+                    ("all", 1, ["pre-1", "web-1", "web-2", "web-3"]),
+                    ("all", None, ["pre-1", "web-1", "web-2", "web-3"])]
 
 
-def test_the_hook_watches_the_switched_nodes_behind_the_lb_only():
-    run = FakeRun({"analysis": {"bake": 1, "interval": 0.5, "min_requests": 50}},
-                  {"web-1": (100, 0), "web-2": (100, 0), "web-3": (100, 0)})
+def test_the_hook_watches_the_switched_nodes_behind_the_lb_only(tmp_path):
+    run = fake_run(tmp_path, {"analysis": {"bake": 1, "interval": 0.5, "min_requests": 50}},
+                   {"web-1": (100, 0), "web-2": (100, 0), "web-3": (100, 0)})
     run.release = "r2"
     run.nodes = {n: {"old": "r1", "new": "r2", "result": "ok"} for n in ("pre-1", "web-1")}
     run.nodes["web-2"] = {"old": "r1", "new": "r1", "result": "failed"}  # switched back
