@@ -15,8 +15,9 @@ class FakeSalt:
     """``failing``: nodes whose switch fails (switched back); ``silent``: nodes that never return;
     ``recorded()``: the run's record of detached nodes, checked before every LB change."""
 
-    def __init__(self, failing=(), silent=(), recorded=None, rates=None):
+    def __init__(self, failing=(), silent=(), recorded=None, rates=None, nodes=None):
         self.failing, self.silent, self.recorded = set(failing), set(silent), recorded
+        self.nodes = nodes  # fun, nodes, kwarg -> node -> {"ret", "retcode"}: a test's own deploy.* minions
         self.rates = dict(rates or {})  # node -> (responses, 5xx) its LB server answers between two stats
         self.counts = {n: [0, 0] for n in self.rates}
         self.stats_calls = []
@@ -70,6 +71,8 @@ class FakeSalt:
                 self.lb_calls.append((action, sorted(kwarg["servers"]), sorted(kwarg.get("restore") or [])))
                 return {n: {"ret": f"ERROR: {action} refused", "retcode": 1} for n in nodes}
             return {n: {"ret": self._lb(action, kwarg), "retcode": 0} for n in nodes}
+        if self.nodes:
+            return self.nodes(fun, nodes, kwarg)
         assert fun == "deploy.switch", fun
         self.switches.append(sorted(nodes))
         out = {}
@@ -124,13 +127,13 @@ class FakeSalt:
         return {"servers": out, "time": 1000.0 + len(self.stats_calls)}
 
 
-def make_run(tmp_path, salt, envc=None, kind="release", lb=True, **opts):
+def make_run(tmp_path, salt, envc=None, kind="release", lb=True, mode="normal", **opts):
     """A real Run of rainbow/pro on ``salt``, its store on ``tmp_path``, holding the lock."""
     conf = {"repo": "/srv/git/rainbow.git", "root": "/srv/rainbow", "envs": {}, **({"lb": dict(LB)} if lb else {})}
     envc = {"target": "web-*", **(envc or {})}
     master = {"cachedir": str(tmp_path), "sock_dir": str(tmp_path), "gather_job_timeout": 1, "deploy_timeout": 1,
               "deploy_silent_rounds": 1, "deploy_find_job_per_node": 0, "deploy_job_timeout": 2, **opts}
-    run = runs.Run(master, "rainbow", "pro", kind, jid="20261202000000000000", client=salt, event=salt,
+    run = runs.Run(master, "rainbow", "pro", kind, mode, jid="20261202000000000000", client=salt, event=salt,
                    definition=(conf, envc))
     run.lock = run.store.lock("rainbow", "pro", kind).acquire(run.jid)
     if salt.recorded is None:

@@ -1,21 +1,22 @@
-"""The runner's flow (_runners/deploy.py): the emergency rollback's decisions (``_emergency``) against simulated nodes.
+"""The emergency rollback's decisions (``rollout.revert.emergency``) against simulated nodes.
 
-Pure logic: the runner's own ``_emergency``, ``_switch`` and ``_undo`` run unchanged; only the
-Salt call is replaced by nodes simulated in memory (and the store by one that keeps nothing),
-which refuse a switch whose ``expect`` differs from their fingerprint (the node module's own ``_fingerprint``) just as the real module
-does.  The real thing on daemons is in tests/integration/test_rollback.py; here every branch,
-including a node that changes again during the retry, is checked for the one invariant that
-matters: never a split env.
+A real Run on the fake Salt (tests/unit/fakesalt.py): ``emergency``, ``switch`` and ``undo`` run
+unchanged, the transport included; only the minions are simulated in memory, refusing a switch
+whose ``expect`` differs from their fingerprint (the node module's own ``_fingerprint``) just as
+the real module does.  The real thing on daemons is in tests/integration/test_rollback.py; here
+every branch, including a node that changes again during the retry, is checked for the one
+invariant that matters: never a split env.
 """
 
 import copy
+import tempfile
 
 import pytest
 from saltext_deploy._modules import deploy as node_module
 from deploy_master import DeployError
 from deploy_master.rollout import revert
 
-from tests.unit import fakes
+from tests.unit.fakesalt import FakeSalt, make_run
 
 NODES = ("pre-1", "web-1", "web-2", "web-3")
 # name -> prepared_at: r1 oldest
@@ -32,30 +33,30 @@ def _inv(state):
             "fingerprint": node_module._fingerprint(state["current"], releases)}
 
 
-class NoStore:
-    """The store of a run, keeping nothing: the record is given to ``_run`` directly."""
-
-    def record_update(self, project, env, changes, lock=None):
-        pass
-
-
-class Cluster(fakes.Recorder):
-    """Nodes in memory; ``call`` is what LocalClient would do with the deploy module."""
-
-    project, env, mode = "rainbow", "pro", "emergency"
-    store, lock = NoStore(), None
+class Cluster:
+    """Nodes in memory running the deploy module, for the fake Salt (``answer``)."""
 
     def __init__(self, meddle=None):
         self.state = {n: {"current": "r3", "statuses": {"r1": "good", "r2": "good", "r3": "good"}} for n in NODES}
         self.meddle = meddle or {}  # switch call number -> function(state) run before that call
         self.calls = []
-        # what _Run carries
-        self.refused, self.silent, self.inventories, self.nodes, self.failed = {}, set(), {}, {}, []
-        self.refused_target = {}
-        self.release, self.log = None, []
+        self.run = None
 
-    def node_call(self, nodes, fun, kwarg):
-        return self.call(nodes, fun, kwarg)
+    @property
+    def failed(self):
+        return self.run.failed
+
+    def answer(self, fun, nodes, kwarg):
+        """What the minions return (``{"ret", "retcode"}``), as ``call`` sees them."""
+        out = {}
+        for node, res in self.call(nodes, fun, kwarg).items():
+            if res["ok"]:
+                out[node] = {"ret": res["ret"], "retcode": 0}
+            elif "ret" in res:
+                out[node] = {"ret": {**res["ret"], "error": res["error"]}, "retcode": 1}
+            else:
+                out[node] = {"ret": f"ERROR: {res['error']}", "retcode": 1}
+        return out
 
     def call(self, nodes, fun, kwarg=None, timeout=None):
         self.calls.append((fun, tuple(nodes), kwarg.get("release")))
@@ -104,13 +105,16 @@ class Cluster(fakes.Recorder):
         return [c for c in self.calls if c[0] == "deploy.switch"]
 
 
-def _run(cluster, record, to=None):
-    """_emergency with the master's record ``record`` (None: no record)."""
+def _run(cluster, record, to=None, allow_bad=False):
+    """The emergency rollback of a real Run on the fake Salt, with the master's record ``record``
+    (None: no record)."""
+    run = make_run(tempfile.mkdtemp(), FakeSalt(nodes=cluster.answer), kind="rollback", lb=False, mode="emergency")
+    cluster.run = run
     plan = {"nodes": list(NODES)}
     original = revert.known_inventories
     revert.known_inventories = lambda run, nodes: record
     try:
-        return revert.emergency(cluster, plan, to)
+        return revert.emergency(run, plan, to, allow_bad)
     finally:
         revert.known_inventories = original
 
@@ -234,12 +238,7 @@ def test_a_target_the_nodes_marked_bad_needs_allow_bad():
     with pytest.raises(DeployError, match="r2 is marked bad on pre-1, web-1, web-2, web-3: refusing"):
         _run(_bad_r2(), None, to="r2")
     c = _bad_r2()
-    original = revert.known_inventories
-    revert.known_inventories = lambda run, nodes: _record(c)
-    try:
-        out = revert.emergency(c, {"nodes": list(NODES)}, "r2", allow_bad=True)
-    finally:
-        revert.known_inventories = original
+    out = _run(c, _record(c), "r2", allow_bad=True)
     assert out["to"] == "r2" and set(c.currents().values()) == {"r2"}
     assert c.switches() == [("deploy.switch", NODES, "r2")]
 
