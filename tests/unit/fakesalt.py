@@ -23,7 +23,7 @@ class FakeSalt:
         self.stats_calls = []
         self.current = {}  # node -> release
         self.out = set()  # servers the LB has out of service
-        self.calls, self.lb_calls, self.switches, self.fired = [], [], [], []
+        self.calls, self.lb_calls, self.switches, self.fired, self.switch_calls = [], [], [], [], []
         self.cache, self.queue = {}, []
         self.opts = {"master_job_cache": "local_cache"}
         self.returners = {"local_cache.get_jid": lambda jid: {
@@ -71,6 +71,9 @@ class FakeSalt:
                 self.lb_calls.append((action, sorted(kwarg["servers"]), sorted(kwarg.get("restore") or [])))
                 return {n: {"ret": f"ERROR: {action} refused", "retcode": 1} for n in nodes}
             return {n: {"ret": self._lb(action, kwarg), "retcode": 0} for n in nodes}
+        if fun == "deploy.switch":
+            self.switch_calls.append((sorted(nodes), kwarg.get("release"),
+                                      {k: kwarg[k] for k in ("mark_left", "checks", "force") if k in kwarg}))
         if self.nodes:
             return self.nodes(fun, nodes, kwarg)
         assert fun == "deploy.switch", fun
@@ -127,13 +130,13 @@ class FakeSalt:
         return {"servers": out, "time": 1000.0 + len(self.stats_calls)}
 
 
-def make_run(tmp_path, salt, envc=None, kind="release", lb=True, mode="normal", **opts):
+def make_run(tmp_path, salt, envc=None, kind="release", lb=True, mode="normal", jid="20261202000000000000", **opts):
     """A real Run of rainbow/pro on ``salt``, its store on ``tmp_path``, holding the lock."""
     conf = {"repo": "/srv/git/rainbow.git", "root": "/srv/rainbow", "envs": {}, **({"lb": dict(LB)} if lb else {})}
     envc = {"target": "web-*", **(envc or {})}
     master = {"cachedir": str(tmp_path), "sock_dir": str(tmp_path), "gather_job_timeout": 1, "deploy_timeout": 1,
               "deploy_silent_rounds": 1, "deploy_find_job_per_node": 0, "deploy_job_timeout": 2, **opts}
-    run = runs.Run(master, "rainbow", "pro", kind, mode, jid="20261202000000000000", client=salt, event=salt,
+    run = runs.Run(master, "rainbow", "pro", kind, mode, jid=jid, client=salt, event=salt,
                    definition=(conf, envc))
     run.lock = run.store.lock("rainbow", "pro", kind).acquire(run.jid)
     if salt.recorded is None:
