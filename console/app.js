@@ -576,11 +576,11 @@ function onProgress(line) {
   m = message.match(/^stage (\S+) batch (\d+)\/(\d+): (.+?) out of the LB/);
   if (m) assignBatch(m[1], m[2], m[3], m[4].split(", "));
   if (run && !run.done && /^(release|rollback) (success|failure) in/.test(message)) {
-    // the final line also comes as deploy/<project>/<env>/success|failure
+    // the final line also comes as deploy/<project>/<env>/done
   }
 }
 
-/* deploy/<project>/<env>/<what> */
+/* deploy/<project>/<env>/<type>: the event contract v1 (docs/events.md) */
 function onDeployEvent(what, data) {
   const run = state.run;
   if (!run || run.done) {
@@ -593,10 +593,10 @@ function onDeployEvent(what, data) {
   }
   if (what === "node") {
     const row = nodeRow(data.node);
-    const ok = data.result === true, refusedNode = data.result === null;
+    const ok = data.result === "ok", refusedNode = data.result === "skipped";
     row.className = ok ? "ok" : (refusedNode ? "refused" : "fail");
     cell(row, "result", ok ? "ok" : (refusedNode ? "refused" : "FAILED"));
-    cell(row, "release", data.release || "");
+    cell(row, "release", data.new || data.release || "");
     const times = {};
     const tail = String(data.message || "").split(": ").pop();
     for (const part of tail.split(", ")) {
@@ -605,23 +605,23 @@ function onDeployEvent(what, data) {
     }
     for (const step of ["switch", "restart", "checks"]) cell(row, step, times[step] || "");
     cell(row, "message", data.error || (ok ? "" : data.message || ""));
-  } else if (what === "batch") {
+  } else if (what === "batch" && data.phase === "in" && data.stage) {
     const box = batchBox(data.stage, data.batch);
     const failedNodes = (data.nodes || []).filter((n) => !(data.passed || []).includes(n));
     box.className = failedNodes.length ? "batch fail" : "batch ok";
     box.append(el("span", { class: "batch-time" }, ` ${data.seconds}s`));
     for (const node of data.nodes || []) cell(nodeRow(node), "batch", `${data.stage} ${data.batch}`);
-  } else if (what === "stage" && data.stage === "preprod") {
+  } else if (what === "stage" && data.stage === "preprod" && data.phase === "end") {
     const box = batchBox("preprod", 1, 1);
-    box.className = "batch ok";
+    box.className = data.result === "ok" ? "batch ok" : "batch fail";
     box.append(el("span", { class: "batch-time" }, ` ${data.seconds}s`));
-  } else if (what === "step" && data.step === "prepare") {
+  } else if (what === "prepare" && data.done) {
     batchBox("prepare", "", "").className = (data.failed || []).length ? "batch fail" : "batch ok";
     batchBox("prepare", "", "").querySelector(".batch-nodes").textContent =
       `${data.ok} ready` + ((data.failed || []).length ? `, failed: ${data.failed.join(", ")}` : "");
-  } else if (what === "success" || what === "failure") {
+  } else if (what === "done") {
     run.done = true;
-    setRunState(what);
+    setRunState(data.result === "ok" ? "success" : data.result === "paused" ? "paused" : "failure");
     if (data.error) $("live-log").append(document.createTextNode(`error: ${data.error}\n`));
     refreshAfterRun();
   }

@@ -1,10 +1,32 @@
-"""The project and env definition (pillar ``deploy:projects``), validated; the master options."""
+"""The project and env definition (pillar ``deploy:projects``), validated; the master options.
+
+Master options (all optional):
+
+``deploy_state_dir``
+    locks and history (default ``<cachedir>/deploy``)
+``deploy_artifacts_dir``
+    where artifacts are written; must lie inside a ``file_roots`` directory of
+    ``base`` (default ``<first base file_root>/deploy_artifacts``)
+``deploy_keep_artifacts``
+    artifacts kept per project (default 10)
+``deploy_timeout``
+    seconds to wait for a node's return before asking whether it still runs the job (default 15)
+``deploy_silent_rounds``
+    ``saltutil.find_job`` rounds a node may leave unanswered, after Salt's own, before it counts
+    as gone (default 2; the first lasts ``gather_job_timeout``, each next one twice as long)
+``deploy_find_job_per_node``
+    the least time between two ``find_job`` rounds, per node asked (default 0.2 s: 20 s for 100
+    nodes, never less than ``gather_job_timeout``)
+``deploy_job_timeout``
+    longest wait, in seconds, for a node that says it still runs the job (default 600)
+"""
 
 import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import analysis, names, pillar_schema, plan
+from deploy_master import names, pillar_schema, plan
+from deploy_master.gates import analysis
 
 LB_DRIVERS = pillar_schema.LB_DRIVERS
 DEFAULT_BRANCH = {"git": "master", "svn": "trunk"}  # an env's `branch` when it names none
@@ -136,16 +158,8 @@ def _project_env(pillar, project, env=None):
 
 
 def _check_analysis(envc, env, driver):
-    """The env's and its stages' ``analysis`` (deploy_master.analysis); it needs an LB that counts."""
-    where = f"env {env!r}"
-    base = analysis.parse(envc.get("analysis"), where)
-    wanted = base is not None
-    for index, stage in enumerate(envc.get("stages") or []):
-        name = stage.get("name") or index + 1
-        if analysis.parse(stage.get("analysis"), f"{where} stage {name!r}", base) is not None:
-            wanted = True
-    if wanted:
-        analysis.check_driver(driver, where)
+    """The env's and its stages' ``analysis`` (deploy_master.gates.analysis), each with what its provider needs."""
+    analysis.check(envc, env, driver)
 
 
 ON_FAILURE = pillar_schema.ON_FAILURE

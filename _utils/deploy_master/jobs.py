@@ -10,9 +10,21 @@ minion (``event.send`` with ``preload``, a batch of ``events``), and Salt's mini
 it through.  What counts is what Salt's authenticated return path wrote to the master's job cache
 (the master stores a return under the id the minion authenticated with): :func:`run` reads the
 job cache once for the nodes whose event landed and keeps their return from there.
+
+:class:`Transport` is the whole of a run's Salt transport: one batched call to a list of minions
+(:func:`run`), then for the nodes that did not return, ``saltutil.find_job`` rounds, late returns
+and the job cache, until each node has a return or a verdict.
 """
 
+import logging
 import time
+
+import salt.utils.jid
+from salt.exceptions import SaltClientError
+
+from deploy_master import config
+
+log = logging.getLogger(__name__)
 
 # the master fires a return's event before it writes the return to the job cache: how long to look
 # for a node's return in the cache after its event landed
@@ -91,3 +103,201 @@ def run(client, nodes, fun, jid, timeout, quiet, arg=(), kwarg=None):
     if not publish(client, nodes, fun, kwarg, jid, timeout, arg=arg):
         return {}
     return authenticated(client, jid, gather(client, jid, nodes, timeout, quiet))
+
+
+LATE_RETURN_GRACE = 5  # seconds to look for returns in the job cache after a node said it runs the job
+NO_RESPONSE = "no response: minion down or not connected"
+
+
+def first_error(data):
+    """The first failed step of a node's return, in one line (or its ``error``)."""
+    for step in data.get("steps", []):
+        if not step.get("result"):
+            for detail in step.get("details") or []:
+                if not detail.get("result", detail.get("ok", True)):
+                    return (f"{step['step']}: {detail.get('step') or detail.get('url')}: "
+                            f"{detail.get('output') or detail.get('error')}")
+            return f"{step['step']} failed"
+    return data.get("error") or "failed"
+
+
+def _outcome(got):
+    """One node's return as the run sees it: ``{"ok", "ret", "error"}``."""
+    data = got.get("ret") if isinstance(got, dict) else got
+    retcode = got.get("retcode", 0) if isinstance(got, dict) else 0
+    if not isinstance(data, dict):
+        return {"ok": False, "error": str(data).replace("ERROR: ", "", 1)[:500]}
+    ok = retcode == 0 and data.get("result", True) is not False
+    out = {"ok": ok, "ret": data}
+    if not ok:
+        out["error"] = first_error(data)
+    return out
+
+
+class Transport:
+    """The Salt transport of one run: ``client`` is a ``salt.client.LocalClient`` (its event bus and
+    the master's job cache come with it), ``opts`` the master's options.  ``calls`` counts the Salt
+    jobs published (the record's ``timings: salt_calls``)."""
+
+    def __init__(self, opts, client):
+        self.opts, self.client = opts, client
+        self.timeout = config.timeout(opts)
+        self.calls = 0
+
+    def call(self, nodes, fun, kwarg=None, timeout=None):
+        """One batched call of ``fun`` to ``nodes``: node -> ``{"ok", "ret", "error", "silent"}``."""
+        nodes = sorted(nodes)
+        if not nodes:
+            return {}
+        jid = salt.utils.jid.gen_jid(self.opts)
+        self.calls += 1
+        timeout = timeout or self.timeout
+        try:
+            ret = run(self.client, nodes, fun, jid, timeout, config.find_job_interval(self.opts, len(nodes)),
+                      kwarg=kwarg)
+        except SaltClientError as exc:
+            # a congested master (e.g. many nodes compiling their pillar at once) let Salt's client time
+            # out publishing: the job may run all the same; ask the nodes, as for a slow one
+            log.warning("deploy: %s on %d nodes: %s; asking the nodes whether they run it", fun, len(nodes), exc)
+            ret = {}
+        verdicts = {}
+        if len(ret) < len(nodes):
+            late, verdicts = self.stragglers(jid, [n for n in nodes if n not in ret])
+            ret.update(late)
+        out = {}
+        for node in nodes:
+            got = ret.get(node)
+            if got is None:
+                out[node] = {"ok": False, "silent": True, "error": verdicts.get(node, NO_RESPONSE)}
+            else:
+                out[node] = _outcome(got)
+        return out
+
+    def stragglers(self, jid, missing):
+        """The returns of the nodes that had not returned when :func:`jobs.gather` stopped reading
+        (``deploy_timeout`` passed and no return landed for a ``find_job`` interval), and a verdict
+        for each node still without one.
+
+        Such a node is often a live node still running the job on a loaded master or minion (at 100
+        nodes on two cores, every node took ~30 s to answer a ``find_job``).  Here a node is waited
+        for as long as it says it runs the job (up to ``deploy_job_timeout``), and counts as gone
+        only after ``deploy_silent_rounds`` more ``find_job`` rounds without an answer (or as many
+        rounds in a row answering that it does not run the job).  A round waits
+        :func:`config.find_job_interval`, each one twice as long as the one before, and an answer to
+        an earlier round that lands in the job cache later still says the node lives.
+        Returns that land meanwhile count."""
+        missing = set(missing)
+        found, verdicts = {}, {}
+        silent = dict.fromkeys(missing, 0)  # rounds in a row without an answer
+        denied = dict.fromkeys(missing, 0)  # rounds in a row answered "I do not run this job"
+        rounds = config.silent_rounds(self.opts)
+        limit = config.job_timeout(self.opts)
+        deadline = time.monotonic() + limit
+        wait = config.find_job_interval(self.opts, len(missing))
+        asked = []  # the find_job jids of the rounds so far
+        heard = set()  # (find_job jid, node): answers already counted
+        running_seen = set()  # nodes that said at least once that they run the job
+        while missing:
+            # while returns keep landing the nodes are working through the job: wait for them
+            # before asking (at 100 nodes each find_job round is one more job on every busy node)
+            found.update(self.returns_while_landing(jid, missing, quiet=wait, deadline=deadline))
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                for node in missing:
+                    verdicts[node] = (f"no return within deploy_job_timeout ({limit}s): " + (
+                        "the minion still runs the job" if node in running_seen else
+                        "the master did not take the question whether the minion runs the job"))
+                break
+            asked.append(salt.utils.jid.gen_jid(self.opts))
+            running = self.find_job(jid, sorted(missing), fj_jid=asked[-1], timeout=wait)
+            if running is None:  # the master did not take the question: no evidence against anyone
+                time.sleep(1)
+                continue
+            heard.update((asked[-1], node) for node in running)
+            for node, state in self.late_answers(asked[:-1], missing, heard).items():
+                running.setdefault(node, state)
+            found.update(self.cached_returns(jid, missing, grace=LATE_RETURN_GRACE if running else 0))
+            for node in sorted(missing):
+                state = running.get(node)
+                if state is True:
+                    silent[node] = denied[node] = 0
+                    running_seen.add(node)
+                    continue
+                if state is False:
+                    # it lives but runs no such job: maybe not yet (a minion that was frozen or swamped
+                    # answers the question before the job it received first has started); after
+                    # ``rounds`` such answers in a row, it never received the job or lost its return
+                    silent[node], denied[node] = 0, denied[node] + 1
+                    if denied[node] < rounds:
+                        continue
+                    verdicts[node] = ("no return: the minion answers but does not run this job (it never "
+                                      "received it, or its return was lost)")
+                else:
+                    silent[node] += 1
+                    if silent[node] < rounds:
+                        continue
+                    verdicts[node] = NO_RESPONSE
+                missing.discard(node)
+            if any(silent[node] for node in missing):
+                wait = min(wait * 2, max(limit, 1))
+            if any(state is True for state in running.values()):
+                time.sleep(0.5)
+        return found, verdicts
+
+    def find_job(self, jid, nodes, fj_jid, timeout):
+        """node -> True (runs ``jid``), False (answers, does not run it); nodes that did not answer are absent.
+
+        ``fj_jid``: the round's own jid (its answers that land later are read from the job cache).
+        None when the question could not be published (a congested master): no answer from anyone."""
+        self.calls += 1
+        try:
+            ret = run(self.client, nodes, "saltutil.find_job", fj_jid, timeout, quiet=0, arg=[jid])
+        except Exception:  # pylint: disable=broad-except
+            log.debug("deploy: find_job %s failed", jid, exc_info=True)
+            return None
+        return {n: bool(r["ret"]) for n, r in ret.items() if isinstance(r["ret"], dict)}
+
+    def returns_while_landing(self, jid, missing, quiet, deadline):
+        """Returns of ``missing`` nodes from the job cache; while they land, look again until ``quiet`` s bring none."""
+        found = got = self.cached_returns(jid, missing)
+        while got and missing and time.monotonic() < deadline:
+            got = self.cached_returns(jid, missing, grace=quiet)
+            found.update(got)
+        return found
+
+    def late_answers(self, fj_jids, missing, heard):
+        """node -> True/False from answers to earlier ``find_job`` rounds that landed after their round
+        ended; each answer counts once (``heard``: the (round, node) answers already counted)."""
+        late = {}
+        for fj in fj_jids:
+            try:
+                cached = self.client.get_cache_returns(fj)
+            except Exception:  # pylint: disable=broad-except
+                continue
+            for node in missing:
+                got = (cached.get(node) or {}).get("ret")
+                if isinstance(got, dict) and (fj, node) not in heard:
+                    heard.add((fj, node))
+                    late[node] = late.get(node, False) or bool(got)
+        return late
+
+    def cached_returns(self, jid, missing, grace=0):
+        """Returns of ``missing`` nodes in the master's job cache (removed from ``missing``), looking
+        for ``grace`` s."""
+        found = {}
+        deadline = time.monotonic() + grace
+        while missing:
+            try:
+                cached = self.client.get_cache_returns(jid)
+            except Exception:  # pylint: disable=broad-except
+                cached = {}
+            for node in list(missing):
+                got = cached.get(node) or {}
+                if got.get("ret") is not None:
+                    found[node] = {"ret": got["ret"], "retcode": 0}
+                    missing.discard(node)
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        return found

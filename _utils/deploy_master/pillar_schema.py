@@ -26,7 +26,8 @@ import sys
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import analysis, notify
+from deploy_master import notify
+from deploy_master.gates import analysis
 
 ON_FAILURE = ("stop", "rollback")
 LB_DRIVERS = ("none", "haproxy", "nginx")

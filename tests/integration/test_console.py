@@ -338,7 +338,7 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
     finally:
         tap.close()
     events = tap.text
-    assert "deploy/rainbow/pro/success" in events and "deploy/rainbow/pro/node" in events
+    assert "deploy/rainbow/pro/done" in events and "deploy/rainbow/pro/node" in events
     no_secrets(events, "the event stream")
 
 

@@ -1,18 +1,22 @@
-"""The runner's flow (_runners/deploy.py): the emergency rollback's decisions (``_emergency``) against simulated nodes.
+"""The emergency rollback's decisions (``rollout.revert.emergency``) against simulated nodes.
 
-Pure logic: the runner's own ``_emergency``, ``_switch`` and ``_undo`` run unchanged; only the
-Salt call is replaced by nodes simulated in memory (and the store by one that keeps nothing),
-which refuse a switch whose ``expect`` differs from their fingerprint (the node module's own ``_fingerprint``) just as the real module
-does.  The real thing on daemons is in tests/integration/test_rollback.py; here every branch,
-including a node that changes again during the retry, is checked for the one invariant that
-matters: never a split env.
+A real Run on the fake Salt (tests/unit/fakesalt.py): ``emergency``, ``switch`` and ``undo`` run
+unchanged, the transport included; only the minions are simulated in memory, refusing a switch
+whose ``expect`` differs from their fingerprint (the node module's own ``_fingerprint``) just as
+the real module does.  The real thing on daemons is in tests/integration/test_rollback.py; here
+every branch, including a node that changes again during the retry, is checked for the one
+invariant that matters: never a split env.
 """
 
 import copy
+import tempfile
 
 import pytest
 from saltext_deploy._modules import deploy as node_module
-from saltext_deploy._runners import deploy as runner
+from deploy_master import DeployError
+from deploy_master.rollout import revert
+
+from tests.unit.fakesalt import FakeSalt, make_run
 
 NODES = ("pre-1", "web-1", "web-2", "web-3")
 # name -> prepared_at: r1 oldest
@@ -29,33 +33,30 @@ def _inv(state):
             "fingerprint": node_module._fingerprint(state["current"], releases)}
 
 
-class NoStore:
-    """The store of a run, keeping nothing: the record is given to ``_run`` directly."""
-
-    def record_update(self, project, env, changes, lock=None):
-        pass
-
-
 class Cluster:
-    """Nodes in memory; ``call`` is what LocalClient would do with the deploy module."""
-
-    project, env, mode = "rainbow", "pro", "emergency"
-    store, lock = NoStore(), None
+    """Nodes in memory running the deploy module, for the fake Salt (``answer``)."""
 
     def __init__(self, meddle=None):
         self.state = {n: {"current": "r3", "statuses": {"r1": "good", "r2": "good", "r3": "good"}} for n in NODES}
         self.meddle = meddle or {}  # switch call number -> function(state) run before that call
         self.calls = []
-        # what _Run carries
-        self.refused, self.silent, self.inventories, self.nodes, self.failed = {}, set(), {}, {}, []
-        self.refused_target = {}
-        self.release, self.log = None, []
+        self.run = None
 
-    def progress(self, message, **data):
-        self.log.append(message)
+    @property
+    def failed(self):
+        return self.run.failed
 
-    def fire(self, *args, **kwargs):
-        pass
+    def answer(self, fun, nodes, kwarg):
+        """What the minions return (``{"ret", "retcode"}``), as ``call`` sees them."""
+        out = {}
+        for node, res in self.call(nodes, fun, kwarg).items():
+            if res["ok"]:
+                out[node] = {"ret": res["ret"], "retcode": 0}
+            elif "ret" in res:
+                out[node] = {"ret": {**res["ret"], "error": res["error"]}, "retcode": 1}
+            else:
+                out[node] = {"ret": f"ERROR: {res['error']}", "retcode": 1}
+        return out
 
     def call(self, nodes, fun, kwarg=None, timeout=None):
         self.calls.append((fun, tuple(nodes), kwarg.get("release")))
@@ -104,15 +105,18 @@ class Cluster:
         return [c for c in self.calls if c[0] == "deploy.switch"]
 
 
-def _run(cluster, record, to=None):
-    """_emergency with the master's record ``record`` (None: no record)."""
+def _run(cluster, record, to=None, allow_bad=False):
+    """The emergency rollback of a real Run on the fake Salt, with the master's record ``record``
+    (None: no record)."""
+    run = make_run(tempfile.mkdtemp(), FakeSalt(nodes=cluster.answer), kind="rollback", lb=False, mode="emergency")
+    cluster.run = run
     plan = {"nodes": list(NODES)}
-    original = runner._known_inventories
-    runner._known_inventories = lambda run, nodes: record
+    original = revert.known_inventories
+    revert.known_inventories = lambda run, nodes: record
     try:
-        return runner._emergency(cluster, plan, to)
+        return revert.emergency(run, plan, to, allow_bad)
     finally:
-        runner._known_inventories = original
+        revert.known_inventories = original
 
 
 def _record(cluster):
@@ -170,7 +174,7 @@ def test_a_node_changing_again_during_the_retry_leaves_every_node_where_it_was()
     before = copy.deepcopy(c.state)
     record = _record(c)
     c.state["web-2"]["statuses"]["r2"] = "bad"
-    with pytest.raises(runner.DeployError, match="changed during the rollback: every switched node was switched back"):
+    with pytest.raises(DeployError, match="changed during the rollback: every switched node was switched back"):
         _run(c, record)
     assert c.currents() == {n: "r3" for n in NODES}  # nobody moved in the end: no split env
     for node in NODES:
@@ -203,7 +207,7 @@ def test_a_forged_record_whose_target_a_node_marked_bad_moves_no_node():
     for node in NODES:
         _forge(record, node, "r2", "good")  # the forger makes r2 the target again
     before = copy.deepcopy(c.state)
-    with pytest.raises(runner.DeployError, match=r"pre-1, web-1, web-2, web-3 refused the target r2 of the master's "
+    with pytest.raises(DeployError, match=r"pre-1, web-1, web-2, web-3 refused the target r2 of the master's "
                                                   r"record.*nothing was changed"):
         _run(c, record)
     assert c.state == before
@@ -217,7 +221,7 @@ def test_a_forged_record_on_one_node_switches_the_others_back():
     record = _record(c)
     _forge(record, "web-2", "r2", "good")
     before = copy.deepcopy(c.state)
-    with pytest.raises(runner.DeployError, match=r"web-2 refused the target r2 .*; pre-1, web-1, web-3 switched back"):
+    with pytest.raises(DeployError, match=r"web-2 refused the target r2 .*; pre-1, web-1, web-3 switched back"):
         _run(c, record)
     assert c.currents() == {n: "r3" for n in NODES}  # no split env
     assert c.state == before  # r3 is good again where the rollback had marked it bad
@@ -231,15 +235,10 @@ def _bad_r2():
 
 
 def test_a_target_the_nodes_marked_bad_needs_allow_bad():
-    with pytest.raises(runner.DeployError, match="r2 is marked bad on pre-1, web-1, web-2, web-3: refusing"):
+    with pytest.raises(DeployError, match="r2 is marked bad on pre-1, web-1, web-2, web-3: refusing"):
         _run(_bad_r2(), None, to="r2")
     c = _bad_r2()
-    original = runner._known_inventories
-    runner._known_inventories = lambda run, nodes: _record(c)
-    try:
-        out = runner._emergency(c, {"nodes": list(NODES)}, "r2", allow_bad=True)
-    finally:
-        runner._known_inventories = original
+    out = _run(c, _record(c), "r2", allow_bad=True)
     assert out["to"] == "r2" and set(c.currents().values()) == {"r2"}
     assert c.switches() == [("deploy.switch", NODES, "r2")]
 

@@ -10,154 +10,87 @@ left out but a node that never answered.
 
 import pytest
 from deploy_master import Aborted, DeployError
-from saltext_deploy._runners import deploy as runner
+from deploy_master import jobs
+from deploy_master.rollout import batches
 
-
-class Lock:
-    def __init__(self):
-        self.record = []
-
-    def detached(self):
-        return list(self.record)
-
-    def set_detached(self, nodes):
-        self.record = sorted(nodes)
-
-    def check(self):
-        pass
-
-
-class Run:
-    """What ``_stages`` and ``_batch`` use of ``_Run``; an LB and nodes in memory."""
-
-    project, env, mode, kind = "rainbow", "pro", "normal", "release"
-    has_lb = True
-    lb = {"driver": "haproxy", "minion": "lb-1", "drain_timeout": 1}
-    envc = {}  # no analysis, no pause: the stage gates pass at once
-
-    def __init__(self, failing=(), silent=(), abort_after=None):
-        self.lock = Lock()
-        self.out = set()  # servers the simulated LB has out of service
-        self.lb_calls = []
-        self.switches = []
-        self.failing, self.silent_nodes, self.abort_after = set(failing), set(silent), abort_after
-        self.nodes, self.failed, self.silent, self.refused, self.timings = {}, [], set(), {}, {}
-        self.max_failures = 0
-        self.aborted = None
-        self.log = []
-
-    def progress(self, message, **data):
-        self.log.append(message)
-
-    def fire(self, *args, **kwargs):
-        pass
-
-    def check_abort(self, where):
-        if self.aborted:
-            raise Aborted(f"aborted {where}")
-
-    def lb_call(self, fun, nodes, **kwarg):
-        restore = list(kwarg.get("restore") or [])
-        self.lb_calls.append((fun, sorted(nodes), sorted(restore)))
-        recorded = set(self.lock.detached())
-        if fun in ("detach", "swap"):
-            assert set(nodes) <= recorded, "a node is taken out before the run records it"
-        assert self.out <= recorded, "a node is out of the LB without the run's record"
-        if fun == "attach":
-            self.out -= set(nodes)
-            return {"restored": {n: "ready" for n in nodes}}
-        self.out -= set(restore)
-        self.out |= set(nodes)
-        return {"prior": {n: "ready" for n in nodes}, "drain_seconds": 0.0, "restored": {n: "ready" for n in restore}}
-
-    def call(self, nodes, fun, kwarg=None, timeout=None):
-        assert fun == "deploy.switch"
-        self.switches.append(sorted(nodes))
-        out = {}
-        for node in nodes:
-            if node in self.silent_nodes:
-                out[node] = {"ok": False, "silent": True, "error": "no response"}
-            elif node in self.failing:
-                out[node] = {"ok": False, "error": "checks failed",
-                             "ret": {"result": False, "previous": "r1", "current": "r1", "reverted": True}}
-            else:
-                out[node] = {"ok": True, "ret": {"result": True, "previous": "r1", "current": "r2", "steps": [],
-                                                 "seconds": 0.1}}
-        if self.abort_after is not None and len(self.switches) == self.abort_after:
-            self.aborted = "SIGTERM"
-        return out
-
-
-@pytest.fixture(autouse=True)
-def _no_store(monkeypatch):
-    monkeypatch.setattr(runner, "_node_call", lambda run, nodes, fun, kwarg: run.call(nodes, fun, kwarg))
+from tests.unit.fakesalt import FakeSalt, make_run
 
 
 def _plan(*stages):
     return {"stages": [{"name": f"s{i}", "batches": [list(b) for b in batches]} for i, batches in enumerate(stages, 1)]}
 
 
-def test_one_lb_call_between_batches_of_a_stage():
-    run = Run()
-    runner._stages(run, _plan([["w1", "w2"], ["w3", "w4"], ["w5"]]), "r2")
-    assert run.lb_calls == [
+def test_one_lb_call_between_batches_of_a_stage(tmp_path):
+    salt = FakeSalt()
+    run = make_run(tmp_path, salt)
+    batches.stages(run, _plan([["w1", "w2"], ["w3", "w4"], ["w5"]]), "r2")
+    assert salt.lb_calls == [
         ("detach", ["w1", "w2"], []),
         ("swap", ["w3", "w4"], ["w1", "w2"]),
         ("swap", ["w5"], ["w3", "w4"]),
         ("attach", ["w5"], []),
     ]
-    assert run.out == set() and run.lock.detached() == []
+    assert salt.out == set() and run.lock.detached() == []
     assert all(run.nodes[n]["out_of_lb"] is not None for n in ("w1", "w2", "w3", "w4", "w5"))
     assert [b["nodes"] for b in run.timings["batches"]] == [["w1", "w2"], ["w3", "w4"], ["w5"]]
+    assert run.salt_calls == len(salt.calls) == 4 + 3  # one LB call and one switch per batch, the last attach
+    events = [(tag.rsplit("/", 1)[1], d.get("phase"), d.get("batch")) for tag, d in salt.fired
+              if tag.endswith(("/batch", "/stage"))]
+    assert events == [("stage", "start", None), ("batch", "out", 1), ("batch", "in", 1), ("batch", "out", 2),
+                      ("batch", "in", 2), ("batch", "out", 3), ("batch", "in", 3), ("stage", "end", None)]
+    back = [d for tag, d in salt.fired if tag.endswith("/batch") and d["phase"] == "in"]
+    assert [d["passed"] for d in back] == [["w1", "w2"], ["w3", "w4"], ["w5"]] and all(d["v"] == 1 for d in back)
 
 
-def test_no_node_waits_out_of_the_lb_across_a_stage_boundary():
-    run = Run()
-    runner._stages(run, _plan([["w1"], ["w2"]], [["w3"], ["w4"]]), "r2")
-    assert [c[0] for c in run.lb_calls] == ["detach", "swap", "attach", "detach", "swap", "attach"]
-    assert run.out == set() and run.lock.detached() == []
+def test_no_node_waits_out_of_the_lb_across_a_stage_boundary(tmp_path):
+    salt = FakeSalt()
+    run = make_run(tmp_path, salt)
+    batches.stages(run, _plan([["w1"], ["w2"]], [["w3"], ["w4"]]), "r2")
+    assert [c[0] for c in salt.lb_calls] == ["detach", "swap", "attach", "detach", "swap", "attach"]
+    assert salt.out == set() and run.lock.detached() == []
 
 
-def test_a_failing_batch_stops_the_rollout_with_every_node_back():
-    run = Run(failing={"w3"})
+def test_a_failing_batch_stops_the_rollout_with_every_node_back(tmp_path):
+    salt = FakeSalt(failing={"w3"})
+    run = make_run(tmp_path, salt)
     with pytest.raises(DeployError, match="max_failures"):
-        runner._stages(run, _plan([["w1"], ["w2", "w3"], ["w4"]]), "r2")
-    assert run.lb_calls == [("detach", ["w1"], []), ("swap", ["w2", "w3"], ["w1"]), ("attach", ["w2", "w3"], [])]
-    assert run.out == set() and run.lock.detached() == []
-    assert run.switches == [["w1"], ["w2", "w3"]]
+        batches.stages(run, _plan([["w1"], ["w2", "w3"], ["w4"]]), "r2")
+    assert salt.lb_calls == [("detach", ["w1"], []), ("swap", ["w2", "w3"], ["w1"]), ("attach", ["w2", "w3"], [])]
+    assert salt.out == set() and run.lock.detached() == []
+    assert salt.switches == [["w1"], ["w2", "w3"]]
+    (failed,) = [d for tag, d in salt.fired if tag.endswith("/node") and d["result"] == "failed"]
+    assert failed["node"] == "w3" and failed["error"].startswith("checks failed")
+    assert [d["result"] for tag, d in salt.fired if tag.endswith("/stage") and d["phase"] == "end"] == ["failed"]
 
 
-def test_an_abort_between_batches_puts_the_last_batch_back():
-    run = Run(abort_after=1)
+def test_an_abort_between_batches_puts_the_last_batch_back(tmp_path):
+    salt = FakeSalt()
+    run = make_run(tmp_path, salt)
+    salt.after_switch = lambda: setattr(run, "aborted", "SIGTERM")
     with pytest.raises(Aborted):
-        runner._stages(run, _plan([["w1"], ["w2"], ["w3"]]), "r2")
-    assert run.lb_calls == [("detach", ["w1"], []), ("attach", ["w1"], [])]
-    assert run.out == set() and run.lock.detached() == []
+        batches.stages(run, _plan([["w1"], ["w2"], ["w3"]]), "r2")
+    assert salt.lb_calls == [("detach", ["w1"], []), ("attach", ["w1"], [])]
+    assert salt.out == set() and run.lock.detached() == []
 
 
-def test_a_silent_node_stays_out_and_recorded():
-    run = Run(silent={"w2"})
+def test_a_silent_node_stays_out_and_recorded(tmp_path):
+    salt = FakeSalt(silent={"w2"})
+    run = make_run(tmp_path, salt)
     run.max_failures = 5
-    runner._stages(run, _plan([["w1", "w2"], ["w3"]]), "r2")
-    assert run.lb_calls == [("detach", ["w1", "w2"], []), ("swap", ["w3"], ["w1"]), ("attach", ["w3"], [])]
-    assert run.out == {"w2"} and run.lock.detached() == ["w2"]
+    batches.stages(run, _plan([["w1", "w2"], ["w3"]]), "r2")
+    assert salt.lb_calls == [("detach", ["w1", "w2"], []), ("swap", ["w3"], ["w1"]), ("attach", ["w3"], [])]
+    assert salt.out == {"w2"} and run.lock.detached() == ["w2"]
+    assert run.nodes["w2"]["error"] == jobs.NO_RESPONSE and ("saltutil.find_job", ["w2"]) in salt.calls
 
 
-def test_a_failing_lb_call_puts_back_what_it_can():
-    run = Run()
-    original = run.lb_call
-
-    def lb_call(fun, nodes, **kwarg):
-        if fun == "swap":
-            run.lb_calls.append((fun, sorted(nodes), sorted(kwarg.get("restore") or [])))
-            raise DeployError("load balancer: swap failed")
-        return original(fun, nodes, **kwarg)
-
-    run.lb_call = lb_call
-    with pytest.raises(DeployError, match="swap failed"):
-        runner._stages(run, _plan([["w1"], ["w2"]]), "r2")
-    assert run.lb_calls[-1] == ("attach", ["w1", "w2"], [])
-    assert run.out == set() and run.lock.detached() == []
+def test_a_failing_lb_call_puts_back_what_it_can(tmp_path):
+    salt = FakeSalt()
+    salt.lb_fails = {"swap"}
+    run = make_run(tmp_path, salt)
+    with pytest.raises(DeployError, match="load balancer \\(haproxy on lb-1\\): swap failed: swap refused"):
+        batches.stages(run, _plan([["w1"], ["w2"]]), "r2")
+    assert salt.lb_calls[-1] == ("attach", ["w1", "w2"], [])
+    assert salt.out == set() and run.lock.detached() == []
 
 
 def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):
@@ -171,19 +104,17 @@ def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):
         def run_job(self, *args, **kwargs):
             raise SaltClientError("Salt request timed out. The master is not responding.")
 
-    class Fake:
-        client, timeout, salt_calls = Client(), 5, 0
+    fake = jobs.Transport({}, Client())
 
-        def stragglers(self, jid, missing):
-            self.asked = sorted(missing)
-            return {"web-1": {"ret": {"result": True}, "retcode": 0}}, {"web-2": runner.NO_RESPONSE}
+    def stragglers(jid, missing):
+        fake.asked = sorted(missing)
+        return {"web-1": {"ret": {"result": True}, "retcode": 0}}, {"web-2": jobs.NO_RESPONSE}
 
-    monkeypatch.setattr(runner, "__opts__", {}, raising=False)
-    fake = Fake()
-    out = runner._Run.call(fake, ["web-2", "web-1"], "deploy.prepare")
+    fake.stragglers = stragglers
+    out = fake.call(["web-2", "web-1"], "deploy.prepare")
     assert fake.asked == ["web-1", "web-2"]
     assert out["web-1"] == {"ok": True, "ret": {"result": True}}
-    assert out["web-2"]["ok"] is False and out["web-2"]["error"] == runner.NO_RESPONSE
+    assert out["web-2"]["ok"] is False and out["web-2"]["error"] == jobs.NO_RESPONSE
 
 
 class FakeBus:
@@ -196,7 +127,7 @@ class FakeBus:
     def get_event(self, wait, tag, **kwargs):
         if self.queue:
             return self.queue.pop(0)
-        runner.time.sleep(wait)
+        jobs.time.sleep(wait)
         return None
 
     def unsubscribe(self, tag):
@@ -242,21 +173,10 @@ class FindJobClient:
 
 
 def _straggler_run(monkeypatch, client, **opts):
-    monkeypatch.setattr(runner, "__opts__", {"gather_job_timeout": 10, **opts}, raising=False)
-    clock = [1000.0]  # a clock that moves only when the runner sleeps
-    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(runner.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
-
-    class Fake:
-        salt_calls = 0
-
-    fake = Fake()
-    fake.client = client
-    fake.find_job = lambda jid, nodes, **kw: runner._Run.find_job(fake, jid, nodes, **kw)
-    fake.cached_returns = lambda jid, missing, grace=0: runner._Run.cached_returns(fake, jid, missing, grace)
-    fake.late_answers = lambda jids, missing, heard: runner._Run.late_answers(fake, jids, missing, heard)
-    fake.returns_while_landing = lambda *a, **kw: runner._Run.returns_while_landing(fake, *a, **kw)
-    return fake
+    clock = [1000.0]  # a clock that moves only when the transport sleeps
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    return jobs.Transport({"gather_job_timeout": 10, **opts}, client)
 
 
 def test_a_node_whose_find_job_answer_lands_late_is_alive_not_gone(monkeypatch):
@@ -266,17 +186,17 @@ def test_a_node_whose_find_job_answer_lands_late_is_alive_not_gone(monkeypatch):
     says the node lives, and each round waits twice as long as the one before."""
     client = FindJobClient(late={"web-1": 1, "web-2": None}, done={"web-1": 3})
     fake = _straggler_run(monkeypatch, client)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-1", "web-2"])
+    found, verdicts = fake.stragglers("J", ["web-1", "web-2"])
     assert found == {"web-1": {"ret": {"result": True}, "retcode": 0}}
-    assert verdicts == {"web-2": runner.NO_RESPONSE}
+    assert verdicts == {"web-2": jobs.NO_RESPONSE}
     assert [t for _, t in client.rounds][:2] == [10, 20]
 
 
 def test_a_dead_node_is_gone_after_its_silent_rounds(monkeypatch):
     client = FindJobClient(late={"web-2": None}, done={})
     fake = _straggler_run(monkeypatch, client, deploy_silent_rounds=3)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-2"])
-    assert found == {} and verdicts == {"web-2": runner.NO_RESPONSE}
+    found, verdicts = fake.stragglers("J", ["web-2"])
+    assert found == {} and verdicts == {"web-2": jobs.NO_RESPONSE}
     assert client.rounds == [(["web-2"], 10), (["web-2"], 20), (["web-2"], 40)]
 
 
@@ -298,7 +218,7 @@ def test_a_question_the_master_did_not_take_is_no_evidence_against_the_node(monk
 
     client.run_job = run_job
     fake = _straggler_run(monkeypatch, client)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-1"])
+    found, verdicts = fake.stragglers("J", ["web-1"])
     assert verdicts == {} and found == {"web-1": {"ret": {"result": True}, "retcode": 0}}
 
 
@@ -326,8 +246,8 @@ def test_a_node_that_answered_once_and_then_died_is_gone(monkeypatch):
         original()
 
     client.tick = tick
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-3"])
-    assert found == {} and verdicts == {"web-3": runner.NO_RESPONSE}
+    found, verdicts = fake.stragglers("J", ["web-3"])
+    assert found == {} and verdicts == {"web-3": jobs.NO_RESPONSE}
     assert len(client.rounds) == 3  # answered, then two silent rounds
 
 
@@ -339,7 +259,7 @@ def test_a_master_that_never_takes_the_question_is_named_at_the_deadline(monkeyp
             raise SaltClientError("Salt request timed out. The master is not responding.")
 
     fake = _straggler_run(monkeypatch, Client(late={}, done={}), deploy_job_timeout=30)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-1"])
+    found, verdicts = fake.stragglers("J", ["web-1"])
     assert found == {}
     assert verdicts == {"web-1": "no return within deploy_job_timeout (30s): the master did not take the "
                                  "question whether the minion runs the job"}
@@ -371,13 +291,13 @@ def test_a_node_that_thaws_and_answers_before_its_job_started_is_waited_for(monk
     no verdict: the next round finds the job running."""
     client = ScriptedClient({"web-2": [None, False, True, True]}, done={"web-2": 3})
     fake = _straggler_run(monkeypatch, client)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-2"])
+    found, verdicts = fake.stragglers("J", ["web-2"])
     assert verdicts == {} and found == {"web-2": {"ret": {"result": True}, "retcode": 0}}
 
 
 def test_a_node_that_keeps_saying_it_runs_no_such_job_is_named_so(monkeypatch):
     client = ScriptedClient({"web-2": [False]}, done={})
     fake = _straggler_run(monkeypatch, client)
-    found, verdicts = runner._Run.stragglers(fake, "J", ["web-2"])
+    found, verdicts = fake.stragglers("J", ["web-2"])
     assert found == {} and verdicts["web-2"].startswith("no return: the minion answers but does not run this job")
     assert len(client.rounds) == 2  # deploy_silent_rounds answers in a row

@@ -1,62 +1,46 @@
-"""The runner's hook for a shared store: a run whose lock was lost stops before the next batch.
-
-Pure logic: ``_stages`` and ``_preprod`` run unchanged; the batch step is recorded instead of
-calling Salt.  On real etcd and daemons: tests/unit/test_store_etcd.py, tests/integration/test_two_masters.py.
+"""A run whose lock was lost (a shared store's lease) stops before the next batch, and before the
+pre-production node.  A real Run on the fake Salt; on real etcd and daemons:
+tests/unit/test_store_etcd.py, tests/integration/test_two_masters.py.
 """
 
 import pytest
 from deploy_master import DeployError
-from saltext_deploy._runners import deploy as runner
+from deploy_master.rollout import batches
 
-
-class Lock:
-    def __init__(self, lose_after):
-        self.checks, self.lose_after = 0, lose_after
-
-    def check(self):
-        self.checks += 1
-        if self.checks > self.lose_after:
-            raise DeployError("lost the lock of rainbow/pro (its lease expired): stopped")
-
-
-class Run:
-    project, env, max_failures = "rainbow", "pro", 0
-    kind, has_lb, envc = "release", False, {}  # no LB: no analysis of live traffic
-
-    def __init__(self, lock):
-        self.lock, self.failed, self.log = lock, [], []
-
-    def progress(self, message, **data):
-        self.log.append(message)
-
-    def fire(self, *args, **kwargs):
-        pass
-
-    def check_abort(self, where):
-        """No signal in these tests (the abort path has its own tests)."""
-
+from tests.unit.fakesalt import FakeSalt, make_run
 
 PLAN = {"stages": [{"name": "all", "batches": [["web-1"], ["web-2"], ["web-3"]]}]}
 
 
-def test_a_lost_lock_stops_before_the_next_batch(monkeypatch):
-    done = []
-    monkeypatch.setattr(runner, "_batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes) or nodes)
+def _run(tmp_path, lose_after):
+    salt = FakeSalt()
+    run = make_run(tmp_path, salt, lb=False)
+    checks = []
+
+    def check():
+        checks.append(1)
+        if len(checks) > lose_after:
+            raise DeployError("lost the lock of rainbow/pro (its lease expired): stopped")
+
+    run.lock.check = check
+    return run, salt
+
+
+def test_a_lost_lock_stops_before_the_next_batch(tmp_path):
+    run, salt = _run(tmp_path, lose_after=1)
     with pytest.raises(DeployError, match="lost the lock"):
-        runner._stages(Run(Lock(lose_after=1)), PLAN, "r2")
-    assert done == [["web-1"]]
+        batches.stages(run, PLAN, "r2")
+    assert salt.switches == [["web-1"]]
 
 
-def test_a_held_lock_goes_through_every_batch(monkeypatch):
-    done = []
-    monkeypatch.setattr(runner, "_batch", lambda run, stage, index, nodes, release, **kw: done.append(nodes) or nodes)
-    runner._stages(Run(Lock(lose_after=99)), PLAN, "r2")
-    assert done == [["web-1"], ["web-2"], ["web-3"]]
+def test_a_held_lock_goes_through_every_batch(tmp_path):
+    run, salt = _run(tmp_path, lose_after=99)
+    batches.stages(run, PLAN, "r2")
+    assert salt.switches == [["web-1"], ["web-2"], ["web-3"]]
 
 
-def test_a_lost_lock_stops_before_preprod(monkeypatch):
-    monkeypatch.setattr(runner, "_switch", lambda *a, **k: pytest.fail("switched without the lock"))
-    run = Run(Lock(lose_after=0))
-    run.nodes = {}
+def test_a_lost_lock_stops_before_preprod(tmp_path):
+    run, salt = _run(tmp_path, lose_after=0)
     with pytest.raises(DeployError, match="lost the lock"):
-        runner._preprod(run, {"preprod": "pre-1"}, "r2")
+        batches.preprod(run, {"preprod": "pre-1"}, "r2")
+    assert salt.calls == []  # switched nothing without the lock
