@@ -87,8 +87,9 @@ LB_KEYS = {
 _ANALYSIS_TYPES = {"bake": _SECONDS, "interval": _SECONDS, "max_error_rate": "string",
                    "max_p95_ms": ["number", "string", "null"], "min_requests": ["integer", "string"]}
 ANALYSIS_KEYS = {
-    key: _key(_ANALYSIS_TYPES.get(key, "string"), f"analysis of live traffic: {key} (README 'Analysis of live traffic')",
-              analysis.DEFAULTS[key], **({"enum": list(analysis.CHOICES[key])} if key in analysis.CHOICES else {}))
+    key: _key(_ANALYSIS_TYPES.get(key, "string"),
+              f"analysis of live traffic: {key} (README 'Analysis of live traffic')", analysis.DEFAULTS[key],
+              **({"enum": list(analysis.CHOICES[key])} if key in analysis.CHOICES else {}))
     for key in analysis.KEYS
 }
 _ANALYSIS = {"type": ["object", "boolean"],
@@ -140,7 +141,8 @@ RESTART_KEYS = {
 NOTIFY_KEYS = {
     "url": _key("string", "http(s) address of the webhook; never logged or returned"),
     "format": _key("string", "the wire format", "json", enum=list(notify.FORMATS)),
-    "events": _key("array", "the events posted", list(notify.EVENTS), items={"type": "string", "enum": list(notify.EVENTS)}),
+    "events": _key("array", "the events posted", list(notify.EVENTS),
+                   items={"type": "string", "enum": list(notify.EVENTS)}),
     "name": _key("string", "the hook's name in logs, instead of its URL"),
     "secret": _key("string", "DingTalk's signing secret"),
 }
