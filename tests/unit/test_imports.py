@@ -56,3 +56,10 @@ def test_the_master_package_has_no_import_cycle():
             visit(module, [module])
     assert "deploy_master.config" in graph and "deploy_master.store_etcd" in graph
     assert cycles == []
+
+
+def test_the_package_docstring_names_every_module():
+    listed = {line.split("``")[1] for line in deploy_master.__doc__.splitlines()
+              if line.startswith("``") and not line.startswith("``_")}
+    modules = {m.split(".")[1] for m in _modules() if m.count(".") == 1}
+    assert listed == modules
