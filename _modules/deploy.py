@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "deploy"
 
+# The minion has no deploy_master: what the node shares with the master is copied here (the names, the
+# manifest's format, tree hash, file mode and link rules, the tar member checks, the rollback target), each
+# copy pinned to the master's by a unit test (tests/unit: test_names, test_manifest, test_links, test_archive,
+# test_policy).
 PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 STATUSES = ("prepared", "good", "bad")

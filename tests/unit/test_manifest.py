@@ -72,6 +72,11 @@ def test_a_file_is_executable_when_its_owner_may_execute_it_on_both_sides(tmp_pa
         assert manifest.file_mode(mode) == node_module._file_mode(mode), oct(mode)
 
 
+def test_the_node_reads_the_same_content_archive_format():
+    assert node_module.MANIFEST_MEMBER == manifest.MANIFEST
+    assert node_module.BLOB_RE.pattern == manifest.BLOB_RE.pattern
+
+
 def test_scan_refuses_a_fifo(tmp_path):
     base = tmp_path / "t"
     base.mkdir()
