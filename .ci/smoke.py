@@ -6,7 +6,8 @@ with ``salt-run … --out=json``; then ``python -m sandbox down``. Exit 0 when e
 Run from the repository's top folder:  <venv>/bin/python .ci/smoke.py [--classic]
 
 ``--classic``: the Salt of that venv has no salt-deploy installed; the sandbox puts this repository into the
-master's ``file_roots`` and syncs (``saltutil.sync_all``, ``sync_runners``, ``sync_utils``, ``sync_output``), the classic route.
+master's ``file_roots`` and syncs (``saltutil.sync_all``, ``sync_runners``, ``sync_utils``, ``sync_output``),
+the classic route.
 """
 
 import json

@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "deploy"
 
+# The minion has no deploy_master: what the node shares with the master is copied here (the names, the
+# manifest's format, tree hash, file mode and link rules, the tar member checks, the rollback target), each
+# copy pinned to the master's by a unit test (tests/unit: test_names, test_manifest, test_links, test_archive,
+# test_policy).
 PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RELEASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 STATUSES = ("prepared", "good", "bad")
@@ -256,10 +260,8 @@ def _make_layout(paths):
         os.fchmod(fd, 0o755)  # the root (checked by _check_layout, or just made)
         for key, mode in (("releases", 0o755), ("meta", 0o750)):
             os.close(_mkdir_at(fd, os.path.basename(paths[key]), mode, paths[key]))
-        try:
+        with contextlib.suppress(FileExistsError):
             os.mkdir("shared", 0o755, dir_fd=fd)  # the app user's once salt/deploy/init.sls hands it over
-        except FileExistsError:
-            pass
     finally:
         os.close(fd)
 
@@ -267,10 +269,8 @@ def _make_layout(paths):
 def _mkdir_at(parent, name, mode, path):
     """Descriptor of the folder ``name`` in ``parent`` (made if missing), root's, ``mode``; refuses
     a link, a non-folder, or a folder someone else owns or can write."""
-    try:
+    with contextlib.suppress(FileExistsError):
         os.mkdir(name, 0o700, dir_fd=parent)
-    except FileExistsError:
-        pass
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
     except OSError as exc:
@@ -318,10 +318,8 @@ def _write_json(path, data):
             json.dump(data, fh, indent=1, sort_keys=True, default=str)  # str: dates given in meta=
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # full disk, unserialisable data: leave no temporary file behind
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -417,7 +415,8 @@ def _safe_members(tar):
                     continue
                 if walk and "/".join(walk) in symlinks:
                     raise CommandExecutionError(
-                        f"archive member {name!r} links to {link!r} through the symlink {'/'.join(walk)!r}: release refused"
+                        f"archive member {name!r} links to {link!r} through the symlink {'/'.join(walk)!r}: "
+                        "release refused"
                     )
                 if step != "..":
                     walk.append(step)
@@ -443,6 +442,12 @@ def _unpack(archive, dest):
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _file_mode(st_mode):
+    """0o755 when the file's owner may execute it, else 0o644: git's rule, as the master's manifest keeps a
+    file's mode (a copy of deploy_master.manifest.file_mode, pinned by tests/unit/test_manifest.py)."""
+    return 0o755 if st_mode & 0o100 else 0o644
 
 
 def _root_modes(tmp, files):
@@ -474,7 +479,7 @@ def _root_modes(tmp, files):
                 if stat.S_ISREG(st.st_mode):
                     if (st.st_uid, st.st_gid) != (0, 0):
                         os.fchown(fd, 0, 0)
-                    os.fchmod(fd, 0o755 if st.st_mode & 0o100 else 0o644)
+                    os.fchmod(fd, _file_mode(st.st_mode))
             finally:
                 os.close(fd)
 
@@ -520,10 +525,8 @@ def _make_writable(conf, tmp, uid, gid):
                         os.unlink(name, dir_fd=fd)
                     os.mkdir(name, 0o700, dir_fd=fd)
                 else:
-                    try:
+                    with contextlib.suppress(FileExistsError):
                         os.mkdir(name, 0o700, dir_fd=fd)
-                    except FileExistsError:
-                        pass
                 try:
                     sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -902,12 +905,15 @@ def _write_files(conf, tmp, uid, gid):
         _write_file(path, str(spec["contents"]), _mode(spec.get("mode"), 0o644, f"file {dest}"), uid, gid)
 
 
-def _sha256(path):
-    """The hex sha256 of a file, read in 1 MiB blocks (``hashlib.file_digest`` is Python 3.11+)."""
+def _sha256(path=None, fh=None):
+    """The hex sha256 of the file at ``path``, or of what is left to read of the open file ``fh``, read in
+    1 MiB blocks (``hashlib.file_digest`` is Python 3.11+)."""
+    if fh is None:
+        with open(path, "rb") as opened:
+            return _sha256(fh=opened)
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    for block in iter(lambda: fh.read(CHUNK), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -971,10 +977,8 @@ def _check_hex(value, what):
 def _open_store(paths, create=False):
     """A descriptor of <root>/content (made root's 0700 if ``create``), or None if there is none."""
     if create:
-        try:
+        with contextlib.suppress(FileExistsError):
             os.mkdir(paths["content"], 0o700)
-        except FileExistsError:
-            pass
     try:
         fd = os.open(paths["content"], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -1035,10 +1039,8 @@ def _put_blob(cfd, name, reader, expect=None, mtime=None):
         os.fchmod(fd, 0o555 if name.endswith(".x") else 0o444)
         os.rename(tmp, name, src_dir_fd=cfd, dst_dir_fd=cfd)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=cfd)
-        except FileNotFoundError:
-            pass
         raise
     finally:
         os.close(fd)
@@ -1267,7 +1269,7 @@ def _verify_tree(release, entries, cfd, tmp, tree):
     targets, and each file's content (a link to a store blob is that blob, verified when it entered
     the store; anything else is hashed)."""
     known = {}
-    for _, kind, mode, _, ref in entries:
+    for _, kind, _mode, _, ref in entries:
         if kind == "f":
             for name in (ref, ref + ".x"):
                 try:
@@ -1292,8 +1294,7 @@ def _verify_tree(release, entries, cfd, tmp, tree):
                 sha = known.get((st.st_dev, st.st_ino))
                 if sha is None:
                     sha = _sha256(item.path)
-                found.append([path, "f" if stat.S_ISREG(st.st_mode) else "?", 0o755 if st.st_mode & 0o100 else 0o644,
-                              st.st_size, sha])
+                found.append([path, "f" if stat.S_ISREG(st.st_mode) else "?", _file_mode(st.st_mode), st.st_size, sha])
 
     walk("")
     found.sort(key=lambda e: e[0])
@@ -1332,35 +1333,53 @@ def _check_complete(paths, release):
     record = _read_json(_manifest_path(paths, release))
     if not record:
         return  # a release unpacked from a tree archive (by hand, or before the content store)
-    skip = set(record.get("skip") or [])
-    # the folders prepare made to hold a per-node path that the tree lacks (config/ for config/app.ini)
-    holders = {"/".join(p.split("/")[:i]) for p in skip for i in range(1, p.count("/") + 1)}
-    children = {}
-    for entry in record.get("entries") or []:
-        parent, _, name = entry[0].rpartition("/")
-        children.setdefault(parent, {})[name] = entry
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     cfd = _open_store(paths)
-    blobs = {}
+    try:
+        base = os.open(os.path.join(paths["releases"], release), _DIR_FLAGS)
+        try:
+            _TreeCheck(release, record, cfd).walk(base, "")
+        finally:
+            os.close(base)
+    finally:
+        if cfd is not None:
+            os.close(cfd)
 
-    def refuse(path, why):
+
+class _TreeCheck:
+    """One walk of :func:`_check_complete`: a release's tree against its manifest ``record``, with the
+    content store open at ``cfd`` (None: there is none)."""
+
+    def __init__(self, release, record, cfd):
+        self.release = release
+        self.cfd = cfd
+        self.skip = set(record.get("skip") or [])
+        # the folders prepare made to hold a per-node path that the tree lacks (config/ for config/app.ini)
+        self.holders = {"/".join(p.split("/")[:i]) for p in self.skip for i in range(1, p.count("/") + 1)}
+        self.children = {}
+        for entry in record.get("entries") or []:
+            parent, _, name = entry[0].rpartition("/")
+            self.children.setdefault(parent, {})[name] = entry
+        self.blobs = {}
+
+    def refuse(self, path, why):
         raise CommandExecutionError(
-            f"release {release!r} is incomplete on this node: {path!r} {why}; refusing to switch to it "
+            f"release {self.release!r} is incomplete on this node: {path!r} {why}; refusing to switch to it "
             "(choose another release; to use this one again, remove it on this node with deploy.cleanup or by "
             "hand and release it again)"
         )
 
-    def blob(sha, mode):
+    def blob(self, sha, mode):
+        """``(st_dev, st_ino)`` of the store's blob for a content and mode, None when there is none."""
         key = sha + (".x" if mode & 0o100 else "")
-        if key not in blobs:
+        if key not in self.blobs:
             try:
-                st = os.stat(key, dir_fd=cfd, follow_symlinks=False) if cfd is not None else None
-                blobs[key] = (st.st_dev, st.st_ino) if st else None
+                st = os.stat(key, dir_fd=self.cfd, follow_symlinks=False) if self.cfd is not None else None
+                self.blobs[key] = (st.st_dev, st.st_ino) if st else None
             except FileNotFoundError:
-                blobs[key] = None
-        return blobs[key]
+                self.blobs[key] = None
+        return self.blobs[key]
 
-    def same_content(dfd, name, path, st, sha):
+    def same_content(self, dfd, name, path, st, sha):
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
         except OSError:
@@ -1368,66 +1387,59 @@ def _check_complete(paths, release):
         with os.fdopen(fd, "rb") as fh:
             fst = os.fstat(fh.fileno())
             if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-                refuse(path, "changed while it was checked")
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                digest.update(chunk)
-        return digest.hexdigest() == sha
+                self.refuse(path, "changed while it was checked")
+            return _sha256(fh=fh) == sha
 
-    def check_file(dfd, name, path, st, entry):
+    def check_file(self, dfd, name, path, st, entry):
         _, _, mode, size, sha = entry
         if not stat.S_ISREG(st.st_mode):
-            refuse(path, "is not a file")
-        if (st.st_dev, st.st_ino) == blob(sha, mode):
+            self.refuse(path, "is not a file")
+        if (st.st_dev, st.st_ino) == self.blob(sha, mode):
             return
         if st.st_uid != 0 or st.st_mode & 0o222 or bool(st.st_mode & 0o100) != bool(mode & 0o100) \
-                or st.st_size != size or not same_content(dfd, name, path, st, sha):
-            refuse(path, f"is not the content {sha} of the store (mode {mode:o}) nor a read-only root copy of it")
+                or st.st_size != size or not self.same_content(dfd, name, path, st, sha):
+            self.refuse(path, f"is not the content {sha} of the store (mode {mode:o}) nor a read-only root copy of it")
 
-    def walk(dfd, rel):
-        want = children.get(rel, {})
+    def kind(self, path, st, entry):
+        """The kind the manifest gives ``path`` ("d", "l", "f"); a folder that holds a per-node path is "d"."""
+        if entry is not None:
+            return entry[1]
+        if path not in self.holders or not stat.S_ISDIR(st.st_mode):
+            self.refuse(path, "is not in the release's manifest")
+        return "d"
+
+    def walk(self, dfd, rel):
+        want = self.children.get(rel, {})
         with os.scandir(dfd) as it:
             found = {item.name: item for item in it}
         for name in sorted(set(want) | set(found)):
             path = f"{rel}/{name}" if rel else name
-            if path in skip:
+            if path in self.skip:
                 continue
             entry, item = want.get(name), found.get(name)
             if item is None:
-                refuse(path, "is missing")
+                self.refuse(path, "is missing")
             st = item.stat(follow_symlinks=False)
-            if entry is None:
-                if path not in holders or not stat.S_ISDIR(st.st_mode):
-                    refuse(path, "is not in the release's manifest")
-                kind = "d"
-            else:
-                kind = entry[1]
+            kind = self.kind(path, st, entry)
             if kind == "d":
-                if not stat.S_ISDIR(st.st_mode):
-                    refuse(path, "is not a folder")
-                try:
-                    sub = os.open(name, flags, dir_fd=dfd)
-                except OSError:
-                    refuse(path, "is not a folder")
-                try:
-                    walk(sub, path)
-                finally:
-                    os.close(sub)
+                self.walk_folder(dfd, name, path, st)
             elif kind == "l":
                 if not stat.S_ISLNK(st.st_mode) or os.readlink(name, dir_fd=dfd) != entry[4]:
-                    refuse(path, "is not the symlink it was")
+                    self.refuse(path, "is not the symlink it was")
             else:
-                check_file(dfd, name, path, st, entry)
+                self.check_file(dfd, name, path, st, entry)
 
-    try:
-        base = os.open(os.path.join(paths["releases"], release), flags)
+    def walk_folder(self, dfd, name, path, st):
+        if not stat.S_ISDIR(st.st_mode):
+            self.refuse(path, "is not a folder")
         try:
-            walk(base, "")
+            sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        except OSError:
+            self.refuse(path, "is not a folder")
+        try:
+            self.walk(sub, path)
         finally:
-            os.close(base)
-    finally:
-        if cfd is not None:
-            os.close(cfd)
+            os.close(sub)
 
 
 def _gc_store(paths):
@@ -1609,7 +1621,7 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
             <sha256>
     """
     _check_release(release)
-    if not isinstance(checksum, str) or not re.match(r"^[0-9a-f]{64}$", checksum):
+    if not isinstance(checksum, str) or not BLOB_RE.match(checksum):
         raise CommandExecutionError(f"checksum {checksum!r} is not a sha256 hex digest")
     called = time.monotonic()
     pillar = _fresh_pillar()
@@ -1619,89 +1631,39 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
     paths = _paths(conf)
     uid, gid = _ids(conf)
     final = os.path.join(paths["releases"], release)
-
     if tree is not None:
         _check_hex(tree, "tree")
-    existing = _read_meta(paths, release)
-    if os.path.isdir(final):
-        same = existing and (existing.get("tree") == tree if tree else existing.get("checksum") == checksum)
-        if same and _old_layout(paths, release):
-            shutil.rmtree(final)  # descriptor-based, follows no link: built again below, root's
-        elif same:
-            return _report({"release": release, "changed": False, "path": final, "comment": "already prepared"},
-                           paths, inventory)
-    if os.path.isdir(final):
-        raise CommandExecutionError(
-            f"release {release!r} already exists on this node with a different checksum: refusing to replace it"
-        )
+    done = _prepared_already(paths, release, final, checksum, tree)
+    if done:
+        return _report(done, paths, inventory)
 
     _current_target(paths)  # refuse a broken tree before doing any work
     _writable(conf)
     _make_layout(paths)
-
-    if tree is None:
-        artifact = _fetch(source, saltenv)
-        actual = _sha256(artifact)
-        if actual != checksum:
-            if source.startswith("salt://"):
-                os.unlink(artifact)
-            raise CommandExecutionError(
-                f"checksum mismatch for {source}: expected {checksum}, got {actual}"
-            )
     # with a tree: the archive is read as it arrives, each content is checked against its name as it
     # enters the store, and the release against its tree hash
+    artifact = _fetch_checked(source, checksum, saltenv) if tree is None else None
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix=f".tmp-{release}-", dir=paths["releases"])
-    cfd = None
     try:
         if tree is None:
-            _unpack(artifact, tmp)
-            _root_modes(tmp, files=True)  # before config and files: they keep their own modes
+            entries = _unpack_artifact(artifact, tmp)
         else:
-            cfd = _open_store(paths, create=True)
-            t = time.monotonic()
-            entries, steps["stored_bytes"] = _ingest(saltenv, cfd, tree, source)
-            steps["transfer"] = round(time.monotonic() - t, 3)
-            t = time.monotonic()
-            _assemble(release, entries, cfd, tmp)
-            _verify_tree(release, entries, cfd, tmp, tree)
-            steps["build"] = round(time.monotonic() - t, 3)
-        _link_shared(conf, paths, tmp, uid, gid)
-        _render_config(conf, pillar, tmp, release, 0, gid)  # root's, readable by the app's group
-        _write_files(conf, tmp, 0, 0)
-        _root_modes(tmp, files=False)  # the folders config and files made too
-        _make_writable(conf, tmp, uid, gid)
-        if tree is not None:
-            os.makedirs(paths["manifests"], mode=0o750, exist_ok=True)
-            _write_json(_manifest_path(paths, release), {"tree": tree, "skip": _overrides(conf), "entries": entries})
-        os.chmod(tmp, 0o755)
-        record = dict(meta or {})
-        record.update(
-            {
-                "name": release,
-                "project": project,
-                "checksum": checksum,
-                "source": source,
-                **({"tree": tree} if tree else {}),
-                "prepared_at": time.time(),
-                "status": "prepared",
-                "history": [{"event": "prepared", "at": _now()}],
-            }
-        )
-        _write_json(_meta_path(paths, release), record)
+            entries = _build_from_store(paths, release, source, saltenv, tree, tmp, steps)
+        _per_node(conf, paths, pillar, tmp, release, uid, gid)
+        _write_records(paths, conf, release, tmp, tree, entries,
+                       _release_record(meta, project, release, checksum, source, tree))
         os.rename(tmp, final)
     except OSError as exc:
         _discard(paths, release, tmp, final)
         raise CommandExecutionError(
-            f"preparing release {release!r} failed: {exc.strerror or exc} ({exc.filename or paths['root']}); nothing was kept"
+            f"preparing release {release!r} failed: {exc.strerror or exc} ({exc.filename or paths['root']}); "
+            "nothing was kept"
         ) from None
     except BaseException:
         _discard(paths, release, tmp, final)
         raise
-    finally:
-        if cfd is not None:
-            os.close(cfd)
     # Later jobs (switch, checks) read the in-memory pillar: let the minion pick up what we just
     # compiled, if it differs from what the minion holds (a refresh is one more compile on the master).
     if not _in_memory_pillar_is(pillar):
@@ -1712,6 +1674,99 @@ def prepare(project, release, source, checksum, meta=None, saltenv="base", inven
         paths,
         inventory,
     )
+
+
+def _prepared_already(paths, release, final, checksum, tree):
+    """The return of a prepare with nothing to do (the release is in place with this checksum, with ``tree``:
+    this tree hash), or None: it is to be built.  A release in place with other contents is refused; one in
+    place in an old layout is removed, to be built again."""
+    existing = _read_meta(paths, release)
+    if not os.path.isdir(final):
+        return None
+    same = existing and (existing.get("tree") == tree if tree else existing.get("checksum") == checksum)
+    if same and _old_layout(paths, release):
+        shutil.rmtree(final)  # descriptor-based, follows no link: built again, root's
+        return None
+    if same:
+        return {"release": release, "changed": False, "path": final, "comment": "already prepared"}
+    raise CommandExecutionError(
+        f"release {release!r} already exists on this node with a different checksum: refusing to replace it"
+    )
+
+
+def _fetch_checked(source, checksum, saltenv):
+    """The local path of the artifact ``source``, whose sha256 is ``checksum`` (a wrong one is not kept)."""
+    artifact = _fetch(source, saltenv)
+    actual = _sha256(artifact)
+    if actual != checksum:
+        if source.startswith("salt://"):
+            os.unlink(artifact)
+        raise CommandExecutionError(f"checksum mismatch for {source}: expected {checksum}, got {actual}")
+    return artifact
+
+
+def _unpack_artifact(artifact, tmp):
+    """The release's tree from a tar of it, root's and read-only; no manifest entries (None)."""
+    _unpack(artifact, tmp)
+    _root_modes(tmp, files=True)  # before config and files: they keep their own modes
+    return None
+
+
+def _build_from_store(paths, release, source, saltenv, tree, tmp, steps):
+    """The release's tree from the content store, after the contents this node lacks arrived from the content
+    archive ``source``; verified against ``tree``.  Returns the manifest's entries; ``steps`` gets the
+    timings and the bytes stored."""
+    cfd = _open_store(paths, create=True)
+    try:
+        t = time.monotonic()
+        entries, steps["stored_bytes"] = _ingest(saltenv, cfd, tree, source)
+        steps["transfer"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        _assemble(release, entries, cfd, tmp)
+        _verify_tree(release, entries, cfd, tmp, tree)
+        steps["build"] = round(time.monotonic() - t, 3)
+    finally:
+        os.close(cfd)
+    return entries
+
+
+def _per_node(conf, paths, pillar, tmp, release, uid, gid):
+    """What prepare adds to a release's tree on this node, in this order: the shared links, the config
+    rendered from templates, the per-node files, root's modes on the folders those made, the writable
+    folders."""
+    _link_shared(conf, paths, tmp, uid, gid)
+    _render_config(conf, pillar, tmp, release, 0, gid)  # root's, readable by the app's group
+    _write_files(conf, tmp, 0, 0)
+    _root_modes(tmp, files=False)  # the folders config and files made too
+    _make_writable(conf, tmp, uid, gid)
+
+
+def _release_record(meta, project, release, checksum, source, tree):
+    """The release's metadata as prepare writes it: ``meta`` and what this node knows of it."""
+    record = dict(meta or {})
+    record.update(
+        {
+            "name": release,
+            "project": project,
+            "checksum": checksum,
+            "source": source,
+            **({"tree": tree} if tree else {}),
+            "prepared_at": time.time(),
+            "status": "prepared",
+            "history": [{"event": "prepared", "at": _now()}],
+        }
+    )
+    return record
+
+
+def _write_records(paths, conf, release, tmp, tree, entries, record):
+    """The last step before the rename: the manifest of a release built from the store (what
+    :func:`_check_complete` checks before a switch), the tree's own mode, and the release's metadata."""
+    if tree is not None:
+        os.makedirs(paths["manifests"], mode=0o750, exist_ok=True)
+        _write_json(_manifest_path(paths, release), {"tree": tree, "skip": _overrides(conf), "entries": entries})
+    os.chmod(tmp, 0o755)
+    _write_json(_meta_path(paths, release), record)
 
 
 # --------------------------------------------------------------------------- switch, restart, checks
@@ -2058,10 +2113,8 @@ def _get(url, headers, timeout, expected):
         def _expire(expired=expired, socks=socks):
             expired.set()
             for sock in socks:  # the response keeps reading from it after conn lets go of it
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
         watchdog = threading.Timer(left, _expire)
         watchdog.daemon = True
@@ -2598,10 +2651,8 @@ def cleanup(project, keep=None, inventory=False):
             continue
         shutil.rmtree(os.path.join(paths["releases"], rel["name"]))
         for path in (_meta_path(paths, rel["name"]), _manifest_path(paths, rel["name"])):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
         removed.append(rel["name"])
     _remove_stale_tmp(paths)
     result = {"kept": kept, "removed": removed}

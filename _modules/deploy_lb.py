@@ -37,6 +37,7 @@ import tempfile
 import time
 
 from salt.exceptions import CommandExecutionError
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,8 @@ def _load_record(name):
 def _save_record(name, record):
     path = _record_path(name)
     if not record:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
         return
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -149,7 +148,7 @@ class _HAProxy:
 
     def _all_states(self):
         out = self.command(f"show servers state {self.backend}")
-        lines = [l for l in out.splitlines() if l and not l.startswith("#")]
+        lines = [ln for ln in out.splitlines() if ln and not ln.startswith("#")]
         if not lines or not lines[0].strip().isdigit():
             raise CommandExecutionError(f"haproxy: backend {self.backend!r}: {out.strip() or 'no answer'}")
         states = {}
@@ -191,7 +190,8 @@ class _HAProxy:
         reader = csv.DictReader(io.StringIO(out.lstrip("# ")))
         rows = {row["svname"]: row for row in reader if row.get("pxname") == self.backend}
         if not rows:
-            raise CommandExecutionError(f"haproxy: show stat has no backend {self.backend!r}: {out.strip()[:200] or 'no answer'}")
+            raise CommandExecutionError(
+                f"haproxy: show stat has no backend {self.backend!r}: {out.strip()[:200] or 'no answer'}")
         missing = [s for s in servers if self.name(s) not in rows]
         if missing:
             raise CommandExecutionError(f"haproxy backend {self.backend!r} has no server named {', '.join(missing)}")
@@ -343,10 +343,8 @@ class _Nginx:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.file)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
 
     def take_out(self, servers, wait):
@@ -401,7 +399,8 @@ def detach(lb, servers, wait=30):
 
     .. code-block:: bash
 
-        salt lb-1 deploy_lb.detach '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' '[web-1, web-2]'
+        salt lb-1 deploy_lb.detach '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' \\
+            '[web-1, web-2]'
     """
     servers = _check_servers(servers)
     drv = _driver(lb)
@@ -431,7 +430,8 @@ def attach(lb, servers):
 
     .. code-block:: bash
 
-        salt lb-1 deploy_lb.attach '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' '[web-1, web-2]'
+        salt lb-1 deploy_lb.attach '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' \\
+            '[web-1, web-2]'
     """
     servers = _check_servers(servers)
     drv = _driver(lb)
@@ -464,7 +464,8 @@ def swap(lb, servers, restore=(), wait=30):
 
     .. code-block:: bash
 
-        salt lb-1 deploy_lb.swap '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' '[web-3, web-4]' restore='[web-1, web-2]'
+        salt lb-1 deploy_lb.swap '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' \\
+            '[web-3, web-4]' restore='[web-1, web-2]'
     """
     servers = _check_servers(servers)
     restore = _check_servers(restore or [])
@@ -522,7 +523,8 @@ def stats(lb, servers):
 
     .. code-block:: bash
 
-        salt lb-1 deploy_lb.stats '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' '[web-1, web-2]'
+        salt lb-1 deploy_lb.stats '{driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}' \\
+            '[web-1, web-2]'
     """
     servers = _check_servers(servers)
     drv = _driver(lb)

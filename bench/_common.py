@@ -107,10 +107,10 @@ def table(rows, headers):
     """A plain text table (list of rows of str)."""
     rows = [[str(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     for r in rows:
-        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     return "\n".join(out)
 
 
@@ -609,6 +609,7 @@ def human_bytes(n):
 
 
 __all__ = [
-    "Bench", "BenchSandbox", "PeakRSS", "PortBytes", "cpu_of", "daemon_pids", "proc_usage", "ENV", "PROJECT", "STAT_HEADERS", "base_parser", "batch_envs", "fmt",
+    "Bench", "BenchSandbox", "PeakRSS", "PortBytes", "cpu_of", "daemon_pids", "proc_usage", "ENV", "PROJECT",
+    "STAT_HEADERS", "base_parser", "batch_envs", "fmt",
     "human_bytes", "salt_bin", "say", "stat_row", "stats", "table", "timings_of",
 ]

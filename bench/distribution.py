@@ -172,9 +172,11 @@ def main(argv=None):
             }
             reps.append(rep)
             say(f"rep {i}/{args.reps}: artifact {human_bytes(size)}; full: prepare {full['prepare']}s "
-                f"(distribute {full['distribute'].get('seconds')}s; node medians {full['node_timings']}), master sent {human_bytes(full['bytes']['sent'])}; "
+                f"(distribute {full['distribute'].get('seconds')}s; node medians {full['node_timings']}), "
+                f"master sent {human_bytes(full['bytes']['sent'])}; "
                 f"cp.get_file {g_wall:.1f}s ({human_bytes(g_moved['sent'])}); 1 %: prepare {inc['prepare']}s, "
-                f"lacking {inc['distribute'].get('lacking')} contents, part {human_bytes(inc['distribute'].get('bytes', 0))}, "
+                f"lacking {inc['distribute'].get('lacking')} contents, "
+                f"part {human_bytes(inc['distribute'].get('bytes', 0))}, "
                 f"master sent {human_bytes(inc['bytes']['sent'])} ({100 * rep['bytes_ratio']:.2f}% of full), "
                 f"extra disk per node max {human_bytes(max(extra_disk.values()))} ({100 * rep['disk_ratio_max']:.2f}%)")
 
@@ -240,7 +242,8 @@ def main(argv=None):
             ["release directory unchanged (inode)", f"{redeploy['release_dir_unchanged']}/{len(nodes)}"],
             ["archives left in the minions' caches", str(redeploy["archives_in_minion_caches"])],
         ], ["redeploy", "value"]))
-        bench.finish(reps=reps, prepare_over_getfile=round(ratio, 3), first_release_over_getfile=round(first_ratio, 3), incremental_bytes_ratio=round(bytes_ratio, 5),
+        bench.finish(reps=reps, prepare_over_getfile=round(ratio, 3), first_release_over_getfile=round(first_ratio, 3),
+                     incremental_bytes_ratio=round(bytes_ratio, 5),
                      incremental_disk_ratio=round(disk_ratio, 5), redeploy=redeploy, nodes=nodes,
                      files=args.files, file_size=args.file_size, changed_files=changes,
                      bytes_method="tcp_info bytes_acked/bytes_received of the master's ret+publish port "

@@ -91,10 +91,10 @@ def profile_rollback(bench, to):
 
     def find(file_end, func, line=None):
         best = None
-        for (f, ln, fn), (cc, nc, tt, ct, _callers) in entries.items():
-            if f.endswith(file_end) and fn == func and (line is None or ln == line):
-                if best is None or ct > best[1]:
-                    best = (nc, ct)
+        for (f, ln, fn), (_cc, nc, _tt, ct, _callers) in entries.items():
+            if f.endswith(file_end) and fn == func and (line is None or ln == line) \
+                    and (best is None or ct > best[1]):
+                best = (nc, ct)
         return best
 
     wanted = [
@@ -125,7 +125,7 @@ def profile_rollback(bench, to):
     return {"wall_seconds": round(wall, 3), "rows": rows}
 
 
-def main(argv=None):
+def main(argv=None):  # noqa: C901 (the bench as a script, its steps inline; not run by the tests)
     parser = base_parser("rollback_vs_ping", __doc__, reps=7)
     parser.add_argument("--no-profile", action="store_true", help="skip the extra rollback under cProfile")
     parser.add_argument("--listing-reps", type=int, default=3,
@@ -213,7 +213,8 @@ def main(argv=None):
                 "slowest_node_switch": max((s for s in node_secs if s is not None), default=None),
                 "nodes_switched": len(node_secs),
             }
-            say(f"rep {number or i + 1}/{total} ({rep['order']}): rollback {r_wall:.2f}s (runner {record['seconds']}s, target "
+            say(f"rep {number or i + 1}/{total} ({rep['order']}): rollback {r_wall:.2f}s "
+                f"(runner {record['seconds']}s, target "
                 f"from the {rep['target_from']}) -> {target.split('_')[2]}, ping {p_wall:.2f}s, salt-run test.arg "
                 f"{f_wall:.2f}s, in-process round trip {rtt:.2f}s")
             return rep
@@ -237,12 +238,13 @@ def main(argv=None):
             say("==> one more emergency rollback under cProfile")
             prof = profile_rollback(bench, target)
 
-        s = {k: stats([r[k] for r in reps]) for k in ("rollback_wall", "ping_wall", "runner_floor_wall", "runner_call_wall",
-                                                       "rtt_ping", "runner_seconds", "outside_runner", "planned_at",
-                                                       "switch_call", "slowest_node_switch")}
+        keys = ("rollback_wall", "ping_wall", "runner_floor_wall", "runner_call_wall", "rtt_ping", "runner_seconds",
+                "outside_runner", "planned_at", "switch_call", "slowest_node_switch")
+        s = {k: stats([r[k] for r in reps]) for k in keys}
         ratio = round(s["rollback_wall"]["median"] / s["ping_wall"]["median"], 2)
         ratios = stats([r["rollback_wall"] / r["ping_wall"] for r in reps])
-        ls = {k: stats([r[k] for r in listing]) for k in ("rollback_wall", "ping_wall", "planned_at")} if listing else {}
+        ls = {k: stats([r[k] for r in listing]) for k in ("rollback_wall", "ping_wall", "planned_at")} \
+            if listing else {}
         listing_ratio = round(ls["rollback_wall"]["median"] / ls["ping_wall"]["median"], 2) if listing else None
 
         say()
@@ -281,7 +283,8 @@ def main(argv=None):
                 f"cumulative seconds, inflated by profiling)")
             say(table([[r["step"], fmt(r["cumulative_seconds"]), r["calls"] if r["calls"] is not None else "-"]
                        for r in prof["rows"]], ["step", "cumulative", "calls"]))
-        bench.finish(runner_call_ratio=call_ratio, reps=reps, listing_reps=listing, listing_summary=ls, listing_ratio=listing_ratio,
+        bench.finish(runner_call_ratio=call_ratio, reps=reps, listing_reps=listing, listing_summary=ls,
+                     listing_ratio=listing_ratio,
                      summary=s, ratio=ratio, per_rep_ratio=ratios, target_ratio=TARGET_RATIO,
                      target_met=ratio <= TARGET_RATIO, nodes=nodes, ping_target="-L " + ",".join(nodes),
                      releases=releases, profile=prof)

@@ -11,7 +11,8 @@ node), so the sizes compare.  Then:
 2. a release of v1.2.0 (timed): wall, the runner's timings (prepare, preprod, each batch), the
    number of Salt jobs the run published (``timings.salt_calls``: it must grow with the
    batches, not the nodes), the salt-master's CPU seconds during it (its processes and reaped
-   children) and the peak memory (PSS: shared pages of forked workers counted once) of the master and of one minion (web-1, with its job processes);
+   children) and the peak memory (PSS: shared pages of forked workers counted once) of the master and of
+   one minion (web-1, with its job processes);
 3. ``--reps`` emergency rollbacks (``salt-run deploy.rollback ... emergency=True``),
    alternating between the two releases (the target re-marked good and listed first,
    untimed, so the rollback acts on the master's record: one Salt call); the master's CPU
@@ -61,7 +62,8 @@ def timed_release(bench, box):
         drain = drains[i] if i < len(drains) and drains[i] is not None else 0.0
         overhead.append(round(b["seconds"] - drain - max((nodes.get(n, {}).get("seconds") or 0.0)
                                                           for n in b["nodes"]), 3))
-    return {"overhead": overhead,"wall": round(wall, 3), "runner_seconds": record["seconds"], "prepare": prepare, "preprod": preprod,
+    return {"overhead": overhead, "wall": round(wall, 3), "runner_seconds": record["seconds"], "prepare": prepare,
+            "preprod": preprod,
             "batches": [b["seconds"] for b in batches], "batch_nodes": [len(b["nodes"]) for b in batches],
             "drain": drains, "salt_calls": record["timings"].get("salt_calls"), "master_cpu": round(cpu, 3),
             "master_peak_rss": peak.peak["master"], "minion_peak_rss": peak.peak["web-1"],
@@ -94,7 +96,8 @@ def one_size(args, n):
         rel = timed_release(bench, box)
         out["release"] = rel
         say(f"    wall {rel['wall']}s, prepare {rel['prepare']}s, batches {rel['batches']} ({rel['batch_nodes']} "
-            f"nodes; overhead {rel['overhead']}), salt calls {rel['salt_calls']}, master CPU {rel['master_cpu']}s, peak PSS master "
+            f"nodes; overhead {rel['overhead']}), salt calls {rel['salt_calls']}, master CPU {rel['master_cpu']}s, "
+            "peak PSS master "
             f"{rel['master_peak_rss'] / 1e6:.0f} MB, minion {rel['minion_peak_rss'] / 1e6:.0f} MB")
         second = rel["release"]
 

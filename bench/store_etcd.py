@@ -80,7 +80,8 @@ def main():
             timed(box, "deploy.release")
             sample_repo.add_release(box.repo, "v1.2.0")
             timed(box, "deploy.release")
-        etcd_opts = {"deploy_store": "etcd", "id": "bench", **{k: v for k, v in box.store_opts().items() if k != "deploy_store"}}
+        etcd_opts = {"deploy_store": "etcd", "id": "bench",
+                     **{k: v for k, v in box.store_opts().items() if k != "deploy_store"}}
         with tempfile.TemporaryDirectory() as tmp:
             local_opts = {"deploy_store": "local", "deploy_state_dir": tmp, "cachedir": tmp}
             lock_latency(local_opts, 10), lock_latency(etcd_opts, 10)  # warm up
@@ -106,7 +107,8 @@ def main():
         for what in ("release", "emergency"):
             loc, etc = statistics.median(walls["local"][what]), statistics.median(walls["etcd"][what])
             print(f"{what:<9} wall, median of {args.reps}: local {loc:.2f}s, etcd {etc:.2f}s -> "
-                  f"{(etc / loc - 1) * 100:+.1f}% (goal <= +5%); all local {[round(x, 2) for x in walls['local'][what]]}, "
+                  f"{(etc / loc - 1) * 100:+.1f}% (goal <= +5%); "
+                  f"all local {[round(x, 2) for x in walls['local'][what]]}, "
                   f"etcd {[round(x, 2) for x in walls['etcd'][what]]}")
         print(f"{box.web} web nodes + pre-1; load average at the end {load:.1f}")
     finally:

@@ -93,7 +93,7 @@ def haproxy_counters(box):
     return {k: 0 for k in HAP_FIELDS}
 
 
-def main(argv=None):
+def main(argv=None):  # noqa: C901 (the bench as a script, its scenarios inline; not run by the tests)
     parser = base_parser("zero_downtime", __doc__, reps=1)
     parser.add_argument("--rate", type=int, default=800, help="most requests per second (default %(default)s)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default %(default)s)")
@@ -155,7 +155,8 @@ def main(argv=None):
             def rollback():
                 wall, record, proc = bench.deploy("deploy.rollback")
                 if proc.returncode != 0 or record.get("result") != "success":
-                    raise RuntimeError(f"normal rollback failed: {record and record.get('error')}\n{proc.stdout[-2000:]}")
+                    raise RuntimeError(
+                        f"normal rollback failed: {record and record.get('error')}\n{proc.stdout[-2000:]}")
                 return {"result": record["result"], "release": record["release"], "command_wall": round(wall, 3)}
 
             r2 = run_scenario("rollback", rollback)

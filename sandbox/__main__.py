@@ -212,7 +212,8 @@ def cmd_up(args):
         say(f"{box.path} exists and is not a sandbox: choose another --path")
         return 1
     box.preflight()
-    heading(f"starting the sandbox in {box.path}: salt-master{' x2 (127.0.0.1, ' + box.master_addr['master-b'] + ')' if box.masters == 2 else ''}"
+    masters = f" x2 (127.0.0.1, {box.master_addr['master-b']})" if box.masters == 2 else ""
+    heading(f"starting the sandbox in {box.path}: salt-master{masters}"
             f"{', etcd' if box.store == 'etcd' else ''}, minions {', '.join(box.minion_ids)}, "
             f"nginx + PHP-FPM on {', '.join(box.addr[n] for n in box.nodes)}:8080, HAProxy on {box.lb.url}")
     try:

@@ -375,10 +375,8 @@ class Sandbox:
         try:
             with open(self.history_path(), encoding="utf-8") as fh:
                 for line in fh:
-                    try:
+                    with contextlib.suppress(ValueError):
                         records.append(json.loads(line))
-                    except ValueError:
-                        pass
         except OSError:
             pass
         return records
@@ -454,7 +452,9 @@ class Sandbox:
         self.ports = {"publish": _free_port(), "ret": None}
         self.ports["ret"] = _free_port(avoid={self.ports["publish"]})
         taken = {self.ports["publish"], self.ports["ret"]}
-        for key in (["publish-b", "ret-b"] if self.masters == 2 else []) + (["etcd", "etcd-peer"] if self.store == "etcd" else []):
+        more = ["publish-b", "ret-b"] if self.masters == 2 else []
+        more += ["etcd", "etcd-peer"] if self.store == "etcd" else []
+        for key in more:
             self.ports[key] = _free_port(avoid=taken)
             taken.add(self.ports[key])
         self.ports["api"] = console.free_port(preferred=DEFAULT_API_PORT)
@@ -681,7 +681,8 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         while pending:
             hint_until = min(time.monotonic() + 5, deadline)
-            _wait(lambda: all(self._log_says_ready(m) for m in pending) or time.monotonic() > hint_until, 6)
+            _wait(lambda pending=pending, until=hint_until: all(self._log_says_ready(m) for m in pending)
+                  or time.monotonic() > until, 6)
             pending -= self.ping(pending, master=master)
             if not pending:
                 break
@@ -796,10 +797,8 @@ class Sandbox:
         """Stop every daemon and service of this sandbox (idempotent); returns what had to be killed."""
         daemons = [p for p in self.salt_daemons().values() if p]
         for pid in daemons:  # SIGTERM: salt daemons stop their own process trees
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         etcd = self.pids.get("etcd")
         if etcd and _alive(etcd) and self.etcd_dir in _cmdline(etcd):
             os.kill(etcd, signal.SIGTERM)
@@ -825,16 +824,12 @@ class Sandbox:
                 break
             for pid in left:
                 killed.append((pid, _cmdline(pid)[:120]))
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            _wait(lambda: not any(_alive(p) for p in left), 5)
+            _wait(lambda left=left: not any(_alive(p) for p in left), 5)
         for name in [*self.master_names, "api", *self.minion_ids]:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.pidfile(name))
-            except OSError:
-                pass
         return killed
 
     def remove(self):

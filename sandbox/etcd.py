@@ -54,21 +54,21 @@ class EtcdServer:
     def start(self, timeout=20):
         os.makedirs(self.folder, exist_ok=True)
         peer = f"http://{self.host}:{self.peer_port}"
-        log = open(os.path.join(self.folder, "etcd.log"), "ab")  # pylint: disable=consider-using-with
-        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            [ETCD, "--name", "deploy", "--data-dir", os.path.join(self.folder, "data"),
-             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"deploy={peer}", "--log-level", "warn", *self._tls_args()],
-            stdout=log, stderr=log, start_new_session=True,
-        )
-        log.close()
+        with open(os.path.join(self.folder, "etcd.log"), "ab") as log:
+            self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                [ETCD, "--name", "deploy", "--data-dir", os.path.join(self.folder, "data"),
+                 "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                 "--initial-cluster", f"deploy={peer}", "--log-level", "warn", *self._tls_args()],
+                stdout=log, stderr=log, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.proc.returncode}; see {self.folder}/etcd.log")
             try:
-                with urllib.request.urlopen(self.endpoint + "/health", timeout=1, context=self._health_context()) as resp:
+                with urllib.request.urlopen(self.endpoint + "/health", timeout=1,
+                                            context=self._health_context()) as resp:
                     if b'"true"' in resp.read():
                         return self
             except OSError:

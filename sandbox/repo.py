@@ -105,8 +105,8 @@ def git(*args, cwd=None, check=True, binary=False) -> str | bytes:
     proc = subprocess.run(argv, cwd=cwd, env=_git_env(), capture_output=True)
     if check and proc.returncode != 0:
         raise RepoError(
-            "git %s failed (rc=%s): %s"
-            % (" ".join(map(str, args)), proc.returncode, proc.stderr.decode(errors="replace").strip())
+            f"git {' '.join(map(str, args))} failed (rc={proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace').strip()}"
         )
     return proc.stdout if binary else proc.stdout.decode(errors="replace").strip()
 
@@ -129,8 +129,8 @@ def _read_app(kind, relpath):
 
 def _pillar_path(project):
     if project.isidentifier():
-        return "pillar.deploy.projects.%s" % project
-    return "pillar.deploy.projects[%r]" % project
+        return f"pillar.deploy.projects.{project}"
+    return f"pillar.deploy.projects[{project!r}]"
 
 
 def _subst(text, project, version=None, broken=False, kind="php"):
@@ -173,7 +173,7 @@ def _safe_relpath(rel):
     rel = str(rel).replace("\\", "/")
     norm = os.path.normpath(rel)
     if os.path.isabs(rel) or norm == "." or norm.startswith("..") or norm.split(os.sep)[0] == ".git":
-        raise ValueError("bad relative path in files: %r" % rel)
+        raise ValueError(f"bad relative path in files: {rel!r}")
     return norm
 
 
@@ -218,7 +218,7 @@ def _commit_and_push(worktree, message, tag_name=None):
         git("tag", tag_name, cwd=worktree)
     git("push", "-q", "origin", "HEAD:refs/heads/master", cwd=worktree)
     if tag_name:
-        git("push", "-q", "origin", "refs/tags/%s:refs/tags/%s" % (tag_name, tag_name), cwd=worktree)
+        git("push", "-q", "origin", f"refs/tags/{tag_name}:refs/tags/{tag_name}", cwd=worktree)
     return git("rev-parse", "HEAD", cwd=worktree)
 
 
@@ -234,10 +234,10 @@ def make_sample_repo(path, project="rainbow", kind="php", owner=None) -> str:
     error.  Later :func:`add_release` calls keep that ownership.
     """
     if kind not in KINDS:
-        raise ValueError("kind must be one of %s" % (KINDS,))
+        raise ValueError(f"kind must be one of {KINDS}")
     path = os.path.abspath(str(path))
     if os.path.exists(path) and os.listdir(path):
-        raise FileExistsError("%s exists and is not empty" % path)
+        raise FileExistsError(f"{path} exists and is not empty")
     _mkdirs(path)
     git("init", "-q", "--bare", "--initial-branch=master", path)
     git("config", "sandbox.project", project, cwd=path)
@@ -249,9 +249,9 @@ def make_sample_repo(path, project="rainbow", kind="php", owner=None) -> str:
         git("clone", "-q", path, work)
         git("checkout", "-q", "-B", "master", cwd=work)
         _write_files(work, _release_files(kind, project, "1.0.0", initial=True))
-        _commit_and_push(work, "%s: initial import (1.0.0)" % project, "v1.0.0")
+        _commit_and_push(work, f"{project}: initial import (1.0.0)", "v1.0.0")
         _write_files(work, _release_files(kind, project, "1.1.0"))
-        _commit_and_push(work, "%s: release 1.1.0" % project, "v1.1.0")
+        _commit_and_push(work, f"{project}: release 1.1.0", "v1.1.0")
 
     if owner is not None:
         pw = pwd.getpwnam(owner)
@@ -287,7 +287,7 @@ def add_release(path, version, files=None, broken=False, tag=True) -> str:
         if files:
             _write_files(work, files)
         label = "broken release" if broken else "release"
-        sha = _commit_and_push(work, "%s: %s %s" % (project, label, _version_text(version)),
+        sha = _commit_and_push(work, f"{project}: {label} {_version_text(version)}",
                                str(version) if tag else None)
     _fix_tree(path, st.st_uid, st.st_gid)
     return sha
@@ -311,7 +311,7 @@ def export_release(repo, ref, dest, owner=None) -> str:
         with tarfile.open(fileobj=io.BytesIO(data)) as tf:
             for member in tf.getmembers():
                 if member.name.startswith("/") or ".." in member.name.split("/"):
-                    raise RepoError("unsafe path in archive: %r" % member.name)
+                    raise RepoError(f"unsafe path in archive: {member.name!r}")
             tf.extractall(tmp, filter="tar") if hasattr(tarfile, "tar_filter") else tf.extractall(tmp)
         for dirpath, dirnames, _ in os.walk(tmp):
             for d in dirnames:

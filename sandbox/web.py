@@ -29,6 +29,7 @@ import time
 import urllib.parse
 import hashlib
 from xml.sax.saxutils import quoteattr
+import contextlib
 
 __all__ = [
     "ServiceError",
@@ -90,7 +91,7 @@ def wait_for_text(url, text, timeout=15.0, status=200):
         except OSError as exc:
             last = exc
         if time.monotonic() > deadline:
-            raise AssertionError("%s did not serve %r within %ss; last answer: %r" % (url, text, timeout, last))
+            raise AssertionError(f"{url} did not serve {text!r} within {timeout}s; last answer: {last!r}")
         time.sleep(0.2)
 
 
@@ -133,7 +134,7 @@ def _tail(paths, lines=30):
         except OSError:
             continue
         tail = "\n".join(text.splitlines()[-lines:])
-        out.append("---- %s ----\n%s" % (p, tail))
+        out.append(f"---- {p} ----\n{tail}")
     return "\n".join(out) if out else "(no log output)"
 
 
@@ -142,7 +143,7 @@ def _short_socket(path, tag):
     if len(path) < MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha1(path.encode()).hexdigest()[:12]
-    return "/tmp/dpl-%s-%s.sock" % (tag, digest)
+    return f"/tmp/dpl-{tag}-{digest}.sock"
 
 
 def _pid_alive(pid):
@@ -154,7 +155,7 @@ def _pid_alive(pid):
     except PermissionError:
         return True
     try:
-        with open("/proc/%d/stat" % pid) as fh:
+        with open(f"/proc/{pid}/stat") as fh:
             state = fh.read().rsplit(")", 1)[1].split()[0]
         return state not in ("Z", "X")
     except (OSError, IndexError):
@@ -173,7 +174,7 @@ def _pgid_alive(pgid):
         if not entry.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % entry) as fh:
+            with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
@@ -188,7 +189,7 @@ def _children(pid):
         if not entry.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % entry) as fh:
+            with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
@@ -283,7 +284,7 @@ class _Service:
 
     # -- processes -----------------------------------------------------------
     def _popen(self, argv, label, env=None, cwd=None):
-        log = os.path.join(self.log_dir, "%s.out" % label)
+        log = os.path.join(self.log_dir, f"{label}.out")
         self._touch(log)
         kwargs = {}
         if self._switch_user:
@@ -304,7 +305,7 @@ class _Service:
         return [os.path.join(self.log_dir, n) for n in names if n.endswith((".out", ".log"))]
 
     def _fail(self, message):
-        raise ServiceError("%s %s: %s\n%s" % (self.kind, getattr(self, "name", self.workdir), message,
+        raise ServiceError("{} {}: {}\n{}".format(self.kind, getattr(self, "name", self.workdir), message,
                                               _tail(self._log_files())))
 
     def _wait_until(self, predicate, what, timeout, procs=None):
@@ -315,39 +316,31 @@ class _Service:
                 return
             for p in procs:
                 if p.poll() is not None:
-                    self._fail("process %s exited with %s before %s" % (p.args[0], p.returncode, what))
+                    self._fail(f"process {p.args[0]} exited with {p.returncode} before {what}")
             if time.monotonic() > deadline:
-                self._fail("timed out after %ss waiting for %s" % (timeout, what))
+                self._fail(f"timed out after {timeout}s waiting for {what}")
             time.sleep(0.1)
 
     def _check_port_free(self, host, port):
         if _tcp_open(host, port, timeout=0.3):
-            raise ServiceError("%s: %s:%s is already in use (a leftover process?)" % (self.kind, host, port))
+            raise ServiceError(f"{self.kind}: {host}:{port} is already in use (a leftover process?)")
 
     def _stop_procs(self, sig=signal.SIGTERM, timeout=15.0):
         procs, self._procs = self._procs, []
         for proc, _ in procs:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(sig)
-                except ProcessLookupError:
-                    pass
         for proc, _ in procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
         for proc, _ in procs:
             # whole group: workers and anything left behind
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            _wait(lambda: not _pgid_alive(proc.pid), 5)
+            _wait(lambda proc=proc: not _pgid_alive(proc.pid), 5)
 
     # -- pid files (processes started by another object / process) ---------
     def _pid_files(self):
@@ -359,7 +352,7 @@ class _Service:
         if pid is None or not _pid_alive(pid):
             return None
         try:
-            with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             return None
@@ -368,12 +361,10 @@ class _Service:
     def _stop_pid_files(self, sig, timeout):
         pids = [p for p in (self._owned_pid(f) for f in self._pid_files()) if p]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         for pid in pids:
-            if _wait(lambda: not _pid_alive(pid), timeout):
+            if _wait(lambda pid=pid: not _pid_alive(pid), timeout):
                 continue
             try:
                 if os.getpgid(pid) == pid:  # a group leader we (or a twin object) started
@@ -384,7 +375,7 @@ class _Service:
                     os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            _wait(lambda: not _pid_alive(pid), 5)
+            _wait(lambda pid=pid: not _pid_alive(pid), 5)
 
     @property
     def running(self):
@@ -403,20 +394,20 @@ class _Service:
 
 def _nginx_common(workdir, user, group, error_log, pid_file, worker_connections=1024):
     temp = os.path.join(workdir, "temp")
-    paths = "\n".join("    %s_temp_path %s;" % (kind, os.path.join(temp, kind))
+    paths = "\n".join(f"    {kind}_temp_path {os.path.join(temp, kind)};"
                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     head = (
         "# generated by sandbox.web -- do not edit\n"
         # ignored (with a warning) when the master is not root; keeps a root-run `nginx -t`
         # from chowning the temp dirs to "nobody"
-        "user %(user)s %(group)s;\n"
+        f"user {user} {group};\n"
         "daemon off;\n"
         "master_process on;\n"
         "worker_processes 1;\n"
-        "pid %(pid)s;\n"
-        "error_log %(error_log)s notice;\n"
-        "events { worker_connections %(wc)d; }\n"
-    ) % {"user": user, "group": group, "pid": pid_file, "error_log": error_log, "wc": worker_connections}
+        f"pid {pid_file};\n"
+        f"error_log {error_log} notice;\n"
+        f"events {{ worker_connections {worker_connections}; }}\n"
+    )
     return head, paths
 
 
@@ -443,7 +434,7 @@ class PhpNode(_Service):
         self.root = os.path.abspath(str(root))
         self.opcache = bool(opcache)
         self.fpm_children = int(fpm_children)
-        self.url = "http://%s:%d/" % (addr, self.port)
+        self.url = f"http://{addr}:{self.port}/"
         self.nginx_conf = os.path.join(self.workdir, "nginx.conf")
         self.nginx_pid_file = os.path.join(self.workdir, "nginx.pid")
         self.fpm_conf = os.path.join(self.workdir, "php-fpm.conf")
@@ -458,8 +449,8 @@ class PhpNode(_Service):
         FPM re-executes itself on USR2 and rewrites its pid file: a reload right after another
         one waits (up to 5 s) for the file to be back instead of failing on a missing pid."""
         pid = shlex.quote(self.fpm_pid_file)
-        return ("i=0; while [ ! -s %s ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
-                "kill -USR2 \"$(cat %s)\"" % (pid, pid))
+        return (f"i=0; while [ ! -s {pid} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; "
+                f"kill -USR2 \"$(cat {pid})\"")
 
     def fpm_workers(self) -> list:
         """PIDs of the current PHP-FPM worker processes."""
@@ -477,7 +468,7 @@ class PhpNode(_Service):
             return len(now) >= self.fpm_children and not (now & before) and _unix_open(self.fpm_socket)
 
         if not _wait(done, timeout):
-            self._fail("PHP-FPM did not finish reloading within %ss" % timeout)
+            self._fail(f"PHP-FPM did not finish reloading within {timeout}s")
         return self
 
     def reload(self, timeout=20.0):
@@ -487,7 +478,7 @@ class PhpNode(_Service):
         return self.wait_fpm_reloaded(before, timeout)
 
     def nginx_reload_command(self) -> str:
-        return "%s -p %s -c %s -s reload" % (NGINX, shlex.quote(self.workdir), shlex.quote(self.nginx_conf))
+        return f"{NGINX} -p {shlex.quote(self.workdir)} -c {shlex.quote(self.nginx_conf)} -s reload"
 
     def write_config(self):
         self._mkdir(self.workdir)
@@ -500,33 +491,33 @@ class PhpNode(_Service):
         for f in ("php-fpm.log", "php-error.log"):
             self._touch(os.path.join(self.log_dir, f))
         head, temp_paths = _nginx_common(self.workdir, self.user, self.group, error_log, self.nginx_pid_file)
-        q = {"sock": self.fpm_socket, "root": self.document_root, "listen": "%s:%d" % (self.addr, self.port),
+        q = {"sock": self.fpm_socket, "root": self.document_root, "listen": f"{self.addr}:{self.port}",
              "name": self.name, "access": access_log, "temp": temp_paths}
         http = """
-http {
-%(temp)s
-    types { text/html html htm; text/plain txt; text/css css; application/javascript js; application/json json; }
+http {{
+{temp}
+    types {{ text/html html htm; text/plain txt; text/css css; application/javascript js; application/json json; }}
     default_type application/octet-stream;
-    access_log %(access)s;
+    access_log {access};
     sendfile on;
     keepalive_timeout 15;
     server_tokens off;
 
-    server {
-        listen %(listen)s;
+    server {{
+        listen {listen};
         server_name _;
-        root %(root)s;
+        root {root};
         index index.php index.html;
-        add_header X-Served-By %(name)s always;
+        add_header X-Served-By {name} always;
 
-        location / {
+        location / {{
             try_files $uri $uri/ /index.php?$query_string;
-        }
+        }}
 
-        location ~ [^/]\\.php(/|$) {
+        location ~ [^/]\\.php(/|$) {{
             fastcgi_split_path_info ^(.+?\\.php)(/.*)$;
-            if (!-f $realpath_root$fastcgi_script_name) { return 404; }
-            fastcgi_pass unix:%(sock)s;
+            if (!-f $realpath_root$fastcgi_script_name) {{ return 404; }}
+            fastcgi_pass unix:{sock};
             fastcgi_index index.php;
             fastcgi_param SCRIPT_FILENAME   $realpath_root$fastcgi_script_name;
             fastcgi_param DOCUMENT_ROOT     $realpath_root;
@@ -549,14 +540,14 @@ http {
             fastcgi_param SERVER_NAME       $server_name;
             fastcgi_param HTTP_PROXY        "";
             fastcgi_param REDIRECT_STATUS   200;
-        }
-    }
-}
-""" % q
+        }}
+    }}
+}}
+""".format(**q)
         self._write(self.nginx_conf, head + http)
 
         op = ["[PHP]", "; generated by sandbox.web", "log_errors = On", "display_errors = Off",
-              "error_log = %s" % os.path.join(self.log_dir, "php-error.log"), "", "[opcache]"]
+              "error_log = {}".format(os.path.join(self.log_dir, "php-error.log")), "", "[opcache]"]
         if self.opcache:
             op += ["opcache.enable = 1", "opcache.enable_cli = 0", "opcache.validate_timestamps = 0",
                    "opcache.revalidate_freq = 0", "opcache.file_update_protection = 0",
@@ -568,24 +559,30 @@ http {
 
         fpm = """; generated by sandbox.web -- do not edit
 [global]
-pid = %(pid)s
-error_log = %(log)s
+pid = {pid}
+error_log = {log}
 log_level = notice
 daemonize = no
 process_control_timeout = 10s
 
-[%(pool)s]
-listen = %(sock)s
+[{pool}]
+listen = {sock}
 listen.mode = 0660
 listen.backlog = 511
 pm = static
-pm.max_children = %(children)d
+pm.max_children = {children}
 catch_workers_output = yes
 clear_env = yes
 php_admin_flag[log_errors] = on
-php_admin_value[error_log] = %(phperr)s
-""" % {"pid": self.fpm_pid_file, "log": os.path.join(self.log_dir, "php-fpm.log"), "sock": self.fpm_socket,
-           "pool": "www", "children": self.fpm_children, "phperr": os.path.join(self.log_dir, "php-error.log")}
+php_admin_value[error_log] = {phperr}
+""".format(
+           pid=self.fpm_pid_file,
+           log=os.path.join(self.log_dir, "php-fpm.log"),
+           sock=self.fpm_socket,
+           pool="www",
+           children=self.fpm_children,
+           phperr=os.path.join(self.log_dir, "php-error.log"),
+       )
         self._write(self.fpm_conf, fpm)
 
     def _check_opcache(self):
@@ -594,8 +591,8 @@ php_admin_value[error_log] = %(phperr)s
         res = subprocess.run([PHP_FPM, "-c", self.php_ini, "-m"], capture_output=True, text=True,
                              env=self._env({"PHP_INI_SCAN_DIR": PHP_FPM_CONF_D}))
         if "Zend OPcache" not in res.stdout:
-            raise ServiceError("php-node %s: %s has no Zend OPcache with %s (php8.2-opcache missing?)\n%s"
-                               % (self.name, PHP_FPM, self.php_ini, res.stdout + res.stderr))
+            raise ServiceError(f"php-node {self.name}: {PHP_FPM} has no Zend OPcache with {self.php_ini} "
+                               f"(php8.2-opcache missing?)\n{res.stdout + res.stderr}")
 
     def start(self):
         if self.running:
@@ -608,10 +605,10 @@ php_admin_value[error_log] = %(phperr)s
         try:
             fpm = self._popen([PHP_FPM, "-F", "-y", self.fpm_conf, "-c", self.php_ini], "php-fpm",
                               env=self._env({"PHP_INI_SCAN_DIR": PHP_FPM_CONF_D}))
-            self._wait_until(lambda: _unix_open(self.fpm_socket), "the FPM socket %s" % self.fpm_socket, 20,
+            self._wait_until(lambda: _unix_open(self.fpm_socket), f"the FPM socket {self.fpm_socket}", 20,
                              procs=[fpm])
             nginx = self._popen([NGINX, "-p", self.workdir, "-c", self.nginx_conf], "nginx")
-            self._wait_until(lambda: _tcp_open(self.addr, self.port), "nginx on %s:%d" % (self.addr, self.port),
+            self._wait_until(lambda: _tcp_open(self.addr, self.port), f"nginx on {self.addr}:{self.port}",
                              20, procs=[nginx, fpm])
         except BaseException:
             self.stop()
@@ -620,7 +617,7 @@ php_admin_value[error_log] = %(phperr)s
 
     def wait_ready(self, timeout=20):
         self._wait_until(lambda: _tcp_open(self.addr, self.port) and _unix_open(self.fpm_socket),
-                         "%s to be ready" % self.name, timeout)
+                         f"{self.name} to be ready", timeout)
 
     def _pid_files(self):
         return [self.nginx_pid_file, self.fpm_pid_file]
@@ -634,7 +631,7 @@ php_admin_value[error_log] = %(phperr)s
                 os.unlink(p)
 
     def __repr__(self):
-        return "PhpNode(%r, %s)" % (self.name, self.url)
+        return f"PhpNode({self.name!r}, {self.url})"
 
 
 # --------------------------------------------------------------------------- Tomcat node
@@ -666,7 +663,7 @@ class TomcatNode(_Service):
         self.shutdown_port = shutdown_port
         self.root = os.path.abspath(str(root))
         self.doc_base = os.path.join(self.root, "current")
-        self.url = "http://%s:%d/" % (addr, self.port)
+        self.url = f"http://{addr}:{self.port}/"
         self.catalina_base = self.workdir
         self.conf_dir = os.path.join(self.workdir, "conf")
         self.work_dir = os.path.join(self.workdir, "work")
@@ -688,8 +685,8 @@ class TomcatNode(_Service):
         ]
 
     def _command(self, *args):
-        env = " ".join("%s=%s" % (k, shlex.quote(v)) for k, v in self._env_assignments())
-        return "cd %s && env %s %s %s" % (shlex.quote(self.workdir), env,
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self._env_assignments())
+        return "cd {} && env {} {} {}".format(shlex.quote(self.workdir), env,
                                           shlex.quote(os.path.join(CATALINA_HOME, "bin", "catalina.sh")),
                                           " ".join(shlex.quote(a) for a in args))
 
@@ -701,12 +698,12 @@ class TomcatNode(_Service):
         """Shell command (run as the user) that stops Tomcat: graceful (SIGTERM when no shutdown port),
         waiting up to 30s, then kill -9.  Succeeds (and removes a stale pid file) when Tomcat is not running."""
         pid = shlex.quote(self.pid_file)
-        return ('if [ -s %s ] && kill -0 "$(cat %s)" 2>/dev/null; then %s; else rm -f %s; fi'
-                % (pid, pid, self._command("stop", "30", "-force"), pid))
+        stop = self._command("stop", "30", "-force")
+        return f'if [ -s {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then {stop}; else rm -f {pid}; fi'
 
     def clear_command(self) -> str:
         """Shell command that empties the work and temp dirs (what a restart step does between stop and start)."""
-        return "find %s %s -mindepth 1 -delete" % (shlex.quote(self.work_dir), shlex.quote(self.temp_dir))
+        return f"find {shlex.quote(self.work_dir)} {shlex.quote(self.temp_dir)} -mindepth 1 -delete"
 
     def write_config(self):
         for d in (self.workdir, self.log_dir, self.conf_dir, self.work_dir, self.temp_dir, self.webapps_dir,
@@ -741,22 +738,26 @@ class TomcatNode(_Service):
                     '<?xml version="1.0" encoding="UTF-8"?>\n<tomcat-users/>\n')
         server = """<?xml version="1.0" encoding="UTF-8"?>
 <!-- generated by sandbox.web: do not edit -->
-<Server port="%(shutdown)s" shutdown="SHUTDOWN">
+<Server port="{shutdown}" shutdown="SHUTDOWN">
   <Listener className="org.apache.catalina.startup.VersionLoggerListener" />
   <Listener className="org.apache.catalina.core.JreMemoryLeakPreventionListener" />
   <Listener className="org.apache.catalina.core.ThreadLocalLeakPreventionListener" />
   <Service name="Catalina">
-    <Connector address=%(addr)s port="%(port)d" protocol="HTTP/1.1"
+    <Connector address={addr} port="{port}" protocol="HTTP/1.1"
                connectionTimeout="20000" maxParameterCount="1000" />
     <Engine name="Catalina" defaultHost="localhost">
       <Host name="localhost" appBase="webapps" unpackWARs="false" autoDeploy="false" deployOnStartup="false">
-        <Context path="" docBase=%(docbase)s reloadable="false" />
+        <Context path="" docBase={docbase} reloadable="false" />
       </Host>
     </Engine>
   </Service>
 </Server>
-""" % {"shutdown": "-1" if self.shutdown_port is None else int(self.shutdown_port),
-       "addr": quoteattr(self.addr), "port": self.port, "docbase": quoteattr(self.doc_base)}
+""".format(
+       shutdown="-1" if self.shutdown_port is None else int(self.shutdown_port),
+       addr=quoteattr(self.addr),
+       port=self.port,
+       docbase=quoteattr(self.doc_base),
+   )
         self._write(os.path.join(self.conf_dir, "server.xml"), server)
 
     def _pid(self):
@@ -786,9 +787,9 @@ class TomcatNode(_Service):
                 return self
             pid = self._pid()
             if pid is not None and not _pid_alive(pid):
-                self._fail("java (pid %s) exited before answering on %s:%d" % (pid, self.addr, self.port))
+                self._fail(f"java (pid {pid}) exited before answering on {self.addr}:{self.port}")
             if time.monotonic() > deadline:
-                self._fail("timed out after %ss waiting for %s:%d" % (timeout, self.addr, self.port))
+                self._fail(f"timed out after {timeout}s waiting for {self.addr}:{self.port}")
             time.sleep(0.25)
 
     def start(self, timeout=90):
@@ -805,7 +806,7 @@ class TomcatNode(_Service):
             rc = None
         if rc != 0:
             self.stop()
-            self._fail("catalina.sh start returned %s" % rc)
+            self._fail(f"catalina.sh start returned {rc}")
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -833,7 +834,7 @@ class TomcatNode(_Service):
                         os.unlink(p)
 
     def __repr__(self):
-        return "TomcatNode(%r, %s)" % (self.name, self.url)
+        return f"TomcatNode({self.name!r}, {self.url})"
 
 
 # --------------------------------------------------------------------------- HAProxy
@@ -868,7 +869,7 @@ class HAProxy(_Service):
         self.check_inter = check_inter
         host, port = _split_addr(bind, 80)
         self.host, self.port = host, port
-        self.url = "http://%s:%d/" % (host, port)
+        self.url = f"http://{host}:{port}/"
         self.conf_file = os.path.join(self.workdir, "haproxy.cfg")
         self.pid_file = os.path.join(self.workdir, "haproxy.pid")
         self.state_file = os.path.join(self.workdir, "server-state")
@@ -884,9 +885,9 @@ class HAProxy(_Service):
             "global",
             "    maxconn 2048",
             "    log stderr format raw local0 notice",
-            "    stats socket %s mode 660 level admin expose-fd listeners" % self.socket,
+            f"    stats socket {self.socket} mode 660 level admin expose-fd listeners",
             "    stats timeout 30s",
-            "    server-state-file %s" % self.state_file,
+            f"    server-state-file {self.state_file}",
             "",
             "defaults",
             "    mode http",
@@ -901,25 +902,25 @@ class HAProxy(_Service):
             "    retry-on conn-failure empty-response 502 503",
             "    load-server-state-from-file global",
             "",
-            "frontend fe_%s" % self.backend,
-            "    bind %s" % self.bind,
-            "    default_backend %s" % self.backend,
+            f"frontend fe_{self.backend}",
+            f"    bind {self.bind}",
+            f"    default_backend {self.backend}",
             "",
-            "backend %s" % self.backend,
+            f"backend {self.backend}",
             "    balance roundrobin",
-            "    option httpchk GET %s" % self.check_uri,
+            f"    option httpchk GET {self.check_uri}",
             "    http-response set-header X-Backend-Server %s",
-            "    default-server check inter %s fastinter %s downinter %s rise 2 fall 2"
-            % (self.check_inter, self.check_inter, self.check_inter),
+            f"    default-server check inter {self.check_inter} fastinter {self.check_inter} "
+            f"downinter {self.check_inter} rise 2 fall 2",
         ]
         for name, addr in self.servers.items():
-            lines.append("    server %s %s" % (name, addr))
+            lines.append(f"    server {name} {addr}")
         self._write(self.conf_file, "\n".join(lines) + "\n")
 
     def check_config(self):
         res = subprocess.run([HAPROXY, "-c", "-q", "-f", self.conf_file], capture_output=True, text=True)
         if res.returncode != 0:
-            raise ServiceError("haproxy config %s invalid:\n%s%s" % (self.conf_file, res.stdout, res.stderr))
+            raise ServiceError(f"haproxy config {self.conf_file} invalid:\n{res.stdout}{res.stderr}")
 
     def start(self):
         if self.running:
@@ -932,7 +933,7 @@ class HAProxy(_Service):
         try:
             proc = self._popen([HAPROXY, "-W", "-db", "-f", self.conf_file, "-p", self.pid_file], "haproxy")
             self._wait_until(lambda: _tcp_open(self.host, self.port) and _unix_open(self.socket),
-                             "haproxy on %s and %s" % (self.bind, self.socket), 20, procs=[proc])
+                             f"haproxy on {self.bind} and {self.socket}", 20, procs=[proc])
         except BaseException:
             self.stop()
             raise
@@ -970,7 +971,7 @@ class HAProxy(_Service):
 
     def servers_state(self) -> dict:
         """``show servers state <backend>`` parsed: {server name: {column: value}}."""
-        out = self.command("show servers state %s" % self.backend)
+        out = self.command(f"show servers state {self.backend}")
         lines = [ln for ln in out.splitlines() if ln.strip()]
         header = None
         result = {}
@@ -981,7 +982,7 @@ class HAProxy(_Service):
             if header is None or ln.strip() == "1":
                 continue
             fields = ln.split()
-            row = dict(zip(header, fields))
+            row = dict(zip(header, fields))  # noqa: B905 (a short row: the columns it has)
             if "srv_name" in row:
                 result[row["srv_name"]] = row
         return result
@@ -990,7 +991,7 @@ class HAProxy(_Service):
         """Admin state of server ``name``: ``'maint'``, ``'drain'`` or ``'ready'``."""
         rows = self.servers_state()
         if name not in rows:
-            raise KeyError("no server %r in backend %s: %s" % (name, self.backend, sorted(rows)))
+            raise KeyError(f"no server {name!r} in backend {self.backend}: {sorted(rows)}")
         admin = int(rows[name]["srv_admin_state"])
         if admin & _ADMF_MAINT:
             return "maint"
@@ -1004,16 +1005,16 @@ class HAProxy(_Service):
         lines = out.splitlines()
         header = lines[0].lstrip("# ").split(",")
         for ln in lines[1:]:
-            row = dict(zip(header, ln.split(",")))
+            row = dict(zip(header, ln.split(",")))  # noqa: B905 (a short row: the columns it has)
             if row.get("pxname") == self.backend and row.get("svname") == name:
                 return row.get("status", "")
-        raise KeyError("no server %r in backend %s" % (name, self.backend))
+        raise KeyError(f"no server {name!r} in backend {self.backend}")
 
     def wait_status(self, name, status="UP", timeout=15.0):
         ok = _wait(lambda: self.server_status(name) == status, timeout, 0.1)
         if not ok:
-            raise ServiceError("haproxy: server %s is %r, not %r after %ss"
-                               % (name, self.server_status(name), status, timeout))
+            raise ServiceError(
+                f"haproxy: server {name} is {self.server_status(name)!r}, not {status!r} after {timeout}s")
 
     def _worker_pid(self):
         for ln in self.command("show info").splitlines():
@@ -1050,7 +1051,7 @@ class HAProxy(_Service):
         return self.reload()
 
     def __repr__(self):
-        return "HAProxy(%r, %s)" % (self.backend, self.url)
+        return f"HAProxy({self.backend!r}, {self.url})"
 
 
 # --------------------------------------------------------------------------- nginx LB
@@ -1083,10 +1084,10 @@ class NginxLB(_Service):
         self.bind = bind
         host, port = _split_addr(bind, 80)
         self.host, self.port = host, port
-        self.url = "http://%s:%d/" % (host, port)
+        self.url = f"http://{host}:{port}/"
         self.conf_file = os.path.join(self.workdir, "nginx.conf")
         self.upstream_dir = self.workdir + "-upstream"
-        self.upstream_file = os.path.join(self.upstream_dir, "upstream-%s.conf" % upstream)
+        self.upstream_file = os.path.join(self.upstream_dir, f"upstream-{upstream}.conf")
         self.pid_file = os.path.join(self.workdir, "nginx.pid")
         self._mkdir(self.workdir)
         self._mkdir(self.upstream_dir, owned=False)
@@ -1095,12 +1096,12 @@ class NginxLB(_Service):
 
     @staticmethod
     def server_line(name, addr) -> str:
-        return "    server %s;  # %s" % (addr, name)
+        return f"    server {addr};  # {name}"
 
     def upstream_text(self, servers=None) -> str:
         servers = self.servers if servers is None else servers
         body = "\n".join(self.server_line(n, a) for n, a in servers.items())
-        return "upstream %s {\n%s\n}\n" % (self.upstream, body)
+        return f"upstream {self.upstream} {{\n{body}\n}}\n"
 
     def write_upstream(self, servers=None):
         self._write(self.upstream_file, self.upstream_text(servers), owned=False)
@@ -1114,20 +1115,20 @@ class NginxLB(_Service):
         error_log = self._touch(os.path.join(self.log_dir, "nginx-error.log"))
         access_log = self._touch(os.path.join(self.log_dir, "nginx-access.log"))
         head, temp_paths = _nginx_common(self.workdir, self.user, self.group, error_log, self.pid_file, 2048)
-        http = """
-http {
-%(temp)s
+        http = f"""
+http {{
+{temp_paths}
     default_type application/octet-stream;
-    access_log %(access)s;
+    access_log {access_log};
     server_tokens off;
-    keepalive_timeout %(keepalive)s;
-    include %(upstream_file)s;
+    keepalive_timeout {self.keepalive_timeout};
+    include {self.upstream_file};
 
-    server {
-        listen %(bind)s;
+    server {{
+        listen {self.bind};
         server_name _;
-        location / {
-            proxy_pass http://%(upstream)s;
+        location / {{
+            proxy_pass http://{self.upstream};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
@@ -1136,11 +1137,10 @@ http {
             proxy_next_upstream error timeout http_502 http_503 http_504;
             proxy_next_upstream_tries 3;
             add_header X-Upstream-Addr $upstream_addr always;
-        }
-    }
-}
-""" % {"temp": temp_paths, "access": access_log, "upstream_file": self.upstream_file, "bind": self.bind,
-       "upstream": self.upstream, "keepalive": self.keepalive_timeout}
+        }}
+    }}
+}}
+"""
         if not os.path.exists(self.upstream_file):
             self.write_upstream()
         self._write(self.conf_file, head + http)
@@ -1158,15 +1158,15 @@ http {
         """Test the config, reload, and wait until the old workers are replaced."""
         res = subprocess.run(self.nginx_test_command(), capture_output=True, text=True)
         if res.returncode != 0:
-            raise ServiceError("nginx -t failed:\n%s%s" % (res.stdout, res.stderr))
+            raise ServiceError(f"nginx -t failed:\n{res.stdout}{res.stderr}")
         master = self._master_pid()
         before = set(_children(master))
         res = subprocess.run(self.reload_command(), capture_output=True, text=True)
         if res.returncode != 0:
-            raise ServiceError("nginx -s reload failed:\n%s%s" % (res.stdout, res.stderr))
+            raise ServiceError(f"nginx -s reload failed:\n{res.stdout}{res.stderr}")
         ok = _wait(lambda: (lambda now: now and not (now & before))(set(_children(master))), timeout)
         if not ok:
-            self._fail("workers were not replaced within %ss after reload" % timeout)
+            self._fail(f"workers were not replaced within {timeout}s after reload")
         return self
 
     def start(self):
@@ -1176,7 +1176,7 @@ http {
         self.write_config()
         try:
             proc = self._popen([NGINX, "-p", self.workdir, "-c", self.conf_file], "nginx")
-            self._wait_until(lambda: _tcp_open(self.host, self.port), "nginx on %s" % self.bind, 20,
+            self._wait_until(lambda: _tcp_open(self.host, self.port), f"nginx on {self.bind}", 20,
                              procs=[proc])
         except BaseException:
             self.stop()
@@ -1184,7 +1184,7 @@ http {
         return self
 
     def wait_ready(self, timeout=20):
-        self._wait_until(lambda: _tcp_open(self.host, self.port), "nginx on %s" % self.bind, timeout)
+        self._wait_until(lambda: _tcp_open(self.host, self.port), f"nginx on {self.bind}", timeout)
 
     def _pid_files(self):
         return [self.pid_file]
@@ -1194,4 +1194,4 @@ http {
         self._stop_pid_files(signal.SIGQUIT, timeout=10)
 
     def __repr__(self):
-        return "NginxLB(%r, %s)" % (self.upstream, self.url)
+        return f"NginxLB({self.upstream!r}, {self.url})"

@@ -2,18 +2,29 @@
 The master side of salt-deploy, as a plain package: what the ``deploy`` runner uses.
 
 One module per concern, every function takes what it needs (``opts``, the project's
-pillar dict) as arguments, as saltext-vault keeps ``utils/vault/*.py``:
+pillar dict) as arguments, as saltext-vault keeps ``utils/vault/*.py`` (tests/unit/test_imports.py
+checks that this list names every module, and that they import each other without a cycle):
 
-``names``   names, their validation, the release name, who and when
-``config``  the project/env definition from the master's pillar, master options
-``plan``    batch sizes and stages (pure)
-``policy``  the rollback target and the cluster view (pure)
-``source``  where code comes from: one module per VCS behind one interface
-``archive`` the tar member checks the nodes use, and a safe unpack
-``build``   build, package, and place an artifact on the master's fileserver
-``store``   the master's state: lock, detached list, history, the record of the nodes
-``contract`` exit codes and the arguments of the runner's public functions
-``notify``  notifications: the hooks, the message and its wire formats, the POST
+``names``         names, their validation, the release name, who and when
+``config``        the project/env definition from the master's pillar, master options
+``pillar_schema`` every key of the project pillar: its type, its default, where it may appear
+``plan``          batch sizes and stages (pure)
+``gates``         the gate seam: a stage's pause and the analysis of live traffic, its providers
+``policy``        the rollback target and the cluster view (pure)
+``source``        where code comes from: one module per VCS (and CI-built artifacts) behind one interface
+``archive``       the tar member checks, and a safe unpack
+``manifest``      the release's manifest, its tree hash, the content archive and its parts
+``build``         build, package, and place an artifact on the master's fileserver
+``jobs``          the whole Salt transport: publish, gather, find_job rounds, late returns
+``rollout``       a run's steps: its state and events, distribution, the batches behind the LBs, gates, revert, finish
+``views``         what the read-only views compute (stats, projects, a validation's answers)
+``web``           the HTTP opener for the master's own requests (no redirect, no proxy)
+``statedir``      the master's state folder (``deploy_state_dir``)
+``store_base``    the interface of the master's state: the lock, the store
+``store``         the master's state on its disk: lock, detached list, history, the record of the nodes
+``store_etcd``    the same on etcd v3, shared by two or more masters
+``contract``      exit codes and the arguments of the runner's public functions
+``notify``        notifications: the hooks, the message and its wire formats, the POST
 
 Importable on both install routes: ``pip install`` (a top-level package of the
 distribution) and the classic route (``_utils/`` synced by ``saltutil.sync_utils``, which

@@ -41,7 +41,8 @@ def safe_members(tar):
                     continue
                 if walk and "/".join(walk) in symlinks:
                     raise DeployError(
-                        f"archive member {name!r} links to {link!r} through the symlink {'/'.join(walk)!r}: release refused"
+                        f"archive member {name!r} links to {link!r} through the symlink {'/'.join(walk)!r}: "
+                        "release refused"
                     )
                 if step != "..":
                     walk.append(step)

@@ -13,7 +13,7 @@ import time
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import DeployError, UnknownRef, config, manifest, names, source
+from deploy_master import DeployError, UnknownRef, manifest, names, source, statedir
 
 
 sha256 = manifest.sha256  # the hex sha256 of a file
@@ -53,7 +53,8 @@ def package(src, revision, workdir, commands, env, progress):
         )
         if proc.returncode:
             raise DeployError(
-                f"build command failed (exit {proc.returncode}): {command}: {(proc.stderr or proc.stdout).strip()[-300:]}"
+                f"build command failed (exit {proc.returncode}): {command}: "
+                f"{(proc.stderr or proc.stdout).strip()[-300:]}"
             )
     # a content archive (deploy_master.manifest): the manifest, then each content once, named by its
     # sha256; the same bytes from the same tree (no times, owners or gzip name), so that two masters
@@ -139,8 +140,8 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False, res
 
     Returns ``{release, commit, version, branch, committer, time}``, plus ``source`` (salt://),
     ``checksum``, ``tree`` (the manifest's tree hash; the manifest is ``<release>.manifest.json``
-    beside the artifact, served at ``manifest``), ``reused`` and ``bytes`` when not ``test``.  An artifact is reused for the same
-    commit built by the same commands.  ``branch=True``: ``ref`` is the env's default branch
+    beside the artifact, served at ``manifest``), ``reused`` and ``bytes`` when not ``test``.  An artifact
+    is reused for the same commit built by the same commands.  ``branch=True``: ``ref`` is the env's default branch
     (resolved only as a branch).  ``resolved``: :func:`resolve`'s answer, when the caller has it.
     """
     src = source_for(opts, project, conf)
@@ -174,7 +175,7 @@ def build(opts, project, env, conf, ref, progress, test=False, branch=False, res
         progress(f"build: the build commands changed since {release} was built: building it again "
                  "(nodes that hold the old build refuse the new one: release a new commit)")
     if not reused:
-        with tempfile.TemporaryDirectory(prefix="deploy-build-", dir=config.state_dir(opts, "build")) as workdir:
+        with tempfile.TemporaryDirectory(prefix="deploy-build-", dir=statedir.folder(opts, "build")) as workdir:
             env_vars = {"DEPLOY_PROJECT": project, "DEPLOY_ENV": env, "DEPLOY_RELEASE": release}
             built, doc = package(src, revision, workdir, commands, env_vars, progress)
             artifact = os.path.join(directory, release + built[len(os.path.join(workdir, "release")):])

@@ -25,19 +25,8 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import names, pillar_schema, plan
+from deploy_master import names, notify, pillar_schema, plan, source
 from deploy_master.gates import analysis
-
-LB_DRIVERS = pillar_schema.LB_DRIVERS
-DEFAULT_BRANCH = {"git": "master", "svn": "trunk"}  # an env's `branch` when it names none
-
-
-def state_dir(opts, *parts):
-    """A folder under ``deploy_state_dir`` (default ``<cachedir>/deploy``), created 0700."""
-    base = opts.get("deploy_state_dir") or os.path.join(opts["cachedir"], "deploy")
-    path = os.path.join(base, *parts)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
 
 
 def timeout(opts):
@@ -46,7 +35,8 @@ def timeout(opts):
 
 
 def silent_rounds(opts):
-    """``find_job`` rounds a node may leave unanswered before it counts as gone (``deploy_silent_rounds``, default 2)."""
+    """``find_job`` rounds a node may leave unanswered before it counts as gone (``deploy_silent_rounds``,
+    default 2)."""
     return max(1, int(opts.get("deploy_silent_rounds", 2)))
 
 
@@ -86,8 +76,8 @@ def load(opts, project, env=None):
 def project_env(pillar, project, env=None):
     """``(conf, envc)``: the project (and env, else None) definition from ``pillar``, validated.
 
-    Unknown keys are refused first, then the checks of what values mean (below) speak; then :mod:`deploy_master.pillar_schema`
-    refuses every unknown key (did you mean ...?) and wrong type, in every env."""
+    Unknown keys are refused first, then the checks of what values mean (below) speak; then
+    :mod:`deploy_master.pillar_schema` refuses every unknown key (did you mean ...?) and wrong type, in every env."""
     defined = ((pillar.get("deploy") or {}).get("projects") or {}).get(project)
     pillar_schema.check(defined, project, unknown_only=True)  # a typo first: it silently changes what runs
     try:
@@ -115,26 +105,27 @@ def _project_env(pillar, project, env=None):
     for key in ("repo", "root", "envs"):
         if not conf.get(key) and not (key == "repo" and conf.get("vcs") == "artifact"):
             raise SaltInvocationError(f"project {project!r}: pillar is missing {key!r}")
-    from deploy_master import source  # pylint: disable=import-outside-toplevel
-
     vcs = conf.get("vcs") or "git"
     if vcs not in source.KINDS:
         raise SaltInvocationError(f"project {project!r}: unknown vcs {vcs!r}: use one of {', '.join(source.KINDS)}")
-    from deploy_master import notify  # pylint: disable=import-outside-toplevel
-
     notify.hooks(conf, project)
     root = conf["root"]
     if not isinstance(root, str) or not os.path.isabs(root) or os.path.realpath(root) == "/":
         raise SaltInvocationError(f"project {project!r}: root {root!r} must be an absolute path other than '/'")
     if env is None:
         return conf, None
+    return conf, _env(conf, project, env, vcs)
+
+
+def _env(conf, project, env, vcs):
+    """The env ``env`` of the project ``conf``, checked; the VCS's default branch when it names none."""
     envc = conf["envs"].get(env)
     if not isinstance(envc, dict):
         raise SaltInvocationError(
             f"unknown env {env!r} for project {project!r}: pillar has {', '.join(sorted(conf['envs']))}"
         )
-    if not envc.get("branch") and vcs in DEFAULT_BRANCH and vcs != "git":
-        envc = {**envc, "branch": DEFAULT_BRANCH[vcs]}
+    if not envc.get("branch") and vcs != "git":
+        envc = {**envc, "branch": source.get(vcs).DEFAULT_BRANCH}
     if not envc.get("target") and not envc.get("preprod"):
         raise SaltInvocationError(f"project {project!r} env {env!r}: give a 'target' (and optionally 'preprod')")
     for index, stage in enumerate(envc.get("stages") or []):
@@ -145,7 +136,7 @@ def _project_env(pillar, project, env=None):
         stage_pause(stage, where)
     on_failure(envc, env)
     lb = load_balancer(conf, envc)
-    if lb.get("driver", "none") not in LB_DRIVERS:
+    if lb.get("driver", "none") not in pillar_schema.LB_DRIVERS:
         raise SaltInvocationError(f"project {project!r}: unknown lb driver {lb.get('driver')!r}")
     if lb.get("driver", "none") != "none" and not lb.get("minion"):
         raise SaltInvocationError(f"project {project!r}: lb needs the 'minion' that runs the load balancer")
@@ -154,7 +145,7 @@ def _project_env(pillar, project, env=None):
         int(envc.get("max_failures", 0))
     except (TypeError, ValueError):
         raise SaltInvocationError(f"env {env!r}: max_failures must be a whole number") from None
-    return conf, envc
+    return envc
 
 
 def _check_analysis(envc, env, driver):

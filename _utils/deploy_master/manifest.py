@@ -3,8 +3,8 @@
 A **manifest** lists every entry of a release tree, sorted by path, as
 ``[path, kind, mode, size, ref]``:
 
-- a file: ``[path, "f", 0o644 or 0o755, size, sha256 of the content]`` (only the executable
-  bit of a file's mode is kept, as git does);
+- a file: ``[path, "f", 0o644 or 0o755, size, sha256 of the content]`` (only the owner's
+  executable bit of a file's mode is kept, as git does: :func:`file_mode`);
 - a symlink: ``[path, "l", 0o777, 0, target]``;
 - a folder: ``[path, "d", 0o755, 0, ""]``.
 
@@ -50,6 +50,13 @@ def tree_hash(entries):
     return digest.hexdigest()
 
 
+def file_mode(st_mode):
+    """The mode a release keeps of a file whose mode is ``st_mode``: 0o755 when its owner may execute it,
+    else 0o644 (git's rule).  The node module keeps its own copy (``_modules/deploy.py`` ``_file_mode``),
+    pinned by tests/unit/test_manifest.py."""
+    return 0o755 if st_mode & 0o100 else 0o644
+
+
 def sha256(path):
     """The hex sha256 of a file, read in 1 MiB blocks (``hashlib.file_digest`` is Python 3.11+)."""
     digest = hashlib.sha256()
@@ -80,7 +87,7 @@ def scan(tree):
                 walk(path)
             elif stat.S_ISREG(st.st_mode):
                 sha = sha256(item.path)
-                entries.append([path, "f", 0o755 if st.st_mode & 0o111 else 0o644, st.st_size, sha])
+                entries.append([path, "f", file_mode(st.st_mode), st.st_size, sha])
                 blobs.setdefault(sha, item.path)
             else:
                 raise DeployError(f"{path}: not a file, folder or symlink: release refused")
@@ -169,7 +176,7 @@ def _info(name, size, mtime=0):
 
 def _open_out(out, compress=True):
     """A gzip stream without time or name (the same bytes from the same content), or the plain file."""
-    raw = open(out, "wb")  # pylint: disable=consider-using-with
+    raw = open(out, "wb")  # noqa: SIM115 (returned: the caller closes it)  # pylint: disable=consider-using-with
     if not compress:
         return contextlib.nullcontext(raw), raw
     return raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0)

@@ -33,8 +33,8 @@ def valid(value, regex, what):
 def field(value, cap=FIELD_MAX):
     """One field of a release name, reduced to ``[A-Za-z0-9.-]``: control characters dropped, other
     characters become ``-``, runs of dots collapse to one, no ``.``/``-`` at either end, at most
-    ``cap`` characters (None: no cap; project and env are validated names); ``none`` if nothing is left.  An odd committer (``..``, 300 characters)
-    still gives a name the nodes accept."""
+    ``cap`` characters (None: no cap; project and env are validated names); ``none`` if nothing is left.
+    An odd committer (``..``, 300 characters) still gives a name the nodes accept."""
     text = DOTS_RE.sub(".", FIELD_RE.sub("-", CONTROL_RE.sub("", str(value)))).strip(".-")
     return (text[:cap].rstrip(".-") if cap else text) or "none"
 

@@ -62,7 +62,8 @@ def hooks(conf, project="?"):
             raise SaltInvocationError(f"{where}: events must be a list of {', '.join(EVENTS)}")
         unknown = sorted(set(hook) - {"url", "format", "events", "name", "secret"})
         if unknown:
-            raise SaltInvocationError(f"{where}: unknown key {unknown[0]!r}: accepted: url, format, events, name, secret")
+            raise SaltInvocationError(
+                f"{where}: unknown key {unknown[0]!r}: accepted: url, format, events, name, secret")
         name = str(hook.get("name") or f"hook {index} ({fmt})")
         out.append({"url": url, "format": fmt, "events": list(events), "name": name, "secret": hook.get("secret")})
     return out

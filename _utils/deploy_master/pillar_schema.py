@@ -141,7 +141,8 @@ RESTART_KEYS = {
 NOTIFY_KEYS = {
     "url": _key("string", "http(s) address of the webhook; never logged or returned"),
     "format": _key("string", "the wire format", "json", enum=list(notify.FORMATS)),
-    "events": _key("array", "the events posted", list(notify.EVENTS), items={"type": "string", "enum": list(notify.EVENTS)}),
+    "events": _key("array", "the events posted", list(notify.EVENTS),
+                   items={"type": "string", "enum": list(notify.EVENTS)}),
     "name": _key("string", "the hook's name in logs, instead of its URL"),
     "secret": _key("string", "DingTalk's signing secret"),
 }

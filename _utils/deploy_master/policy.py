@@ -83,7 +83,8 @@ def rollback_target(inventories, to=None, allow_bad=False):
         missing = sorted(n for n, inv in inventories.items() if to not in {r["name"] for r in inv["releases"]})
         if missing:
             raise DeployError(f"release {to} is not on {', '.join(missing)}: refusing (nothing was changed)")
-        bad = sorted(n for n, inv in inventories.items() for r in inv["releases"] if r["name"] == to and r["status"] == "bad")
+        bad = sorted(n for n, inv in inventories.items() for r in inv["releases"]
+                     if r["name"] == to and r["status"] == "bad")
         if bad and not allow_bad:
             raise DeployError(f"release {to} is marked bad on {', '.join(bad)}: refusing to roll back to it "
                               "(allow_bad=True goes there all the same)")
@@ -91,10 +92,10 @@ def rollback_target(inventories, to=None, allow_bad=False):
     view = cluster_view(inventories)
     if view["rollback_target"]:
         return view["rollback_target"]
-    have = "; ".join(
-        f"{n}: current {inv['current']}, good {[r['name'] for r in inv['releases'] if r['status'] == 'good' and not r['current']] or 'none'}"
-        for n, inv in sorted(inventories.items())
-    )
+    def good(inv):
+        return [r["name"] for r in inv["releases"] if r["status"] == "good" and not r["current"]] or "none"
+
+    have = "; ".join(f"{n}: current {inv['current']}, good {good(inv)}" for n, inv in sorted(inventories.items()))
     raise DeployError(
         f"no good release older than the current one, with another commit, is present on every node ({have}); "
         "choose one with to=<release>"

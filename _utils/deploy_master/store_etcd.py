@@ -43,7 +43,8 @@ import time
 import uuid
 
 from deploy_master import DeployError, Locked, contract, names
-from deploy_master.store import Lock, Store
+from deploy_master.store_base import Lock, Store
+import contextlib
 
 try:
     import etcd3gw
@@ -190,10 +191,8 @@ class EtcdClient:
         return int((res.get("result") or {}).get("TTL", -1))
 
     def revoke(self, lease):
-        try:
+        with contextlib.suppress(StoreUnavailable):
             self.post("/kv/lease/revoke", {"ID": lease})
-        except StoreUnavailable:
-            pass
 
 
 def put(key, value, lease=None, prev_kv=False):

@@ -125,3 +125,13 @@ def small_fs(project):
         yield project.root
     finally:
         subprocess.run(["umount", project.root], check=True)
+
+
+@pytest.fixture
+def live(project):
+    """A project with a served release r1: what must stay untouched."""
+    project.deploy("r1")
+    project.before = project.tree()
+    yield project
+    assert project.leftovers() == []
+    assert project.current == "r1"

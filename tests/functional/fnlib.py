@@ -12,6 +12,8 @@ import stat
 import tarfile
 import tempfile
 
+from deploy_master.manifest import sha256
+
 PROJECT = "rainbow"
 USER = "www-data"
 SECRET = "sms-s3cret-4711"
@@ -52,11 +54,6 @@ def build_tar(path, files=None, members=(), mode="w:gz"):
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return path
-
-
-def sha256(path):
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
 
 
 def tree(root):

@@ -20,16 +20,6 @@ PWNED = ("/tmp/pwned-dpl", "pwned")
 PREPARE_NAMES = ["a/b", "..", "", "a;touch pwned", "$(touch /tmp/pwned-dpl)", "`touch pwned`", "rainbow\n", None]
 
 
-@pytest.fixture
-def live(project):
-    """A project with a served release r1: what must stay untouched."""
-    project.deploy("r1")
-    project.before = project.tree()
-    yield project
-    assert project.leftovers() == []
-    assert project.current == "r1"
-
-
 def _untouched(project):
     assert project.tree() == project.before
     assert project.leftovers() == []
@@ -62,12 +52,12 @@ def test_bad_release_names(live):
     problems = {}
     for name in BAD_NAMES:
         for what, call in (
-            ("prepare", lambda: live.mod.prepare(PROJECT, name, url, checksum)),
-            ("activate", lambda: live.mod.activate(PROJECT, name)),
-            ("switch", lambda: live.mod.switch(PROJECT, name)),
-            ("mark", lambda: live.mod.mark(PROJECT, name, "bad")),
-            ("info", lambda: live.mod.info(PROJECT, name)),
-            ("rollback", lambda: live.mod.rollback(PROJECT, to=name)),
+            ("prepare", lambda name=name: live.mod.prepare(PROJECT, name, url, checksum)),
+            ("activate", lambda name=name: live.mod.activate(PROJECT, name)),
+            ("switch", lambda name=name: live.mod.switch(PROJECT, name)),
+            ("mark", lambda name=name: live.mod.mark(PROJECT, name, "bad")),
+            ("info", lambda name=name: live.mod.info(PROJECT, name)),
+            ("rollback", lambda name=name: live.mod.rollback(PROJECT, to=name)),
         ):
             if what == "rollback" and not name:
                 continue  # to='' / to=None mean "the default target"
@@ -83,13 +73,13 @@ def test_bad_project_names(live):
     problems = {}
     for name in BAD_NAMES + ["Rainbow", "_x", "rainbow\n", "rainbow/../rainbow"]:
         for what, call in (
-            ("prepare", lambda: live.mod.prepare(name, "r2", url, checksum)),
-            ("activate", lambda: live.mod.activate(name, "r1")),
-            ("switch", lambda: live.mod.switch(name, "r1")),
-            ("releases", lambda: live.mod.releases(name)),
-            ("cleanup", lambda: live.mod.cleanup(name)),
-            ("restart", lambda: live.mod.restart(name)),
-            ("check", lambda: live.mod.check(name)),
+            ("prepare", lambda name=name: live.mod.prepare(name, "r2", url, checksum)),
+            ("activate", lambda name=name: live.mod.activate(name, "r1")),
+            ("switch", lambda name=name: live.mod.switch(name, "r1")),
+            ("releases", lambda name=name: live.mod.releases(name)),
+            ("cleanup", lambda name=name: live.mod.cleanup(name)),
+            ("restart", lambda name=name: live.mod.restart(name)),
+            ("check", lambda name=name: live.mod.check(name)),
         ):
             if what == "prepare" and name not in PREPARE_NAMES:
                 continue  # prepare compiles the pillar before it looks the project up: a few names suffice

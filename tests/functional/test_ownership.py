@@ -15,6 +15,7 @@ import traceback
 import pytest
 from salt.exceptions import CommandExecutionError
 from tests.functional.fnlib import APP_FILES, PROJECT, USER, content_artifact
+import contextlib
 
 APP = pwd.getpwnam(USER)
 
@@ -150,10 +151,8 @@ def test_the_app_user_cannot_steer_root_while_a_release_is_built(project):
         while time.monotonic() < deadline and tries < 8:
             tries += 1
             url, _, checksum = project.artifact(f"r{tries}", files=files)
-            try:
+            with contextlib.suppress(CommandExecutionError):
                 project.mod.prepare(PROJECT, f"r{tries}", url, checksum)
-            except CommandExecutionError:
-                pass
             if _entries(victim) != before:
                 break
     finally:

@@ -12,7 +12,6 @@ import logging
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
 import threading
@@ -23,6 +22,7 @@ import uuid
 import pytest
 from salt.exceptions import CommandExecutionError
 from tests.functional.fnlib import APP_FILES, PROJECT, SECRET, USER
+import contextlib
 
 APP = pwd.getpwnam(USER)
 
@@ -69,8 +69,8 @@ def _with_template(text):
 def test_item1_template_cannot_run_code_as_root(project):
     marker = os.path.join(project.workdir, "pwned-by-template")
     payloads = [
-        "{{ lipsum.__globals__['os'].popen('touch %s').read() }}" % marker,
-        "{{ cycler.__init__.__globals__.os.system('touch %s') }}" % marker,
+        f"{{{{ lipsum.__globals__['os'].popen('touch {marker}').read() }}}}",
+        f"{{{{ cycler.__init__.__globals__.os.system('touch {marker}') }}}}",
         "{{ ''.__class__.__mro__[1].__subclasses__() }}",
         "{{ joiner.__init__.__globals__['__builtins__']['open']('/etc/shadow').read() }}",
     ]
@@ -290,10 +290,8 @@ def test_item4_shared_path_race_never_chowns_an_existing_tree(project):
         while time.monotonic() < deadline and tries < 300:
             tries += 1
             url, _, checksum = project.artifact(f"r{tries}")
-            try:
+            with contextlib.suppress(CommandExecutionError):
                 project.mod.prepare(PROJECT, f"r{tries}", url, checksum)
-            except CommandExecutionError:
-                pass
             if _owners(victim) != before:
                 break
     finally:

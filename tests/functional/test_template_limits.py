@@ -10,7 +10,7 @@ import pytest
 from salt.exceptions import CommandExecutionError
 from tests.functional.fnlib import APP_FILES, PROJECT, SECRET
 
-from tests.functional.test_bad_input import _untouched, live  # noqa: F401  # pylint: disable=unused-import
+from tests.functional.test_bad_input import _untouched
 
 BYTES = "template_limits: bytes"
 AMPLIFIERS = [

@@ -7,6 +7,7 @@ or Jenkins server (the pipeline graph, `input`, the build result) is read from t
 
 import json
 import os
+import pathlib
 import re
 import shlex
 import subprocess
@@ -54,7 +55,7 @@ def ci(clean_cluster, tmp_path):
     work = tmp_path / "checkout"
     (work / "examples").mkdir(parents=True)
     for name in os.listdir(EXAMPLES):
-        (work / "examples" / name).write_bytes(open(os.path.join(EXAMPLES, name), "rb").read())
+        (work / "examples" / name).write_bytes(pathlib.Path(EXAMPLES, name).read_bytes())
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     yield clean_cluster, work, env
     lock = os.path.join(clean_cluster.state_dir, "locks", "rainbow_pro.lock")

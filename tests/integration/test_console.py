@@ -143,8 +143,11 @@ def push_branch(cluster, branch, subject, committer):
     env = {**sample_repo._git_env(), "GIT_COMMITTER_NAME": committer, "GIT_AUTHOR_NAME": committer}
     with tempfile.TemporaryDirectory(prefix="dpl-x-") as tmp:
         work = os.path.join(tmp, "w")
-        git = lambda *a: subprocess.run(["git", *a], cwd=tmp if a[0] == "clone" else work, env=env, check=True,
-                                        capture_output=True)
+
+        def git(*a):
+            return subprocess.run(["git", *a], cwd=tmp if a[0] == "clone" else work, env=env, check=True,
+                                  capture_output=True)
+
         git("clone", "-q", "--branch", "master", cluster.repo, work)
         git("commit", "-q", "--allow-empty", "-m", subject)
         git("push", "-q", "-f", "origin", f"HEAD:refs/heads/{branch}")
@@ -422,9 +425,11 @@ def test_viewer_may_only_show_the_lock(api, cluster):
     is refused whatever its arguments."""
     lock = stale_lock(cluster)
     token = api_login(api, "viewer")
-    call = lambda fun, kwarg: request(api, "POST", "/", [{"client": "runner", "fun": fun,
-                                                          "kwarg": {"project": "rainbow", "env": "pro", **kwarg}}],
-                                      token=token)
+
+    def call(fun, kwarg):
+        return request(api, "POST", "/", [{"client": "runner", "fun": fun,
+                                           "kwarg": {"project": "rainbow", "env": "pro", **kwarg}}], token=token)
+
     status, data = call("deploy.lock_status", {})
     assert status == 200 and data["return"][0]["locked"] is True and data["return"][0]["alive"] is False
     for kwarg in ({}, {"force": True}, {"show": True}, {"kwarg": {"show": True}}, {"force": True, "kwarg": {"show": True}}):

@@ -76,7 +76,7 @@ def test_unknown_or_missing_arguments_are_refused_with_the_bad_input_code(clean_
     ]
     results = run_many(c, [(fun, kwargs) for fun, kwargs, _, _ in cases])
     problems = []
-    for (fun, kwargs, bad, accepted), ret in zip(cases, results):
+    for (fun, kwargs, bad, accepted), ret in zip(cases, results, strict=True):
         error = str(ret.data.get("error"))
         ok = (ret.returncode == BAD_INPUT and ret.data.get("result") == "refused"
               and f"unknown argument {bad!r}" in error and f"accepted: {accepted}" in error

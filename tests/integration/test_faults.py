@@ -432,7 +432,7 @@ def test_bad_names_are_refused_and_never_reach_a_shell(fresh):
     TALLY["bad inputs tried"] += len(sample)
     results += run_many(c, [case for case, _ in sample])
     problems = []
-    for (case, message), ret in zip(cases + sample, results):
+    for (case, message), ret in zip(cases + sample, results, strict=True):
         ok = ret.returncode == 2 and ret.data.get("result") == "refused" and message in str(ret.data.get("error"))
         if ok:
             TALLY["bad inputs refused cleanly"] += 1
@@ -469,7 +469,7 @@ def test_bad_pillar_and_batches_are_refused(fresh):
     TALLY["bad inputs tried"] += len(cases)
     results = run_in_one_process(c, [case for case, _ in cases])
     problems = []
-    for (case, message), ret in zip(cases, results):
+    for (case, message), ret in zip(cases, results, strict=True):
         error = str(ret.data.get("error") or ret.raw)
         ok = ret.returncode == 2 and ret.data.get("result") == "refused" and message in error
         # a configuration error is a clear refusal, not an "unexpected error" with a traceback in the log

@@ -6,7 +6,7 @@ swapped for another root read-only file of the same size, a web shell added), on
 import os
 import stat
 
-from .conftest import NODES, WEB
+from .conftest import WEB
 from .test_rollback import release_new
 
 

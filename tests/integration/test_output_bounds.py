@@ -7,7 +7,6 @@ escaped; the minion's own log has the (redacted) output in full.
 """
 
 import json
-import os
 import time
 
 import pytest

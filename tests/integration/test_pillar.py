@@ -47,7 +47,7 @@ def test_every_bad_input_exits_2_and_touches_nothing(clean_cluster):
     ]
     results = run_many(c, [("deploy.release", kwargs) for _, kwargs, _ in cases])
     problems = []
-    for (what, kwargs, words), ret in zip(cases, results):
+    for (what, _kwargs, words), ret in zip(cases, results, strict=True):
         if ret.returncode != BAD_INPUT or ret.data.get("result") != "refused" or words not in str(ret.data.get("error")):
             problems.append((what, ret.returncode, ret.stdout[-800:], ret.stderr[-800:]))
     # bad pillar: a misspelt key in the env (the run would have gone on without automatic rollback)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import pwd
 import os
+import pathlib
 import signal
 import subprocess
 import threading
@@ -67,17 +68,17 @@ def test_release_serves_new_version_everywhere(clean_cluster):
     # served through the LB and directly, the new version
     pages = lb_pages(c)
     assert all(f"rainbow {tag[1:]}" in page for page in pages), pages
-    for node, (addr, _) in NODES.items():
+    for addr, _ in NODES.values():
         assert f"rainbow {tag[1:]}" in web.http_get(f"http://{addr}:8080/")[2]
     # per-node config: the job node has its own crontab.xml, secrets rendered 0640 root:www-data
     cron = os.path.join(c.root("web-3"), "current", "config", "crontab.xml")
-    assert "report" in open(cron, encoding="utf-8").read()
-    assert "report" not in open(os.path.join(c.root("web-1"), "current", "config", "crontab.xml"), encoding="utf-8").read()
+    assert "report" in pathlib.Path(cron).read_text(encoding="utf-8")
+    assert "report" not in pathlib.Path(c.root("web-1"), "current", "config", "crontab.xml").read_text(encoding="utf-8")
     ini = os.path.join(c.root("web-1"), "current", "config", "app.ini")
     st = os.stat(ini)
     assert oct(st.st_mode & 0o777) == "0o640"
     assert (st.st_uid, st.st_gid) == (0, pwd.getpwnam("www-data").pw_gid)
-    assert "SMSKEY-5f1d2c9a-secret" in open(ini, encoding="utf-8").read()
+    assert "SMSKEY-5f1d2c9a-secret" in pathlib.Path(ini).read_text(encoding="utf-8")
     # progress lines and the history record
     assert "out of the LB" in (ret.stdout + ret.stderr) and "back in the LB" in (ret.stdout + ret.stderr)
     last = history(c)[-1]
@@ -216,7 +217,7 @@ def test_killed_run_leaves_a_stale_lock_that_is_taken_over(clean_cluster):
         while time.monotonic() < deadline and c.lb.server_state("web-1") != "maint":
             time.sleep(0.05)
         assert c.lb.server_state("web-1") == "maint"
-        assert json.load(open(detached, encoding="utf-8")) == ["web-1"]
+        assert json.loads(pathlib.Path(detached).read_text(encoding="utf-8")) == ["web-1"]
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(30)

@@ -18,6 +18,7 @@ import uuid
 import pytest
 
 from sandbox import cluster, web
+import contextlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,10 +53,8 @@ def sandbox_path():
     if os.path.exists(path):
         _sandbox("down", "--path", path, timeout=120)
     for pid in _processes_of(path):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_up_status_down(sandbox_path):

@@ -20,6 +20,7 @@ import pytest
 
 from sandbox import cluster, repo as sample_repo
 from sandbox.cluster import ENV, PROJECT, Sandbox
+import contextlib
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -58,10 +59,8 @@ def kill_tree(pid):
     procs = [psutil.Process(pid)]
     procs += procs[0].children(recursive=True)
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
 
 
 def test_first_master_releases_and_second_serves_its_own_artifact(box):

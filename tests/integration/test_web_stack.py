@@ -33,11 +33,11 @@ LB = "127.0.3.100"
 
 
 def _uid_of(pid):
-    with open("/proc/%d/status" % pid) as fh:
+    with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith("Uid:"):
                 return int(line.split()[1])
-    raise AssertionError("no Uid line for %s" % pid)
+    raise AssertionError(f"no Uid line for {pid}")
 
 
 def _pid(path):
@@ -65,7 +65,7 @@ def _deploy(repo, ref, root, release, greeting=None):
     rel = export_release(repo, ref, os.path.join(root, "releases", release))
     if greeting is not None:
         with open(os.path.join(rel, "config", "app.ini"), "w") as fh:
-            fh.write('greeting = "%s"\nsms_key = "k"\n' % greeting)
+            fh.write(f'greeting = "{greeting}"\nsms_key = "k"\n')
     activate_release(root, rel)
     return rel
 
@@ -104,7 +104,7 @@ def stack_nodes(ws, php_repo):
     try:
         for name, addr in WEB.items():
             root = os.path.join(ws, "nodes", name, "www", "rainbow")
-            _deploy(php_repo, "v1.0.0", root, "a", greeting="hi from %s" % name)
+            _deploy(php_repo, "v1.0.0", root, "a", greeting=f"hi from {name}")
             nodes[name] = PhpNode(name, addr, root, os.path.join(ws, "nodes", name, "run")).start()
         yield nodes
     finally:
@@ -193,7 +193,7 @@ def test_php_symlink_switch_reload_and_opcache(ws, php_repo):
         assert "release: b" in body
         status, _, probe = http_get(node.url + "probe.php")
         assert status == 200, probe
-        assert probe == "%s|%s" % (os.path.join(rel_b, "public", "probe.php"), os.path.join(rel_b, "public"))
+        assert probe == "{}|{}".format(os.path.join(rel_b, "public", "probe.php"), os.path.join(rel_b, "public"))
 
         # OPcache with validate_timestamps=0 really is active: an in-place edit is NOT seen ...
         index = os.path.join(rel_b, "public", "index.php")
@@ -229,10 +229,10 @@ def test_php_symlink_switch_reload_and_opcache(ws, php_repo):
 
 
 def test_haproxy_balances_redispatches_and_drains(ws, stack_nodes):
-    servers = {name: "%s:8080" % addr for name, addr in WEB.items()}
+    servers = {name: f"{addr}:8080" for name, addr in WEB.items()}
     servers["web-9"] = DEAD
-    with HAProxy(os.path.join(ws, "haproxy"), "rainbow", servers, bind="%s:8000" % LB) as lb:
-        assert lb.url == "http://%s:8000/" % LB
+    with HAProxy(os.path.join(ws, "haproxy"), "rainbow", servers, bind=f"{LB}:8000") as lb:
+        assert lb.url == f"http://{LB}:8000/"
         assert _uid_of(_pid(lb.pid_file)) == WWW_UID
         # right after start web-9 is still believed UP: redispatch + retries hide it
         seen = _served_by(lb.url, 30)
@@ -266,8 +266,8 @@ def test_haproxy_balances_redispatches_and_drains(ws, stack_nodes):
 
 
 def test_nginx_lb_upstream_file_test_and_reload(ws, stack_nodes):
-    servers = {name: "%s:8080" % addr for name, addr in WEB.items()}
-    lb = NginxLB(os.path.join(ws, "nginx-lb"), "rainbow", servers, bind="%s:8001" % LB)
+    servers = {name: f"{addr}:8080" for name, addr in WEB.items()}
+    lb = NginxLB(os.path.join(ws, "nginx-lb"), "rainbow", servers, bind=f"{LB}:8001")
     with open(lb.upstream_file) as fh:
         text = fh.read()
     assert text.startswith("upstream rainbow {\n") and text.rstrip().endswith("}")
@@ -350,14 +350,14 @@ def test_failures_are_reported_clearly(ws, stack_nodes):
         busy.start()
     assert not busy.running
 
-    bad = HAProxy(os.path.join(ws, "haproxy-bad"), "rainbow", {"web-1": "not an address"}, bind="%s:8002" % LB)
+    bad = HAProxy(os.path.join(ws, "haproxy-bad"), "rainbow", {"web-1": "not an address"}, bind=f"{LB}:8002")
     with pytest.raises(ServiceError, match="invalid"):
         bad.start()
     assert not bad.running
 
     # nginx dies at start-up on a broken include: the error carries the log tail
-    broken = NginxLB(os.path.join(ws, "nginx-lb-bad"), "rainbow", {"web-1": "%s:8080" % WEB["web-1"]},
-                     bind="%s:8003" % LB)
+    broken = NginxLB(os.path.join(ws, "nginx-lb-bad"), "rainbow", {"web-1": "{}:8080".format(WEB["web-1"])},
+                     bind=f"{LB}:8003")
     with open(broken.upstream_file, "w") as fh:
         fh.write("upstream rainbow {\n    bogus_directive 1;\n}\n")
     with pytest.raises(ServiceError) as err:

@@ -92,7 +92,8 @@ def test_the_envs_branch_is_the_branch_even_if_a_tag_has_its_name(repo, tmp_path
     opts = _opts(tmp_path)
     branch_head = _git(repo, "rev-parse", "HEAD").strip()
     _git(repo, "checkout", "-q", "-b", "side")
-    (os.path.join(repo, "evil.php") and open(os.path.join(repo, "evil.php"), "w")).write("<?php // unreviewed")
+    with open(os.path.join(repo, "evil.php"), "w", encoding="utf-8") as fh:
+        fh.write("<?php // unreviewed")
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "unreviewed")
     _git(repo, "tag", "master")  # someone who may push tags, not to the branch

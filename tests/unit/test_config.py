@@ -2,7 +2,7 @@
 
 import pytest
 from salt.exceptions import SaltInvocationError
-from deploy_master import config
+from deploy_master import config, statedir
 
 ENV = {"target": "G@roles:rainbow", "preprod": "pre-1", "stages": [{"name": "gray", "batch": 1}]}
 PROJECT = {"repo": "/srv/git/rainbow.git", "root": "/data/www/rainbow", "envs": {"pro": ENV},
@@ -46,8 +46,9 @@ def test_bad_definitions_are_named(pillar, project, env, message):
 
 def test_master_options(tmp_path):
     opts = {"cachedir": str(tmp_path)}
-    assert config.state_dir(opts, "git") == str(tmp_path / "deploy" / "git") and (tmp_path / "deploy" / "git").is_dir()
-    assert config.state_dir({**opts, "deploy_state_dir": str(tmp_path / "s")}) == str(tmp_path / "s")
+    assert statedir.folder(opts, "git") == str(tmp_path / "deploy" / "git") and (tmp_path / "deploy" / "git").is_dir()
+    assert statedir.folder({**opts, "deploy_state_dir": str(tmp_path / "s")}) == str(tmp_path / "s")
+    assert statedir.base(opts) == str(tmp_path / "deploy")
     assert config.timeout(opts) == 15 and config.timeout({"deploy_timeout": "3"}) == 3
 
 

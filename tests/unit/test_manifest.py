@@ -57,6 +57,26 @@ def test_the_node_module_computes_the_same_tree_hash(tmp_path):
     assert node_module._tree_hash(odd) == manifest.tree_hash(odd)
 
 
+def test_a_file_is_executable_when_its_owner_may_execute_it_on_both_sides(tmp_path):
+    # git's rule (the owner's bit): a file only its group or others may execute is not executable, on
+    # the master's manifest as on a node that unpacks the same tree (_root_modes)
+    base = tmp_path / "t"
+    base.mkdir()
+    modes = {"owner": 0o744, "group": 0o654, "other": 0o645, "none": 0o644, "all": 0o711}
+    for name, mode in modes.items():
+        (base / name).write_text(name)
+        os.chmod(base / name, mode)
+    by_path = {e[0]: e[2] for e in manifest.scan(str(base))[0]["entries"]}
+    assert by_path == {"owner": 0o755, "group": 0o644, "other": 0o644, "none": 0o644, "all": 0o755}
+    for mode in range(0o10000):
+        assert manifest.file_mode(mode) == node_module._file_mode(mode), oct(mode)
+
+
+def test_the_node_reads_the_same_content_archive_format():
+    assert node_module.MANIFEST_MEMBER == manifest.MANIFEST
+    assert node_module.BLOB_RE.pattern == manifest.BLOB_RE.pattern
+
+
 def test_scan_refuses_a_fifo(tmp_path):
     base = tmp_path / "t"
     base.mkdir()

@@ -66,17 +66,15 @@ def test_safe_archives_pass(members):
     ([("d", S, "."), ("h", H, "d/../x")], "through the symlink 'd'"),
 ])
 def test_unsafe_archives_are_refused(members, message):
-    with _tar(*members) as tar:
-        with pytest.raises(CommandExecutionError, match=message) as exc:
-            deploy._safe_members(tar)
+    with _tar(*members) as tar, pytest.raises(CommandExecutionError, match=message) as exc:
+        deploy._safe_members(tar)
     assert "release refused" in str(exc.value)
 
 
 def test_one_bad_member_refuses_the_whole_archive():
     members = [("public/index.php", F, "")] * 3 + [("public/evil", S, "/etc/passwd")]
-    with _tar(*members) as tar:
-        with pytest.raises(CommandExecutionError, match="'public/evil'"):
-            deploy._safe_members(tar)
+    with _tar(*members) as tar, pytest.raises(CommandExecutionError, match="'public/evil'"):
+        deploy._safe_members(tar)
 
 
 def test_unpack_refuses_before_writing_anything(tmp_path):

@@ -13,6 +13,7 @@ import yaml
 from salt.exceptions import SaltInvocationError
 
 from deploy_master import config, pillar_schema
+from saltext_deploy._modules import deploy_lb
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -220,3 +221,8 @@ def test_the_pillar_folder_validates():
         assert pillar_schema.problems(conf, project) == []
         for env in conf["envs"]:
             config.project_env(pillar, project, env)
+
+
+def test_the_node_knows_the_lb_drivers_the_pillar_allows():
+    # the LB drivers are named once on each side: pillar_schema.LB_DRIVERS (master), deploy_lb.DRIVERS (node)
+    assert set(pillar_schema.LB_DRIVERS) == {"none", *deploy_lb.DRIVERS}

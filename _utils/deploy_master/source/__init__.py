@@ -44,6 +44,7 @@ class Source:
     """The interface every VCS module implements (see the module docstring)."""
 
     kind = None
+    DEFAULT_BRANCH = None  # an env's branch when its pillar names none
 
     def __init__(self, opts, project, conf):
         self.opts, self.project, self.conf = opts, project, conf

@@ -37,7 +37,7 @@ import zipfile
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import DeployError, UnknownRef, archive, config, names, web
+from deploy_master import DeployError, UnknownRef, archive, manifest, names, statedir, web
 from deploy_master.source import Revision, Source
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -112,7 +112,7 @@ class ArtifactSource(Source):
     def __init__(self, opts, project, conf):
         super().__init__(opts, project, {**conf, "repo": (conf.get("artifact") or {}).get("url")})
         self.settings = settings(conf)
-        self.cache = config.state_dir(opts, "artifact", project)
+        self.cache = statedir.folder(opts, "artifact", project)
 
     def _cached(self):
         return os.path.join(self.cache, self.settings["sha256"])
@@ -215,7 +215,7 @@ class ArtifactSource(Source):
         path = self._cached()
         if revision.id != self.settings["sha256"] or not os.path.isfile(path):
             raise DeployError("artifact: the fetched bytes are gone from the master's cache: release again")
-        if _sha256(path) != revision.id:  # the cache is root's; checked again all the same
+        if manifest.sha256(path) != revision.id:  # the cache is root's; checked again all the same
             os.unlink(path)
             raise DeployError("artifact: the cached bytes changed: removed; release again")
         if zipfile.is_zipfile(path):
@@ -235,13 +235,6 @@ def _read(path):
             if not chunk:
                 return
             yield chunk
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    for chunk in _read(path):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _bounded(members, size, max_bytes):

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from deploy_master import DeployError, UnknownRef, archive, config, contract
+from deploy_master import DeployError, UnknownRef, archive, contract, statedir
 from deploy_master.source import Revision, Source, submodules
 
 
@@ -27,19 +27,21 @@ class GitSource(Source):
     """A bare mirror in ``<deploy_state_dir>/git/<project>.git``, fetched before each resolve."""
 
     kind = "git"
+    DEFAULT_BRANCH = "master"
 
     def check_installed(self):
         _git()
 
     def __init__(self, opts, project, conf):
         super().__init__(opts, project, conf)
-        self.path = os.path.join(config.state_dir(opts, "git"), f"{project}.git")
+        self.path = os.path.join(statedir.folder(opts, "git"), f"{project}.git")
         self.repo = None
 
     @contextlib.contextmanager
     def _lock(self):
         """Runs of different envs share a project's mirror: one clone/fetch at a time."""
-        with open(os.path.join(config.state_dir(self.opts, "git"), f"{self.project}.lock"), "w", encoding="utf-8") as fh:
+        path = os.path.join(statedir.folder(self.opts, "git"), f"{self.project}.lock")
+        with open(path, "w", encoding="utf-8") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
 
@@ -96,7 +98,8 @@ class GitSource(Source):
             try:
                 return self.repo.commit(f"refs/heads/{ref}")
             except errors:
-                raise UnknownRef(f"git: unknown branch {ref!r}: the env's branch is not a branch of the repository") from None
+                raise UnknownRef(
+                    f"git: unknown branch {ref!r}: the env's branch is not a branch of the repository") from None
         found = []
         for kind, prefix in (("branch", "heads"), ("tag", "tags")):
             try:

@@ -51,6 +51,7 @@ class SvnSource(Source):
     """No mirror: ``svn info`` against the repository on every resolve, an export per build."""
 
     kind = "svn"
+    DEFAULT_BRANCH = "trunk"
 
     def check_installed(self):
         if not shutil.which("svn"):
