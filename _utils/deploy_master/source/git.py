@@ -129,7 +129,7 @@ class GitSource(Source):
             treeish = f"{revision.id}:{self.subdir}"
         _archive(repo, treeish, dest)
         if self.conf.get("submodules"):
-            submodules.export(self, repo, revision.id, self.subdir, dest)
+            submodules.export(self, repo, revision.id, self.subdir, dest, _archive, _git())
 
     @staticmethod
     def _kind(repo, treeish):

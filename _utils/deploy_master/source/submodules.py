@@ -25,8 +25,9 @@ ALLOW_PROTOCOL = "file:git:http:https:ssh"  # never ext:: (runs a command) or fd
 GITLINK = "160000"
 
 
-def export(source, repo, commit, subdir, dest, base_url=None, depth=0):
-    """Unpack every submodule of ``commit`` (under ``subdir``, when given) into ``dest``."""
+def export(source, repo, commit, subdir, dest, unpack, git, base_url=None, depth=0):
+    """Unpack every submodule of ``commit`` (under ``subdir``, when given) into ``dest``: ``unpack(repo, commit,
+    folder)`` is the git source's export of one tree, ``git`` the gitpython module it imported."""
     links = gitlinks(repo, commit)
     if subdir:
         links = {p[len(subdir) + 1:]: sha for p, sha in links.items() if p.startswith(subdir + "/")}
@@ -35,22 +36,20 @@ def export(source, repo, commit, subdir, dest, base_url=None, depth=0):
         urls = gitmodules(repo, commit) if links else {}
     if links and depth >= MAX_DEPTH:
         raise DeployError(f"git: submodules nested deeper than {MAX_DEPTH}: refused")
-    from deploy_master.source.git import _archive  # pylint: disable=import-outside-toplevel
-
     for path, sha in sorted(links.items()):
         if path not in urls:
             raise DeployError(f"git: submodule {path!r} has no url in .gitmodules at {commit[:10]}")
         url = absolute(urls[path], base_url or source.url)
         check_url(url, source.url, source.conf.get("submodule_urls") or [], path)
-        mirror = _mirror(source, url, path)
+        mirror = _mirror(source, git, url, path)
         try:
             mirror.commit(sha)
         except Exception:  # pylint: disable=broad-except  # gitpython raises several kinds
             raise DeployError(f"git: submodule {path!r}: commit {sha[:10]} is not in its repository") from None
         target = os.path.join(dest, path)
         os.makedirs(target, exist_ok=True)
-        _archive(mirror, sha, target)
-        export(source, mirror, sha, None, target, url, depth + 1)
+        unpack(mirror, sha, target)
+        export(source, mirror, sha, None, target, unpack, git, url, depth + 1)
 
 
 def gitlinks(repo, commit):
@@ -111,10 +110,7 @@ def check_url(url, repo_url, allowed, path):
                       "add its prefix to the pillar's submodule_urls to allow it")
 
 
-def _mirror(source, url, path):
-    from deploy_master.source import git as git_source  # pylint: disable=import-outside-toplevel
-
-    git = git_source._git()  # pylint: disable=protected-access
+def _mirror(source, git, url, path):
     folder = os.path.join(os.path.dirname(source.path), f"{source.project}.modules")
     os.makedirs(folder, mode=0o700, exist_ok=True)
     mirror = os.path.join(folder, hashlib.sha256(url.encode()).hexdigest()[:24] + ".git")
