@@ -227,6 +227,30 @@ def release_via_ui(page, ref):
 # --------------------------------------------------------------------------- tests
 
 
+def test_headers_forbid_framing(api, context):
+    """The console and the API answer with the anti-framing headers (HTTP headers: a <meta> policy cannot
+    forbid framing), and another site's Origin gets no CORS answer."""
+    host, port = api.rsplit("/", 1)[-1].split(":")
+    for path in (console.APP_PATH, f"{console.STATIC_PATH}/app.js", "/"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", path, headers={"Accept": "text/html", "Origin": "https://evil.example"})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 200, (path, resp.status)
+        assert resp.getheader("X-Frame-Options") == "DENY", path
+        assert resp.getheader("Content-Security-Policy") == "frame-ancestors 'none'", path
+        assert resp.getheader("Access-Control-Allow-Origin") is None, path
+        assert resp.getheader("Access-Control-Allow-Credentials") is None, path
+    # a page of another origin that frames the console gets an empty frame
+    page = context.new_page()
+    page.route("https://framer.example/", lambda route: route.fulfill(
+        content_type="text/html", body=f'<iframe id="f" src="{api}{console.APP_PATH}"></iframe>'))
+    page.goto("https://framer.example/")
+    frame = page.frame_locator("#f")
+    assert frame.locator("#login-form").count() == 0
+
+
 def test_wrong_password_is_refused_without_detail(api, context):
     unknown = request(api, "POST", "/login", {"username": "nobody", "password": "x", "eauth": "file"})
     wrong = request(api, "POST", "/login", {"username": "operator", "password": "wrong", "eauth": "file"})
