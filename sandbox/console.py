@@ -30,7 +30,7 @@ STATIC_PATH = "/console-static"
 OPERATOR_ACL = [{"@runner": [r"deploy\..*"]}]
 # Function names only: an eauth ``kwargs`` rule is no boundary (a request sent straight to the
 # master's request port is checked on other keys than the runner reads: README "Web console")
-VIEWER_FUNCTIONS = ("projects", "refs", "releases", "history", "stats", "lock_status")
+VIEWER_FUNCTIONS = ("projects", "refs", "releases", "history", "stats", "lock_status", "changes")
 VIEWER_ACL = [{"@runner": [r"deploy\.(" + "|".join(VIEWER_FUNCTIONS) + r")$"]}]
 
 # the sandbox's demo logins (printed by `python -m sandbox up`; the tests use their own)
