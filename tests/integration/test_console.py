@@ -389,6 +389,8 @@ def test_viewer_sees_but_the_server_refuses_changes(api, context):
             assert status in (401, 403), (fun, client, status)
     status, data = run_as(api, token, "deploy.history", project="rainbow", env="pro", limit=1)
     assert status == 200 and isinstance(data["return"][0], list)
+    status, data = run_as(api, token, "deploy.changes", project="rainbow", env="pro", ref="master")
+    assert status == 200 and data["return"][0]["groups"], data
 
 
 def test_operator_may_run_nothing_but_deploy(api):
@@ -469,6 +471,13 @@ def test_views_for_the_console(cluster):
     assert all(len(r["commit"]) == 40 and r["subject"] for r in refs.data["tags"])
     bad = cluster.run("deploy.refs", project="no/such")
     assert bad.returncode == 2 and "invalid project name" in bad.stdout
+    # what a release of v1.0.0 would change: every node in one group or more, key names only
+    changes = cluster.run("deploy.changes", project="rainbow", env="pro", ref="v1.0.0")
+    assert changes.returncode == 0, changes.stdout
+    assert sorted(n for g in changes.data["groups"] for n in g["nodes"]) == sorted(NODES)
+    no_secrets(changes.stdout, "deploy.changes")
+    unknown = cluster.run("deploy.changes", project="rainbow", env="pro", ref="no-such-ref")
+    assert unknown.returncode == 2 and "unknown ref" in unknown.stdout
 
 
 def test_stale_lock_shown_and_cleared(api, cluster, context):
