@@ -620,3 +620,39 @@ def test_paused_release_aborted_from_the_page_viewer_sees_no_buttons(api, cluste
         shot(page, "15-aborted")
     finally:
         cluster.set_pillar()
+
+
+def test_timed_pause_counts_down_and_is_promoted_from_the_page(api, cluster, context):
+    one_release(cluster)
+    stages = [{"name": "gray", "target": "G@region:east", "batch": 1, "pause": 300}, {"name": "all", "batch": 1}]
+    cluster.set_pillar(project_extra={"envs": {"pro": {"stages": stages}}})
+    try:
+        tag = new_tag(cluster)
+        page = open_console(context, api, "operator")
+        wait_nodes(page)
+        page.click("#refresh")
+        page.wait_for_function(
+            f"() => [...document.querySelectorAll('#ref option')].some(o => o.value === {json.dumps(tag)})")
+        for attempt in range(2):
+            release = preview(page, tag)
+            page.click("#confirm-release")
+            page.wait_for_selector("#live-state.running", timeout=60_000)
+            page.wait_for_selector("#live-state.waiting, #live-state.failure", timeout=RUN_TIMEOUT)
+            if page.is_visible("#live-state.waiting"):
+                break
+            log = page.text_content("#live-log")  # only a silent minion (this machine under load) is retried
+            assert attempt == 0 and ("no response" in log or "did not return" in log), log
+        page.wait_for_selector("#approval-countdown", timeout=30_000)
+        first = int(re.search(r"in (\d+)s", page.text_content("#approval-countdown")).group(1))
+        assert 0 < first <= 300
+        page.wait_for_function(f"() => Number(/in (\\d+)s/.exec(document.querySelector('#approval-countdown')"
+                               f".textContent)[1]) < {first}", timeout=10_000)
+        shot(page, "16-timed-pause")
+        page.click("#promote")
+        page.wait_for_selector("#confirm[open]")
+        page.click("#confirm-ok")
+        assert settled(page) == "state success", page.text_content("#live")
+        assert cluster.currents() == {n: release for n in NODES}
+        page.wait_for_selector("#approval", state="hidden", timeout=30_000)
+    finally:
+        cluster.set_pillar()
