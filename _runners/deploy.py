@@ -728,3 +728,46 @@ def version(**kwargs):
         return _refused(exc)
     return {"salt-deploy": deploy_master.__version__, "salt": salt.version.__version__,
             "python": ".".join(str(n) for n in sys.version_info[:3])}
+
+
+# --------------------------------------------------------------------------- public: what a release would change
+
+
+def changes(project=None, env=None, ref=None, **kwargs):
+    """
+    What releasing ``ref`` would change, before anyone confirms it: per group of nodes that run the
+    same commit, the commits (git) or revisions (svn) between that commit and ``ref`` (and those a
+    release of an older ref would take away), and which config files the project renders would
+    change, with the names of their added, removed and changed keys, never a value.  Read-only: one
+    batched listing of the nodes' releases, the repository read on the master (``deploy_master.changes``).
+
+    project
+        Project name.
+    env
+        Environment.
+    ref
+        Branch, tag or commit (default: the env's branch).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.changes project=rainbow env=pro ref=v1.1.0
+    """
+    from deploy_master import changes as preview  # pylint: disable=import-outside-toplevel
+
+    default_branch = ref is None
+    try:
+        contract.check_arguments("deploy.changes", ("project", "env", "ref"), kwargs, project=project, env=env)
+        with _Run(project, env, "list") as run:
+            ref = names.valid(str(ref or run.envc.get("branch") or "master"), names.REF_RE, "ref")
+            src = build.source_for(__opts__, project, run.conf)
+            src.check_installed()
+            target = src.resolve(ref, branch=default_branch)
+            currents = {}
+            for node, inv in _inventories(run, _plan(run)["nodes"]).items():
+                cur = next((r for r in inv["releases"] if r.get("current")), None)
+                currents[node] = (cur or {}).get("commit")
+            return {"project": project, "env": env, **preview.compare(src, run.conf, target, currents)}
+    except (SaltInvocationError, DeployError) as exc:
+        return _refused(exc)  # a bad argument or an unknown ref: 2; a node or the repository failed: 1

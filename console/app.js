@@ -22,7 +22,8 @@ const state = {
   refs: null,
   cluster: null,
   history: [],
-  run: null,          // the live run shown: {jid, kind, nodes: {}, batches: {}, done}
+  run: null,          // the live run shown: {id, jobs, kind, nodes: {}, batches: {}, done}
+  countdown: null,    // the timer of a timed pause's countdown
   stream: null,       // AbortController of the /events stream
 };
 
@@ -128,7 +129,8 @@ async function login(event) {
     state.token = ret.token;
     state.user = ret.user;
     state.perms = ret.perms || [];
-    sessionStorage.setItem("deploy-console", JSON.stringify({ token: state.token, user: state.user }));
+    sessionStorage.setItem("deploy-console", JSON.stringify({ token: state.token, user: state.user,
+                                                            perms: state.perms }));
     $("login-password").value = "";
     await start();
   } catch (err) {
@@ -206,9 +208,10 @@ async function selectEnv(project, env) {
   notice("");
   await refreshLock();
   const lock = envConf().lock;
-  if (lock && lock.alive && lock.holder && lock.holder.jid) {
-    watchRun(lock.holder.jid, lock.holder.kind || "run", `running since ${fmtTime(lock.holder.since)} ` +
-             `(${lock.holder.user || "?"}@${lock.holder.host || "?"}, jid ${lock.holder.jid})`);
+  const h = (lock && lock.holder) || {};
+  if (lock && lock.alive && h.jid && !h.paused) {  // a paused run waits for approval (renderApproval)
+    watchRun(h.jid, h.kind || "run", `${h.kind || "run"} running since ${fmtTime(h.since)} ` +
+             `(${h.user || "?"}@${h.host || "?"}, jid ${h.jid})`, h.run || h.jid);
   }
   await Promise.all([loadHistory().then(loadNodes), loadRefs()]);
 }
@@ -241,7 +244,7 @@ function renderLock() {
     box.append("unlocked");
   } else {
     const h = lock.holder || {};
-    box.className = lock.alive ? "lock held" : "lock stale";
+    box.className = h.paused ? "lock paused" : lock.alive ? "lock held" : "lock stale";
     box.append(`locked: ${h.kind || "a run"} by ${h.user || "?"} from ${h.host || "?"} since ${fmtTime(h.since)}` +
                ` (jid ${h.jid || "?"})` + (lock.alive ? "" : ": its run is gone (stale lock)"));
     if (!lock.alive) {
@@ -252,6 +255,7 @@ function renderLock() {
   if ((conf.detached || []).length) {
     box.append(el("div", {}, `out of the LB by an interrupted run: ${conf.detached.join(", ")}`));
   }
+  renderApproval(lock && lock.holder);
 }
 
 async function unlock() {
@@ -435,8 +439,14 @@ async function preview(event) {
   show("plan", false);
   notice("computing the plan (test=True) …");
   try {
-    const ret = await runner("deploy.release", { project: state.project, env: state.env, ref: $("ref").value, test: true });
+    const ref = $("ref").value;
+    const [ret, diff] = await Promise.all([
+      runner("deploy.release", { project: state.project, env: state.env, ref, test: true }),
+      runner("deploy.changes", { project: state.project, env: state.env, ref })
+        .catch((err) => ({ result: "refused", error: err.message })),
+    ]);
     if (failed(ret)) { notice(`preview: ${ret.error}`, true); return; }
+    showChanges(diff);
     $("plan-release").textContent = ret.release;
     const list = clear($("plan-lines"));
     for (const line of ret.plan || []) list.append(el("li", {}, line));
@@ -447,6 +457,36 @@ async function preview(event) {
     notice("");
   } catch (err) {
     notice(`preview: ${err.message}`, true);
+  }
+}
+
+/* What the release changes (deploy.changes): per group of nodes on one commit, the commits and the
+   config files whose keys change (names only). */
+function showChanges(diff) {
+  const box = clear($("plan-changes"));
+  if (!diff || failed(diff)) {
+    box.append(el("p", { class: "muted" }, `changes: ${(diff && diff.error) || "unknown"}`));
+    return;
+  }
+  for (const group of diff.groups || []) {
+    const from = group.from ? String(group.from).slice(0, 10) : "no release";
+    const section = el("div", { class: "changes-group", "data-nodes": group.nodes.join(",") },
+      el("h4", {}, `${group.nodes.join(", ")} (now ${from})`));
+    const commits = group.commits || [], reverted = group.reverted || [];
+    if (group.unknown) section.append(el("p", { class: "muted" }, "their commit is not in the repository"));
+    else if (!commits.length && !reverted.length) section.append(el("p", { class: "muted" }, "no new commits"));
+    const list = (rows, cls) => el("ul", { class: cls }, ...rows.map((c) =>
+      el("li", {}, el("code", {}, c.short || String(c.id).slice(0, 10)), ` ${c.subject} (${c.author})`)));
+    if (commits.length) section.append(el("p", {}, `${commits.length} commit(s) to bring:`), list(commits, "commits"));
+    if (reverted.length) section.append(el("p", { class: "error" }, `${reverted.length} commit(s) to take away:`),
+                                        list(reverted, "reverted"));
+    for (const c of group.config || []) {
+      const parts = [["added", c.added], ["removed", c.removed], ["changed", c.changed]]
+        .filter(([, keys]) => (keys || []).length).map(([what, keys]) => `${what}: ${keys.join(", ")}`);
+      section.append(el("p", { class: "config-change", "data-file": c.file },
+                        `config ${c.file}${c.new ? " (new)" : ""}${c.gone ? " (gone)" : ""}: ${parts.join("; ") || "changed"}`));
+    }
+    box.append(section);
   }
 }
 
@@ -495,6 +535,12 @@ async function launch(fun, kwarg, title) {
     const ret = await runner(fun, kwarg, "runner_async");
     if (!ret || !ret.jid) { notice(`${fun}: the master did not start the job`, true); return; }
     notice(`${title}: started as master job ${ret.jid}`);
+    const run = state.run;
+    if ((fun === "deploy.promote" || fun === "deploy.abort") && run && run.project === state.project &&
+        run.env === state.env) {
+      run.jobs.add(ret.jid);  // the paused run goes on under its own id: the same live view
+      return;
+    }
     watchRun(ret.jid, fun.split(".")[1], title);
   } catch (err) {
     notice(`${fun}: ${err.message}`, true);
@@ -502,22 +548,35 @@ async function launch(fun, kwarg, title) {
 }
 
 // ------------------------------------------------------------------ live view
+//
+// Built from the fields of the structured events deploy/<project>/<env>/<type> (contract v1, docs/events.md),
+// never from the text of a progress line: `message` is only shown in the progress log, as it came.
 
-function watchRun(jid, kind, title) {
+const DONE_STATES = { ok: "success", failed: "failure", paused: "paused", aborted: "aborted" };
+
+function watchRun(jid, kind, title, id) {
   const current = state.run;
-  if (current && current.jid === jid) return;
-  if (current && !current.done && current.jid === null && current.project === state.project && current.env === state.env) {
-    current.jid = jid;  // the run's start event came before runner_async answered: same run
+  if (current && (current.id === jid || current.jobs.has(jid) || (id && current.id === id))) return;
+  if (current && !current.done && current.project === state.project && current.env === state.env &&
+      (current.id === null || !current.jobs.size)) {
+    current.jobs.add(jid);  // the run's start event came before runner_async answered: same run
     $("live-title").textContent = title;
     return;
   }
-  state.run = { jid, kind, nodes: {}, batches: {}, done: false, project: state.project, env: state.env };
+  newRun(id || null, kind, title).jobs.add(jid);
+}
+
+function newRun(id, kind, title) {
+  state.run = { id, jobs: new Set(), kind, nodes: {}, batches: {}, nodeBatch: {}, done: false,
+                project: state.project, env: state.env };
   $("live-title").textContent = title;
   setRunState("running");
   clear($("live-stages"));
   clear($("live-nodes").tBodies[0]);
+  clear($("live-analysis"));
   $("live-log").textContent = "";
   show("live", true);
+  return state.run;
 }
 
 function setRunState(text) {
@@ -530,9 +589,10 @@ function batchBox(stage, batch, of) {
   const key = `${stage}#${batch}`;
   const run = state.run;
   if (!run.batches[key]) {
-    const box = el("div", { class: "batch running", "data-batch": key },
-                   el("span", { class: "batch-label" }, stage === "preprod" ? "preprod" : `${stage} ${batch}${of ? "/" + of : ""}`),
-                   el("span", { class: "batch-nodes" }));
+    const label = stage === "preprod" || stage === "prepare" ? stage : `${stage} ${batch}${of ? "/" + of : ""}`;
+    const box = el("div", { class: "batch", "data-batch": key },
+                   el("span", { class: "batch-label" }, label), el("span", { class: "batch-nodes" }),
+                   el("span", { class: "batch-time" }));
     if (stage === "prepare") $("live-stages").prepend(box);
     else $("live-stages").append(box);
     run.batches[key] = box;
@@ -543,8 +603,7 @@ function batchBox(stage, batch, of) {
 function nodeRow(node) {
   const run = state.run;
   if (!run.nodes[node]) {
-    const cells = ["node", "batch", "result", "release", "switch", "restart", "checks", "message"]
-      .map((name) => el("td", { class: name }));
+    const cells = ["node", "batch", "result", "release", "seconds", "message"].map((name) => el("td", { class: name }));
     cells[0].textContent = node;
     const row = el("tr", { "data-node": node }, ...cells);
     $("live-nodes").tBodies[0].append(row);
@@ -559,78 +618,219 @@ function cell(row, name, text) {
 
 function assignBatch(stage, batch, of, nodes) {
   const box = batchBox(stage, batch, of);
-  const holder = clear(box.querySelector(".batch-nodes"));
-  holder.append(nodes.join(", "));
-  for (const node of nodes) cell(nodeRow(node), "batch", stage === "preprod" ? "preprod" : `${stage} ${batch}`);
-}
-
-/* A progress line: "[  1.2s] rainbow/pro: message". */
-function onProgress(line) {
-  const run = state.run;
-  $("live-log").append(document.createTextNode(line + "\n"));
-  const message = line.replace(/^\[[^\]]*\]\s+[^:]+:\s/, "");
-  let m = message.match(/^plan: stage (\S+) batch (\d+)\/(\d+): (.+?) \(/);
-  if (m) assignBatch(m[1], m[2], m[3], m[4].split(", "));
-  m = message.match(/^plan: preprod: (\S+)/) || message.match(/^preprod (\S+): switching/);
-  if (m) assignBatch("preprod", 1, 1, [m[1]]);
-  m = message.match(/^stage (\S+) batch (\d+)\/(\d+): (.+?) out of the LB/);
-  if (m) assignBatch(m[1], m[2], m[3], m[4].split(", "));
-  if (run && !run.done && /^(release|rollback) (success|failure) in/.test(message)) {
-    // the final line also comes as deploy/<project>/<env>/done
+  box.querySelector(".batch-nodes").textContent = nodes.join(", ");
+  for (const node of nodes) {
+    state.run.nodeBatch[node] = `${stage}#${batch}`;
+    cell(nodeRow(node), "batch", stage === "preprod" ? "preprod" : `${stage} ${batch}`);
   }
 }
 
-/* deploy/<project>/<env>/<type>: the event contract v1 (docs/events.md) */
-function onDeployEvent(what, data) {
-  const run = state.run;
-  if (!run || run.done) {
-    if (what === "start") {
-      watchRun(null, data.kind, `${data.kind} ${data.mode === "emergency" ? "(emergency) " : ""}` +
-               `${data.ref || data.to || ""}`);
-    } else {
+function logLine(text) {
+  if (typeof text === "string" && text) $("live-log").append(document.createTextNode(text + "\n"));
+}
+
+/* A node's result: the contract's ok | failed | skipped (an older runner: true | false | null). */
+function nodeResult(value) {
+  if (value === "ok" || value === true) return "ok";
+  if (value === "skipped" || value === null) return "skipped";
+  return "failed";
+}
+
+function showFigures(holder, title, figures, verdict, reasons) {
+  const rows = [];
+  for (const side of ["new", "old"]) {
+    const fig = (figures || {})[side];
+    if (!fig || typeof fig !== "object") continue;
+    const parts = Object.entries(fig).filter(([, v]) => v === null || typeof v !== "object")
+      .map(([k, v]) => `${k} ${v === null ? "-" : v}`);
+    rows.push(el("li", { "data-side": side }, `${side}: ${parts.join(", ")}`));
+  }
+  holder.append(el("div", { class: `analysis ${verdict || ""}` },
+                   el("b", {}, title), verdict ? ` ${verdict}` : "",
+                   (reasons || []).length ? el("div", { class: "muted" }, reasons.join("; ")) : null,
+                   el("ul", {}, ...rows)));
+}
+
+const EVENT_HANDLERS = {
+  plan(run, data) {
+    if (data.preprod) assignBatch("preprod", 1, 1, [data.preprod]);
+    for (const stage of data.stages || []) {
+      (stage.batches || []).forEach((nodes, i) => assignBatch(stage.name, i + 1, stage.batches.length, nodes));
+    }
+  },
+  prepare(run, data) {
+    const box = batchBox("prepare", "", "");
+    box.querySelector(".batch-nodes").textContent = `${data.ready ?? "?"}/${data.total ?? "?"} ready`;
+    if (data.done) box.className = data.ready === data.total ? "batch ok" : "batch fail";
+    else box.className = "batch running";
+  },
+  batch(run, data) {
+    const box = batchBox(data.stage, data.batch, data.of);
+    if (data.nodes) assignBatch(data.stage, data.batch, data.of, data.nodes);
+    if (data.phase === "out") {
+      box.className = "batch running";
       return;
     }
-  }
-  if (what === "node") {
-    const row = nodeRow(data.node);
-    const ok = data.result === "ok", refusedNode = data.result === "skipped";
-    row.className = ok ? "ok" : (refusedNode ? "refused" : "fail");
-    cell(row, "result", ok ? "ok" : (refusedNode ? "refused" : "FAILED"));
-    cell(row, "release", data.new || data.release || "");
-    const times = {};
-    const tail = String(data.message || "").split(": ").pop();
-    for (const part of tail.split(", ")) {
-      const t = part.match(/^(\S+).*? ([0-9.]+)s$/);
-      if (t) times[t[1]] = `${t[2]}s`;
-    }
-    for (const step of ["switch", "restart", "checks"]) cell(row, step, times[step] || "");
-    cell(row, "message", data.error || (ok ? "" : data.message || ""));
-  } else if (what === "batch" && data.phase === "in" && data.stage) {
-    const box = batchBox(data.stage, data.batch);
-    const failedNodes = (data.nodes || []).filter((n) => !(data.passed || []).includes(n));
+    const failedNodes = (data.nodes || []).filter((n) => run.nodes[n] && run.nodes[n].className === "failed");
     box.className = failedNodes.length ? "batch fail" : "batch ok";
-    box.append(el("span", { class: "batch-time" }, ` ${data.seconds}s`));
-    for (const node of data.nodes || []) cell(nodeRow(node), "batch", `${data.stage} ${data.batch}`);
-  } else if (what === "stage" && data.stage === "preprod" && data.phase === "end") {
-    const box = batchBox("preprod", 1, 1);
-    box.className = data.result === "ok" ? "batch ok" : "batch fail";
-    box.append(el("span", { class: "batch-time" }, ` ${data.seconds}s`));
-  } else if (what === "prepare" && data.done) {
-    batchBox("prepare", "", "").className = (data.failed || []).length ? "batch fail" : "batch ok";
-    batchBox("prepare", "", "").querySelector(".batch-nodes").textContent =
-      `${data.ok} ready` + ((data.failed || []).length ? `, failed: ${data.failed.join(", ")}` : "");
-  } else if (what === "done") {
-    run.done = true;
-    setRunState(data.result === "ok" ? "success" : data.result === "paused" ? "paused" : "failure");
-    if (data.error) $("live-log").append(document.createTextNode(`error: ${data.error}\n`));
-    refreshAfterRun();
+    const seconds = data.out_seconds ?? data.seconds;
+    box.querySelector(".batch-time").textContent = seconds === undefined || seconds === null ? "" : ` ${seconds}s`;
+  },
+  stage(run, data) {
+    if (data.stage === "preprod" && data.phase !== "start") {
+      batchBox("preprod", 1, 1).className = data.result === "failed" ? "batch fail" : "batch ok";
+    }
+  },
+  node(run, data) {
+    const row = nodeRow(data.node);
+    const result = nodeResult(data.result);
+    row.className = result;
+    cell(row, "result", result === "failed" ? "FAILED" : result);
+    if (data.stage && !run.nodeBatch[data.node]) cell(row, "batch", data.stage);
+    cell(row, "release", data.new ? `${data.old || "-"} → ${data.new}` : (data.release || ""));
+    cell(row, "seconds", data.seconds === undefined || data.seconds === null ? "" : `${data.seconds}s`);
+    cell(row, "message", data.error || "");
+  },
+  analysis(run, data) {
+    if (data.phase && data.phase !== "end") return;
+    const where = `analysis of stage ${data.stage}` + (data.batch ? ` batch ${data.batch}` : "");
+    showFigures($("live-analysis"), where, data.figures || { new: data.new, old: data.old }, data.verdict,
+                data.reasons);
+  },
+  pause(run, data) {
+    if (data.seconds === null || data.seconds === undefined) {
+      closeRun(run, "paused");
+    } else {
+      setRunState("waiting");
+    }
+    refreshLock();
+  },
+  promote(run) { run.done = false; setRunState("running"); refreshLock(); },
+  abort(run) { run.done = false; setRunState("aborting"); refreshLock(); },
+  rollback(run, data) {
+    $("live-title").textContent = `${data.emergency ? "emergency " : ""}rollback to ${data.target || data.to || "?"}`;
+  },
+  done(run, data) {
+    closeRun(run, DONE_STATES[data.result] || "failure");
+    if (data.error) logLine(`error: ${data.error}`);
+  },
+  // the events of a runner older than contract v1
+  success(run) { closeRun(run, "success"); },
+  failure(run, data) {
+    closeRun(run, data.result === "aborted" ? "aborted" : "failure");
+    if (data.error) logLine(`error: ${data.error}`);
+  },
+};
+
+const OPENING = new Set(["start", "promote", "abort"]);
+
+/* deploy/<project>/<env>/<type>: the run's id is the field `run` (the runner job's jid). */
+function onDeployEvent(type, data) {
+  let run = state.run;
+  const id = data.run || null;
+  const other = run && id && run.id && id !== run.id;
+  if (!run || ((run.done || other) && OPENING.has(type))) {
+    if (!OPENING.has(type)) return;  // the rest of a run this page did not see start
+    if (!(run && run.id === id)) {
+      run = newRun(id, data.kind, `${data.kind || "run"}${data.mode === "emergency" ? " (emergency)" : ""} ` +
+                   `${data.ref || data.release || ""}`.trim());
+    }
+  } else if (other) {
+    return;  // another run's late event
   }
+  if (run.id === null && id) run.id = id;
+  logLine(data.message);
+  const handler = EVENT_HANDLERS[type];
+  if (handler) handler(run, data);
+}
+
+function closeRun(run, how) {
+  run.done = true;
+  setRunState(how);
+  refreshAfterRun();
 }
 
 async function refreshAfterRun() {
   await loadProjects();
   await loadHistory();
   await loadNodes();
+}
+
+// ------------------------------------------------------------------ approvals: a paused run
+
+function allowed(fun) {
+  for (const perm of state.perms || []) {
+    if (perm === "@runner" || perm === "@runners") return true;  // every runner function
+    const rules = perm && typeof perm === "object" ? perm["@runner"] || perm["@runners"] || [] : [];
+    for (const rule of Array.isArray(rules) ? rules : []) {
+      const pattern = typeof rule === "string" ? rule : Object.keys(rule || {})[0];
+      try {
+        if (pattern && new RegExp(`^(?:${pattern})`).test(fun)) return true;
+      } catch (err) { /* a rule this browser cannot read allows nothing here */ }
+    }
+  }
+  return false;
+}
+
+function renderApproval(holder) {
+  const box = clear($("approval"));
+  if (state.countdown) { clearInterval(state.countdown); state.countdown = null; }
+  const paused = holder && holder.paused;
+  const waiting = holder && holder.waiting;
+  if (!paused && !waiting) { show("approval", false); return; }
+  const info = paused || waiting;
+  const stage = info.stage;
+  const nextStage = paused && paused.plan && paused.plan.stages && paused.plan.stages[paused.next] ?
+    paused.plan.stages[paused.next].name : null;
+  box.append(el("h2", {}, paused ? "Waiting for approval" : "Pausing"),
+             el("p", { id: "approval-what" },
+                `${paused ? paused.release || "a release" : "the running release"} paused after stage ${stage}` +
+                (nextStage ? `, next: stage ${nextStage}` : "") +
+                `; started by ${holder.user || "?"}@${holder.host || "?"}` +
+                (paused ? `, paused since ${fmtTime(paused.since)}` : "")));
+  if (waiting && waiting.seconds) {
+    const deadline = Date.parse(waiting.since) + waiting.seconds * 1000;
+    const countdown = el("p", { id: "approval-countdown" });
+    const tick = () => {
+      const left = Math.max(0, Math.round((deadline - Date.now()) / 1000));
+      countdown.textContent = `goes on by itself in ${left}s`;
+    };
+    tick();
+    state.countdown = setInterval(tick, 1000);
+    box.append(countdown);
+  }
+  const switched = Object.entries((paused || {}).switched || {}).sort();
+  if (switched.length) {
+    box.append(el("p", {}, "switched (and where Abort puts them back):"),
+               el("ul", { id: "approval-switched" },
+                  ...switched.map(([node, old]) => el("li", { "data-node": node }, `${node} (was ${old})`))));
+  }
+  const analyses = (((paused || {}).timings || {}).analysis || []).filter((a) => a.stage === stage);
+  for (const a of analyses) {
+    showFigures(box, `analysis of stage ${a.stage}` + (a.batch ? ` batch ${a.batch}` : ""),
+                a.figures || { new: a.new, old: a.old }, a.verdict, a.reasons);
+  }
+  const buttons = [];
+  if (allowed("deploy.promote")) {
+    buttons.push(el("button", { type: "button", id: "promote", class: "primary", onclick: () => gate("promote") },
+                    nextStage ? `Promote: go on with stage ${nextStage}` : "Promote"));
+  }
+  if (allowed("deploy.abort")) {
+    buttons.push(el("button", { type: "button", id: "abort", class: "danger", onclick: () => gate("abort") },
+                    "Abort: put the switched nodes back"));
+  }
+  if (buttons.length) box.append(el("p", {}, ...buttons));
+  else box.append(el("p", { class: "muted", id: "approval-readonly" }, "you may watch this run, not promote or abort it"));
+  show("approval", true);
+}
+
+async function gate(action) {
+  const ok = await confirmDialog(
+    action === "promote" ? `Promote the paused release of ${state.project}/${state.env}?`
+                         : `Abort the paused release of ${state.project}/${state.env} and put its nodes back?`,
+    [], action === "promote" ? "Promote" : "Abort");
+  if (!ok) return;
+  await launch(`deploy.${action}`, { project: state.project, env: state.env }, action);
 }
 
 // ------------------------------------------------------------------ the event stream (/events)
@@ -685,40 +885,42 @@ function dispatch(event) {
     return;
   }
   const run = state.run;
-  if (run && /^salt\/run\/\d+\/progress$/.test(tag) && typeof data.message === "string" &&
-      data.message.replace(/^\[[^\]]*\]\s+/, "").startsWith(`${state.project}/${state.env}: `)) {
-    onProgress(data.message);
-  } else if (run && tag === `salt/run/${run.jid}/ret` && data.return && typeof data.return === "object") {
+  const parts = tag.split("/");  // salt/run/<jid>/ret: the return of a job this page started
+  if (run && parts.length === 4 && parts[0] === "salt" && parts[1] === "run" && parts[3] === "ret" &&
+      run.jobs.has(parts[2]) && data.return && typeof data.return === "object") {
     onReturn(run, data.return);
   }
 }
+
+const RETURN_STATES = { success: "success", failure: "failure", paused: "paused", aborted: "aborted",
+                        interrupted: "failure" };
 
 /* The job's return: a run refused before it started (e.g. the lock) sends no deploy/... event, and a
    node whose event this page missed (a stream reconnect) is filled in from the summary. */
 function onReturn(run, ret) {
   if (ret.result === "refused") {
-    if (run.done) return;
-    run.done = true;
-    setRunState("failure");
-    $("live-log").append(document.createTextNode(`refused: ${ret.error}\n`));
     notice(`refused: ${ret.error}`, true);
-    refreshAfterRun();
+    if (run.done) return;
+    logLine(`refused: ${ret.error}`);
+    closeRun(run, "failure");
+    return;
+  }
+  if (ret.result === "requested") {  // a promote or abort handed to a run waiting in its timed pause
+    notice(ret.comment || `${ret.action} requested`);
     return;
   }
   for (const [node, info] of Object.entries(ret.nodes || {})) {
     const row = nodeRow(node);
     if (row.className || !info || !info.result) continue;
-    const ok = info.result === "ok";
-    row.className = ok ? "ok" : (info.result === "refused" ? "refused" : "fail");
-    cell(row, "result", ok ? "ok" : info.result === "refused" ? "refused" : "FAILED");
-    cell(row, "release", info.new || "");
+    const result = info.result === "ok" ? "ok" : info.result === "refused" ? "skipped" : "failed";
+    row.className = result;
+    cell(row, "result", result === "failed" ? "FAILED" : result);
+    cell(row, "release", info.new ? `${info.old || "-"} → ${info.new}` : "");
     cell(row, "message", info.error || "");
   }
-  if (!run.done && (ret.result === "success" || ret.result === "failure")) {
-    run.done = true;
-    setRunState(ret.result);
-    if (ret.error) $("live-log").append(document.createTextNode(`error: ${ret.error}\n`));
-    refreshAfterRun();
+  if (!run.done && RETURN_STATES[ret.result]) {
+    if (ret.error) logLine(`error: ${ret.error}`);
+    closeRun(run, RETURN_STATES[ret.result]);
   }
 }
 
@@ -738,6 +940,7 @@ document.addEventListener("DOMContentLoaded", () => {
   if (saved && saved.token) {
     state.token = saved.token;
     state.user = saved.user;
+    state.perms = saved.perms || [];
     start();
   } else {
     logout();

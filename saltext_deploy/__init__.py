@@ -80,6 +80,11 @@ def get_outputter_dirs():
     return _dirs("_output", "deploy_progress.py")
 
 
+def get_netapi_dirs():
+    """salt-api modules: ``deploy_console`` (rest_cherrypy with the console's HTTP headers)."""
+    return _dirs("_netapi", "deploy_console.py")
+
+
 def console_dir():
     """The web console's static files (``index.html``, ``app.js``, ``app.css``): salt-api's ``static``."""
     for path in (os.path.join(_HERE, "console"), os.path.join(os.path.dirname(_HERE), "console")):

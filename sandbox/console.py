@@ -22,6 +22,7 @@ import urllib.request
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONSOLE_DIR = os.path.join(REPO_ROOT, "console")
+NETAPI_DIR = os.path.join(REPO_ROOT, "_netapi")
 APP_PATH = "/console"
 STATIC_PATH = "/console-static"
 
@@ -29,7 +30,7 @@ STATIC_PATH = "/console-static"
 OPERATOR_ACL = [{"@runner": [r"deploy\..*"]}]
 # Function names only: an eauth ``kwargs`` rule is no boundary (a request sent straight to the
 # master's request port is checked on other keys than the runner reads: docs/console.md)
-VIEWER_FUNCTIONS = ("projects", "refs", "releases", "history", "stats", "lock_status")
+VIEWER_FUNCTIONS = ("projects", "refs", "releases", "history", "stats", "lock_status", "changes")
 VIEWER_ACL = [{"@runner": [r"deploy\.(" + "|".join(VIEWER_FUNCTIONS) + r")$"]}]
 
 # the sandbox's demo logins (printed by `python -m sandbox up`; the tests use their own)
@@ -62,6 +63,9 @@ def master_options(users_file, port, host="127.0.0.1", log_dir=None):
             }
         },
         "netapi_enable_clients": ["runner", "runner_async"],
+        # the console's netapi module serves rest_cherrypy with the anti-framing headers (_netapi/deploy_console.py)
+        "disable_netapis": ["rest_cherrypy"],
+        "netapi_dirs": [NETAPI_DIR],
     }
 
 

@@ -31,6 +31,8 @@ from .conftest import CONSOLE_USERS, NODES, SECRETS
 
 from playwright import sync_api  # noqa: E402  (the tests extra installs it: no skip)
 
+pytestmark = pytest.mark.slow  # salt-api and Chromium, real releases: minutes
+
 CHROMIUM = "/usr/bin/chromium"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARTIFACTS = os.path.join(REPO_ROOT, "artifacts", "console")
@@ -230,6 +232,30 @@ def release_via_ui(page, ref):
 # --------------------------------------------------------------------------- tests
 
 
+def test_headers_forbid_framing(api, context):
+    """The console and the API answer with the anti-framing headers (HTTP headers: a <meta> policy cannot
+    forbid framing), and another site's Origin gets no CORS answer."""
+    host, port = api.rsplit("/", 1)[-1].split(":")
+    for path in (console.APP_PATH, f"{console.STATIC_PATH}/app.js", "/"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", path, headers={"Accept": "text/html", "Origin": "https://evil.example"})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 200, (path, resp.status)
+        assert resp.getheader("X-Frame-Options") == "DENY", path
+        assert resp.getheader("Content-Security-Policy") == "frame-ancestors 'none'", path
+        assert resp.getheader("Access-Control-Allow-Origin") is None, path
+        assert resp.getheader("Access-Control-Allow-Credentials") is None, path
+    # a page of another origin that frames the console gets an empty frame
+    page = context.new_page()
+    page.route("https://framer.example/", lambda route: route.fulfill(
+        content_type="text/html", body=f'<iframe id="f" src="{api}{console.APP_PATH}"></iframe>'))
+    page.goto("https://framer.example/")
+    frame = page.frame_locator("#f")
+    assert frame.locator("#login-form").count() == 0
+
+
 def test_wrong_password_is_refused_without_detail(api, context):
     unknown = request(api, "POST", "/login", {"username": "nobody", "password": "x", "eauth": "file"})
     wrong = request(api, "POST", "/login", {"username": "operator", "password": "wrong", "eauth": "file"})
@@ -269,10 +295,9 @@ def test_operator_releases_watches_and_rolls_back(api, cluster, context):
             release_via_ui(page, "master")
         live = page.text_content("#live")
         assert page.eval_on_selector_all("#live-nodes tbody tr.ok", "rows => rows.length") == len(NODES), live
-        # per-node times from the events: switch, restart and checks of every node
-        times = page.eval_on_selector_all(
-            "#live-nodes tbody tr", "rows => rows.map(r => [r.cells[4].textContent, r.cells[6].textContent])")
-        assert all(s.endswith("s") and c.endswith("s") for s, c in times), live
+        # every node's release from the events' fields
+        shown = page.eval_on_selector_all("#live-nodes tbody tr", "rows => rows.map(r => r.cells[3].textContent)")
+        assert all(release1 in text for text in shown), live
         shot(page, "04-live-success")
         assert cluster.currents() == {n: release1 for n in NODES}
 
@@ -367,6 +392,8 @@ def test_viewer_sees_but_the_server_refuses_changes(api, context):
             assert status in (401, 403), (fun, client, status)
     status, data = run_as(api, token, "deploy.history", project="rainbow", env="pro", limit=1)
     assert status == 200 and isinstance(data["return"][0], list)
+    status, data = run_as(api, token, "deploy.changes", project="rainbow", env="pro", ref="master")
+    assert status == 200 and data["return"][0]["groups"], data
 
 
 def test_operator_may_run_nothing_but_deploy(api):
@@ -449,6 +476,13 @@ def test_views_for_the_console(cluster):
     assert all(len(r["commit"]) == 40 and r["subject"] for r in refs.data["tags"])
     bad = cluster.run("deploy.refs", project="no/such")
     assert bad.returncode == 2 and "invalid project name" in bad.stdout
+    # what a release of v1.0.0 would change: every node in one group or more, key names only
+    changes = cluster.run("deploy.changes", project="rainbow", env="pro", ref="v1.0.0")
+    assert changes.returncode == 0, changes.stdout
+    assert sorted(n for g in changes.data["groups"] for n in g["nodes"]) == sorted(NODES)
+    no_secrets(changes.stdout, "deploy.changes")
+    unknown = cluster.run("deploy.changes", project="rainbow", env="pro", ref="no-such-ref")
+    assert unknown.returncode == 2 and "unknown ref" in unknown.stdout
 
 
 def test_stale_lock_shown_and_cleared(api, cluster, context):
@@ -461,3 +495,169 @@ def test_stale_lock_shown_and_cleared(api, cluster, context):
     page.wait_for_selector("#lock.free", timeout=60_000)
     assert not os.path.exists(lock)
     assert "cleared" in page.text_content("#notice")
+
+
+# --------------------------------------------------------------------------- approvals: a paused release
+
+_PAUSE_VERSION = [17, 0]  # a major version of its own: tags are shared by every module of the session
+
+
+def paused_pillar(cluster):
+    """rainbow/pro in two stages, gray (web-1) then the rest, with ``pause: true`` after gray."""
+    stages = [{"name": "gray", "target": "G@region:east", "batch": 1, "pause": True}, {"name": "all", "batch": 1}]
+    cluster.set_pillar(project_extra={"envs": {"pro": {"stages": stages}}})
+
+
+def new_tag(cluster):
+    _PAUSE_VERSION[1] += 1
+    tag = f"v{_PAUSE_VERSION[0]}.{_PAUSE_VERSION[1]}.0"
+    sample_repo.add_release(cluster.repo, tag)
+    return tag
+
+
+def one_release(cluster):
+    """Every node on one release (the 'before' of a paused release)."""
+    if len(set(cluster.currents().values())) != 1 or None in cluster.currents().values():
+        new_tag(cluster)
+        assert cluster.run("deploy.release", project="rainbow", env="pro").returncode == 0
+
+
+def pause_from_the_page(page, cluster, tag):
+    """Release ``tag`` from the page; wait until it is paused after gray: returns its release name."""
+    wait_nodes(page)
+    page.click("#refresh")
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('#ref option')].some(o => o.value === {json.dumps(tag)})")
+    for attempt in range(2):
+        release = preview(page, tag)
+        # what changes: the nodes on one commit, the commit(s) the tag brings
+        page.wait_for_selector("#plan-changes .changes-group ul.commits li")
+        assert page.locator("#plan-changes .changes-group").count() == 1
+        page.click("#confirm-release")
+        page.wait_for_selector("#live-state.running", timeout=60_000)
+        # the paused run closes in the live view
+        page.wait_for_selector("#live-state.paused, #live-state.failure", timeout=RUN_TIMEOUT)
+        if page.is_visible("#live-state.paused"):
+            break
+        log = page.text_content("#live-log")  # only a silent minion (this machine under load) is retried
+        assert attempt == 0 and ("no response" in log or "did not return" in log), log
+    page.wait_for_selector("#approval:not([hidden])", timeout=30_000)
+    assert "paused after stage gray" in page.text_content("#approval-what")
+    assert "next: stage all" in page.text_content("#approval-what")
+    assert "operator@" in page.text_content("#approval-what")  # who started it
+    switched = page.eval_on_selector_all("#approval-switched li", "items => items.map(i => i.dataset.node)")
+    assert sorted(switched) == ["pre-1", "web-1"]
+    assert page.is_visible("#lock.paused")
+    return release
+
+
+def settled(page):
+    page.wait_for_selector("#live-state.success, #live-state.failure, #live-state.aborted", timeout=RUN_TIMEOUT)
+    return page.get_attribute("#live-state", "class")
+
+
+def test_paused_release_promoted_from_the_page(api, cluster, context):
+    one_release(cluster)
+    paused_pillar(cluster)
+    try:
+        before = cluster.currents()
+        tag = new_tag(cluster)
+        page = open_console(context, api, "operator")
+        release = pause_from_the_page(page, cluster, tag)
+        assert cluster.currents() == {**before, "pre-1": release, "web-1": release}
+        # the paused state is read from the lock too: a console opened now shows the same approval
+        other = open_console(context, api, "operator")
+        other.wait_for_selector("#approval:not([hidden]) #promote", timeout=60_000)
+        other.close()
+        shot(page, "12-paused")
+        page.click("#promote")
+        page.wait_for_selector("#confirm[open]")
+        page.click("#confirm-ok")
+        page.wait_for_function("() => !document.querySelector('#live-state').classList.contains('paused')")
+        assert settled(page) == "state success", page.text_content("#live")
+        assert cluster.currents() == {n: release for n in NODES}
+        page.wait_for_selector("#approval", state="hidden", timeout=30_000)
+        page.wait_for_selector("#lock.free", timeout=30_000)
+        # history: the promoted release, recorded with the console's user
+        page.wait_for_function(f"() => [...document.querySelectorAll('#history tbody tr')].some("
+                               f"r => r.cells[4].textContent === {json.dumps(release)} && "
+                               f"r.cells[5].textContent.startsWith('success'))", timeout=60_000)
+        people = page.eval_on_selector_all(
+            "#history tbody tr", f"rows => rows.filter(r => r.cells[4].textContent === {json.dumps(release)})"
+                                 f".map(r => r.cells[2].textContent)")
+        assert people and all(p.startswith("operator@") for p in people), people
+        shot(page, "13-promoted")
+    finally:
+        cluster.set_pillar()
+
+
+def test_paused_release_aborted_from_the_page_viewer_sees_no_buttons(api, cluster, context):
+    one_release(cluster)
+    paused_pillar(cluster)
+    try:
+        before = cluster.currents()
+        tag = new_tag(cluster)
+        page = open_console(context, api, "operator")
+        release = pause_from_the_page(page, cluster, tag)
+        # the viewer sees the approval, without Promote or Abort; the server refuses them too
+        viewer = open_console(context, api, "viewer")
+        viewer.wait_for_selector("#approval:not([hidden]) #approval-readonly", timeout=60_000)
+        assert viewer.locator("#promote, #abort").count() == 0
+        assert "paused after stage gray" in viewer.text_content("#approval-what")
+        shot(viewer, "14-viewer-paused")
+        viewer.close()
+        token = api_login(api, "viewer")
+        for fun in ("deploy.promote", "deploy.abort"):
+            for client in ("runner", "runner_async"):
+                status, _ = run_as(api, token, fun, client=client, project="rainbow", env="pro")
+                assert status == 401, (fun, client, status)
+        assert cluster.currents() == {**before, "pre-1": release, "web-1": release}  # nothing moved
+        page.click("#abort")
+        page.wait_for_selector("#confirm[open]")
+        page.click("#confirm-ok")
+        page.wait_for_function("() => !document.querySelector('#live-state').classList.contains('paused')")
+        assert settled(page) == "state aborted", page.text_content("#live")
+        assert cluster.currents() == before
+        page.wait_for_selector("#lock.free", timeout=30_000)
+        page.wait_for_function(f"() => [...document.querySelectorAll('#history tbody tr')].some("
+                               f"r => r.cells[4].textContent === {json.dumps(release)} && "
+                               f"r.cells[5].textContent.startsWith('aborted'))", timeout=60_000)
+        shot(page, "15-aborted")
+    finally:
+        cluster.set_pillar()
+
+
+def test_timed_pause_counts_down_and_is_promoted_from_the_page(api, cluster, context):
+    one_release(cluster)
+    stages = [{"name": "gray", "target": "G@region:east", "batch": 1, "pause": 300}, {"name": "all", "batch": 1}]
+    cluster.set_pillar(project_extra={"envs": {"pro": {"stages": stages}}})
+    try:
+        tag = new_tag(cluster)
+        page = open_console(context, api, "operator")
+        wait_nodes(page)
+        page.click("#refresh")
+        page.wait_for_function(
+            f"() => [...document.querySelectorAll('#ref option')].some(o => o.value === {json.dumps(tag)})")
+        for attempt in range(2):
+            release = preview(page, tag)
+            page.click("#confirm-release")
+            page.wait_for_selector("#live-state.running", timeout=60_000)
+            page.wait_for_selector("#live-state.waiting, #live-state.failure", timeout=RUN_TIMEOUT)
+            if page.is_visible("#live-state.waiting"):
+                break
+            log = page.text_content("#live-log")  # only a silent minion (this machine under load) is retried
+            assert attempt == 0 and ("no response" in log or "did not return" in log), log
+        page.wait_for_selector("#approval-countdown", timeout=30_000)
+        first = int(re.search(r"in (\d+)s", page.text_content("#approval-countdown")).group(1))
+        assert 0 < first <= 300
+        page.wait_for_function(f"() => Number(/in (\\d+)s/.exec(document.querySelector('#approval-countdown')"
+                               f".textContent)[1]) < {first}", timeout=10_000)
+        shot(page, "16-timed-pause")
+        page.click("#promote")
+        page.wait_for_selector("#confirm[open]")
+        page.click("#confirm-ok")
+        assert settled(page) == "state success", page.text_content("#live")
+        assert cluster.currents() == {n: release for n in NODES}
+        page.wait_for_selector("#approval", state="hidden", timeout=30_000)
+    finally:
+        cluster.set_pillar()

@@ -26,6 +26,7 @@ MUST_HOLD = (
     "saltext_deploy/_states/deploy.py",
     "saltext_deploy/_runners/deploy.py", "saltext_deploy/_runners/deploy_notify.py",
     "saltext_deploy/_output/deploy_progress.py", "saltext_deploy/_output/deploy_summary.py",
+    "saltext_deploy/_netapi/deploy_console.py",
     "saltext_deploy/master/__init__.py", "saltext_deploy/master/contract.py", "saltext_deploy/master/store.py",
     "saltext_deploy/master/store_etcd.py", "saltext_deploy/master/source/git.py",
     "saltext_deploy/master/source/svn.py",
@@ -89,7 +90,7 @@ def test_the_wheel_holds_everything_and_installs_into_a_fresh_venv():
         tops = {n.split("/")[0] for n in names}
         assert tops == {"saltext_deploy", f"salt_deploy-{version}.dist-info"}, tops
         assert "License: Apache-2.0" in meta and "Requires-Python: >=3.10" in meta
-        for kind in ("module_dirs", "states_dirs", "runner_dirs", "outputter_dirs"):
+        for kind in ("module_dirs", "states_dirs", "runner_dirs", "outputter_dirs", "netapi_dirs"):
             assert f"{kind} = saltext_deploy:" in entry_points
         with tarfile.open(os.path.join(dist, built[1])) as tf:
             sdist = set(tf.getnames())

@@ -1,0 +1,1 @@
+"""salt-api modules of the deploy extension (``deploy_console``)."""
