@@ -17,6 +17,7 @@ checks that this list names every module, and that they import each other withou
 ``build``         build, package, and place an artifact on the master's fileserver
 ``jobs``          the whole Salt transport: publish, gather, find_job rounds, late returns
 ``rollout``       a run's steps: its state and events, distribution, the batches behind the LBs, gates, revert, finish
+``changes``       what a release would change: commits and revisions, config keys (``deploy.changes``)
 ``views``         what the read-only views compute (stats, projects, a validation's answers)
 ``web``           the HTTP opener for the master's own requests (no redirect, no proxy)
 ``statedir``      the master's state folder (``deploy_state_dir``)
