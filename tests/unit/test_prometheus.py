@@ -54,6 +54,11 @@ def test_a_recipe_gives_ready_queries_for_its_backend():
             prom.check_query(query, WHERE, key, placeholders=("servers", "window", "backend"))
 
 
+def test_the_pillar_schema_knows_every_key():
+    assert tuple(prom.PILLAR) == prom.KEYS
+    assert prom.PILLAR["recipe"]["enum"] == list(prom.RECIPES)
+
+
 def test_a_backend_name_is_quoted_for_promql():
     q = _settings(recipe="haproxy", backend='we"b\\x')["queries"]["requests"]
     assert 'proxy="we\\"b\\\\x"' in q

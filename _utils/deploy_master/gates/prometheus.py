@@ -67,6 +67,22 @@ MAX_ANSWER = 4 * 1024 * 1024  # bytes of one answer
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 PLACEHOLDERS = ("servers", "window")
 
+# the provider's pillar keys as JSON Schema, for the project's schema (``deploy_master.pillar_schema``)
+_TEXT = {"type": "string"}
+PILLAR = {
+    "url": {"type": "string", "description": "prometheus: the Prometheus server, http(s)://host:port[/prefix]"},
+    "recipe": {"type": "string", "enum": ["haproxy", "nginx"],
+               "description": "prometheus: ready queries for HAProxy's exporter or nginx-module-vts"},
+    "queries": {"type": "object", "description": "prometheus: your own PromQL ({{ servers }}, {{ window }})",
+                "properties": {k: _TEXT for k in QUERY_KEYS}, "additionalProperties": False},
+    "backend": {"type": "string", "description": "prometheus recipe: the HAProxy backend / the nginx upstream"},
+    "timeout": {"type": ["number", "string"], "default": DEFAULT_TIMEOUT,
+                "description": "prometheus: seconds for the window's queries"},
+    "basic_auth": {"type": "object", "description": "prometheus: username and password (never shown)",
+                   "properties": {k: _TEXT for k in AUTH_KEYS}, "additionalProperties": False},
+    "bearer_token": {"type": "string", "description": "prometheus: a bearer token (never shown)"},
+}
+
 # the recipes: ``SEL`` stands for the labels selecting the group's servers of the backend/upstream
 _HAPROXY = 'proxy="{{ backend }}",server=~"{{ servers }}"'
 _VTS = 'upstream="{{ backend }}",backend=~"{{ servers }}"'
