@@ -16,8 +16,8 @@ Pillar (beside the gate's own keys: ``bake``, ``interval``, the limits ...)::
         errors: sum(increase(http_responses_total{server=~"{{ servers }}",code="5xx"}[{{ window }}]))
         latency_ms: 1000 * avg(avg_over_time(response_seconds{server=~"{{ servers }}"}[{{ window }}]))
 
-``{{ servers }}`` is a regex alternation of the group's LB server names (``web\\-1|web\\-2``), each
-escaped for PromQL's regex and for a double-quoted PromQL string, so it must stand inside double
+``{{ servers }}`` is a regex alternation of the group's LB server names (``web-1|web-2``; ``app\\.1``
+for ``app.1``), each escaped for PromQL's regex and for a double-quoted PromQL string, so it must stand inside double
 quotes.  ``{{ window }}`` is the bake window as a PromQL duration (``63s``).  Each query runs once per
 group (the new release's servers, then the old one's) as an instant query at the window's end,
 ``POST <url>/api/v1/query``, and must give one number (aggregate with ``sum``/``avg``).  A query that
