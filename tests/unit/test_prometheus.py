@@ -38,14 +38,15 @@ def _refused(match, **raw):
 
 def test_a_recipe_gives_ready_queries_for_its_backend():
     s = _settings(recipe="haproxy", backend="rainbow", bake=10, max_error_rate="1%", provider="prometheus")
-    assert s["url"] == URL and s["timeout"] == 10 and s["recipe"] == "haproxy" and s["authorization"] is None
-    q = s["queries"]
+    assert s == {"url": URL, "recipe": "haproxy", "backend": "rainbow", "queries": None, "timeout": 10,
+                 "basic_auth": None, "bearer_token": None}
+    q = prom.queries_of(s)
     assert q["requests"] == ('sum(increase(haproxy_server_http_responses_total{proxy="rainbow",'
                              'server=~"{{ servers }}"}[{{ window }}]))')
     assert q["errors"] == ('sum(increase(haproxy_server_http_responses_total{proxy="rainbow",'
                            'server=~"{{ servers }}",code="5xx"}[{{ window }}]))')
     assert "haproxy_server_response_time_average_seconds" in q["latency_ms"] and q["latency_ms"].startswith("1000 *")
-    n = _settings(recipe="nginx", backend="app", url=URL + "/")["queries"]
+    n = prom.queries_of(_settings(recipe="nginx", backend="app", url=URL + "/"))
     assert n["errors"] == ('sum(increase(nginx_vts_upstream_requests_total{upstream="app",backend=~"{{ servers }}",'
                            'code="5xx"}[{{ window }}]))')
     assert 'code="total"' in n["requests"] and "nginx_vts_upstream_response_seconds_total" in n["latency_ms"]
@@ -60,14 +61,24 @@ def test_the_pillar_schema_knows_every_key():
 
 
 def test_a_backend_name_is_quoted_for_promql():
-    q = _settings(recipe="haproxy", backend='we"b\\x')["queries"]["requests"]
+    q = prom.queries_of(_settings(recipe="haproxy", backend='we"b\\x'))["requests"]
     assert 'proxy="we\\"b\\\\x"' in q
 
 
 def test_own_queries_latency_optional_and_timeout():
     s = _settings(queries=OWN, timeout="2.5")
     assert s["queries"] == {"requests": OWN["requests"], "errors": OWN["errors"], "latency_ms": None}
-    assert s["recipe"] is None and s["timeout"] == 2.5
+    assert s["recipe"] is None and s["backend"] is None and s["timeout"] == 2.5 and prom.queries_of(s) == s["queries"]
+
+
+def test_the_settings_are_valid_settings_again():
+    """A stage that changes some keys is parsed over its env's settings (the gate's ``options``)."""
+    for raw in ({"recipe": "nginx", "backend": "app", "basic_auth": {"username": "u", "password": "pw-S3cret"}},
+                {"queries": OWN, "bearer_token": "tok-S3cret", "timeout": 3}):
+        s = _settings(**raw)
+        assert prom.settings(s, WHERE) == s and prom.authorization(prom.settings(s, WHERE)) == prom.authorization(s)
+        stage = prom.settings({**s, "timeout": 7}, WHERE)
+        assert stage["timeout"] == 7 and prom.authorization(stage) == prom.authorization(s)
 
 
 @pytest.mark.parametrize("raw, match", [
@@ -135,14 +146,17 @@ def test_a_placeholder_may_sit_inside_a_longer_string():
 
 def test_credentials_are_hidden_everywhere_but_the_header():
     s = _settings(recipe="haproxy", backend="b", basic_auth={"username": "deploy", "password": "pw-S3cret"})
-    auth = s["authorization"]
-    assert auth.reveal() == "Basic ZGVwbG95OnB3LVMzY3JldA=="  # deploy:pw-S3cret
-    for text in (str(s), repr(s), json.dumps(s), str(salt.payload.loads(salt.payload.dumps(s))), f"{auth}"):
-        assert "S3cret" not in text and "ZGVwbG95OnB3LVMzY3JldA" not in text and "<basic auth hidden>" in text
-    for twin in (copy.deepcopy(s)["authorization"], pickle.loads(pickle.dumps(auth))):  # noqa: S301
-        assert twin.reveal() == auth.reveal() and str(twin) == "<basic auth hidden>"
-    bearer = _settings(recipe="haproxy", backend="b", bearer_token="tok-S3cret")["authorization"]
-    assert bearer.reveal() == "Bearer tok-S3cret" and "S3cret" not in json.dumps(bearer)
+    assert prom.authorization(s) == "Basic ZGVwbG95OnB3LVMzY3JldA=="  # deploy:pw-S3cret
+    gate = {"bake": 10, "options": s}  # as the gate keeps it, in the record and the event
+    for text in (str(gate), repr(gate), json.dumps(gate), str(salt.payload.loads(salt.payload.dumps(gate)))):
+        assert "S3cret" not in text and "deploy" not in text and "ZGVwbG95" not in text, text
+        assert "<hidden>" in text
+    password = s["basic_auth"]["password"]
+    for twin in (copy.deepcopy(s)["basic_auth"]["password"], pickle.loads(pickle.dumps(password))):  # noqa: S301
+        assert twin.reveal() == "pw-S3cret" and str(twin) == "<hidden>"
+    bearer = _settings(recipe="haproxy", backend="b", bearer_token="tok-S3cret")
+    assert prom.authorization(bearer) == "Bearer tok-S3cret" and "S3cret" not in json.dumps(bearer)
+    assert prom.authorization(_settings(recipe="haproxy", backend="b")) is None
 
 
 @pytest.mark.parametrize("auth", [{"basic_auth": {"username": "u", "password": "pw-S3cret\nX: y"}},
@@ -222,7 +236,7 @@ def test_a_window_without_old_servers_asks_nothing_for_them(monkeypatch):
         return {"requests": 200.4, "errors": 3.0}.get("errors" if 'code="5xx"' in query else "requests", 0)
 
     monkeypatch.setattr(prom, "instant_query", fake)
-    w = prom.Window(_settings(queries=OWN), _Ctx(["web-1"], [], {"web-1": "srv-1"}))
+    w = prom.Window({"bake": 10, "options": _settings(queries=OWN)}, _Ctx(["web-1"], [], {"web-1": "srv-1"}))
     fig = w.figures()
     assert fig["new"] == {"servers": ["srv-1"], "requests": 200, "errors": 3, "latency_ms": None}
     assert fig["old"] == {"servers": [], "requests": 0, "errors": 0, "latency_ms": None}

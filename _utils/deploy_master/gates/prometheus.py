@@ -61,6 +61,8 @@ KEYS = ("url", "recipe", "queries", "backend", "timeout", "basic_auth", "bearer_
 QUERY_KEYS = ("requests", "errors", "latency_ms")
 AUTH_KEYS = ("username", "password")
 DEFAULT_TIMEOUT = 10
+LATENCY = "latency (Prometheus, latency_ms)"  # how the gate names the latency in reasons and in its summary line
+LATENCY_SHORT = "latency"
 MAX_TIMEOUT = 120
 MAX_QUERY = 4000  # characters of one query
 MAX_ANSWER = 4 * 1024 * 1024  # bytes of one answer
@@ -108,16 +110,20 @@ class Hidden(str):
     """A credential.  Its text, everywhere it may travel (repr, str, JSON, msgpack, a record), is a
     mask; only :meth:`reveal` gives the value (to the ``Authorization`` header)."""
 
-    def __new__(cls, value, kind="credentials"):
-        self = super().__new__(cls, f"<{kind} hidden>")
-        self._value, self._kind = value, kind
+    def __new__(cls, value):
+        self = super().__new__(cls, "<hidden>")
+        self._value = value.reveal() if isinstance(value, Hidden) else value
         return self
 
     def reveal(self):
         return self._value
 
     def __reduce__(self):
-        return (Hidden, (self._value, self._kind))
+        return (Hidden, (self._value,))
+
+
+def _revealed(value):
+    return value.reveal() if isinstance(value, Hidden) else value
 
 
 # --------------------------------------------------------------------------- settings
@@ -217,8 +223,17 @@ def _recipe(raw, where):
     label = "the HAProxy backend" if recipe == "haproxy" else "the nginx upstream"
     if not isinstance(backend, str) or not backend.strip():
         raise _bad(where, "backend", f"is required by recipe {recipe}: {label} the servers are in")
-    return {key: query.replace("{{ backend }}", promql_string(backend.strip()))
-            for key, query in RECIPES[recipe].items()}
+    return recipe, backend.strip()
+
+
+def recipe_queries(recipe, backend):
+    """The queries of ``recipe`` for the HAProxy backend / nginx upstream ``backend``."""
+    return {key: query.replace("{{ backend }}", promql_string(backend)) for key, query in RECIPES[recipe].items()}
+
+
+def queries_of(options):
+    """The queries a window runs: the pillar's own, or its recipe's."""
+    return options["queries"] or recipe_queries(options["recipe"], options["backend"])
 
 
 def _timeout(value, where):
@@ -232,6 +247,7 @@ def _timeout(value, where):
 
 
 def _credential(value, where, key):
+    value = _revealed(value)
     if not isinstance(value, str) or not value:
         raise _bad(where, key, "must be a non-empty string")
     if any(ch in value for ch in "\r\n\0"):
@@ -239,14 +255,15 @@ def _credential(value, where, key):
     return value
 
 
-def _authorization(raw, where):
+def _credentials(raw, where):
+    """``{"basic_auth": {username, password} or None, "bearer_token": ... or None}``, every value :class:`Hidden`."""
     basic, bearer = raw.get("basic_auth"), raw.get("bearer_token")
     if basic is not None and bearer is not None:
         raise _bad(where, "basic_auth", "and analysis:bearer_token: give one of them")
     if bearer is not None:
-        return Hidden("Bearer " + _credential(bearer, where, "bearer_token"), "bearer token")
+        return {"basic_auth": None, "bearer_token": Hidden(_credential(bearer, where, "bearer_token"))}
     if basic is None:
-        return None
+        return {"basic_auth": None, "bearer_token": None}
     if not isinstance(basic, dict):
         raise _bad(where, "basic_auth", "must be a dict of username, password")
     for key in basic:
@@ -256,34 +273,46 @@ def _authorization(raw, where):
     if ":" in user:
         raise _bad(where, "basic_auth:username", "must not contain ':'")
     password = _credential(basic.get("password"), where, "basic_auth:password")
-    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    return Hidden("Basic " + token, "basic auth")
+    return {"basic_auth": {"username": Hidden(user), "password": Hidden(password)}, "bearer_token": None}
+
+
+def authorization(options):
+    """The ``Authorization`` header's value (None: none), for the request only."""
+    if options.get("bearer_token") is not None:
+        return "Bearer " + _revealed(options["bearer_token"])
+    basic = options.get("basic_auth")
+    if not basic:
+        return None
+    pair = f"{_revealed(basic['username'])}:{_revealed(basic['password'])}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
 
 def settings(raw, where):
-    """The provider's settings from the analysis pillar ``raw`` (the gate's own keys are left to it).
+    """The provider's settings from the analysis pillar ``raw`` (a key of the gate's own is left to it).
 
-    Returns ``{"url", "timeout", "recipe", "queries": {requests, errors, latency_ms}, "authorization"}``;
-    ``authorization`` is None or a :class:`Hidden`.  One ``SaltInvocationError`` naming ``where`` and
-    the key for anything wrong (a misspelt key gets the nearest valid one); a credential's value is
-    never in it."""
+    Returns every key of :data:`KEYS`: ``url``, ``timeout``, either ``recipe`` and ``backend`` or
+    ``queries`` (the other None), ``basic_auth`` / ``bearer_token`` (None, or with :class:`Hidden`
+    values).  What it returns is valid input again (a stage that changes a key is parsed over its
+    env's settings).  One ``SaltInvocationError`` naming ``where`` and the key for anything wrong (a
+    misspelt key gets the nearest valid one); a credential's value is never in it."""
     if not isinstance(raw, dict):
         raise SaltInvocationError(f"{where}: analysis must be a dict")
     for key in raw:
         if key not in KEYS and key not in _GATE_KEYS and key != "provider":
             raise _unknown(where, key, [*KEYS, *_GATE_KEYS, "provider"])
+    raw = {k: v for k, v in raw.items() if v is not None}
     url = _url(raw.get("url"), where)
     if ("recipe" in raw) == ("queries" in raw):
         raise _bad(where, "recipe", "or analysis:queries: give one of them (recipe: haproxy or nginx, or your "
                                     "own queries: requests, errors, latency_ms)")
     if "recipe" in raw:
-        queries, recipe = _recipe(raw, where), raw["recipe"]
+        (recipe, backend), queries = _recipe(raw, where), None
     else:
-        if raw.get("backend") is not None:
+        if "backend" in raw:
             raise _bad(where, "backend", "is for a recipe; write the label into your queries")
-        queries, recipe = _queries(raw["queries"], where), None
-    return {"url": url, "timeout": _timeout(raw.get("timeout", DEFAULT_TIMEOUT), where), "recipe": recipe,
-            "queries": queries, "authorization": _authorization(raw, where)}
+        recipe, backend, queries = None, None, _queries(raw["queries"], where)
+    return {"url": url, "recipe": recipe, "queries": queries, "backend": backend,
+            "timeout": _timeout(raw.get("timeout", DEFAULT_TIMEOUT), where), **_credentials(raw, where)}
 
 
 # --------------------------------------------------------------------------- queries
@@ -355,7 +384,7 @@ def instant_query(url, query, at, timeout, authorization=None, opener=None):
                                  headers={"Content-Type": "application/x-www-form-urlencoded",
                                           "Accept": "application/json"})
     if authorization is not None:
-        req.add_unredirected_header("Authorization", authorization.reveal())
+        req.add_unredirected_header("Authorization", authorization)
     try:
         with (opener or _opener()).open(req, timeout=timeout) as resp:
             body = resp.read(MAX_ANSWER + 1)
@@ -392,7 +421,8 @@ class Window:
     :meth:`figures` asks for the window's figures, once per group, at its end."""
 
     def __init__(self, settings, ctx):
-        self.settings = settings
+        # the gate's settings carry the provider's as ``options``
+        self.options = settings.get("options", settings)
         self.ctx = ctx
         self.started = time.time()
         self.queries = {}  # the rendered queries of the last figures(): {group: {name: query}}
@@ -412,11 +442,11 @@ class Window:
         jobs = {}
         for group, servers in groups.items():
             self.queries[group] = {name: render(query, servers, window)
-                                   for name, query in self.settings["queries"].items() if query and servers}
+                                   for name, query in queries_of(self.options).items() if query and servers}
             jobs.update({(group, name): q for name, q in self.queries[group].items()})
         answers = self._ask(jobs, end)
         notes = []
-        out = {"window": window}
+        out = {"window": [round(self.started, 3), round(end, 3)], "range": window}
         for group, servers in groups.items():
             fig = {"servers": sorted(servers), "requests": 0 if not servers else None,
                    "errors": 0 if not servers else None, "latency_ms": None}
@@ -434,12 +464,12 @@ class Window:
 
     def _ask(self, jobs, at):
         """Every query at once, all within the settings' timeout: {(group, name): (number, reason)}."""
-        s = self.settings
-        opener = _opener()
+        s = self.options
+        opener, auth = _opener(), authorization(s)
 
         def one(query):
             try:
-                return instant_query(s["url"], query, at, s["timeout"], s.get("authorization"), opener), None
+                return instant_query(s["url"], query, at, s["timeout"], auth, opener), None
             except ValueError as exc:
                 return None, str(exc)
 
