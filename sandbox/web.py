@@ -859,7 +859,7 @@ class HAProxy(_Service):
     kind = "haproxy"
 
     def __init__(self, workdir, backend, servers: dict, bind="127.0.0.1:8000", user="www-data",
-                 check_uri="/", check_inter="500ms"):
+                 check_uri="/", check_inter="500ms", metrics_bind=None):
         super().__init__(workdir, user)
         self.name = backend
         self.backend = backend
@@ -870,6 +870,8 @@ class HAProxy(_Service):
         host, port = _split_addr(bind, 80)
         self.host, self.port = host, port
         self.url = f"http://{host}:{port}/"
+        self.metrics_bind = metrics_bind
+        self.metrics_url = "http://{}:{}/metrics".format(*_split_addr(metrics_bind, 80)) if metrics_bind else None
         self.conf_file = os.path.join(self.workdir, "haproxy.cfg")
         self.pid_file = os.path.join(self.workdir, "haproxy.pid")
         self.state_file = os.path.join(self.workdir, "server-state")
@@ -915,6 +917,9 @@ class HAProxy(_Service):
         ]
         for name, addr in self.servers.items():
             lines.append(f"    server {name} {addr}")
+        if self.metrics_bind:
+            lines += ["", "frontend metrics", f"    bind {self.metrics_bind}",
+                      "    http-request use-service prometheus-exporter if { path /metrics }"]
         self._write(self.conf_file, "\n".join(lines) + "\n")
 
     def check_config(self):

@@ -227,6 +227,7 @@ def haproxy(work_dir, php_nodes):
         {n: f"{NODES[n][0]}:8080" for n in WEB},
         bind=f"127.0.0.1:{_free_port()}",
         user=USER,
+        metrics_bind=f"127.0.0.1:{_free_port()}",  # HAProxy's Prometheus exporter (test_prometheus)
     )
     lb.start()
     yield lb
