@@ -26,7 +26,7 @@ import sys
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import notify
+from deploy_master import gates, notify
 from deploy_master.gates import analysis
 
 ON_FAILURE = ("stop", "rollback")
@@ -92,6 +92,9 @@ ANALYSIS_KEYS = {
               analysis.DEFAULTS[key], **({"enum": list(analysis.CHOICES[key])} if key in analysis.CHOICES else {}))
     for key in analysis.KEYS
 }
+# each provider's own keys (its module's PILLAR), beside the gate's
+ANALYSIS_KEYS.update({key: spec for name in gates.PROVIDERS for key, spec in
+                      getattr(gates.provider(name), "PILLAR", {}).items()})
 _ANALYSIS = {"type": ["object", "boolean"],
              "description": "analysis of live traffic on the load balancer; a stage's changes some keys, false turns "
                             "it off there",

@@ -26,7 +26,9 @@ from deploy_master.gates import prometheus as prom
 from sandbox.prometheus import PrometheusServer
 
 from .conftest import WEB
-from .test_analysis import API_FLAKY, API_GOOD, Load, _everyone_serves_the_api
+from .conftest import NODES
+from .test_analysis import ANALYSIS, API_FLAKY, API_GOOD, Load, _api_url, _everyone_serves_the_api
+from .test_release import new_version
 
 USER, PASSWORD = "deploy", "prom-9d41-S3cret"  # searched for in every note
 PROBE = "prom-probe.php"
@@ -204,3 +206,68 @@ def test_no_redirect_no_proxy_from_the_environment_and_a_bounded_wait(prometheus
     assert all("timed out" in n or "within 1s" in n for n in fig["notes"]) and len(fig["notes"]) == 6, fig["notes"]
     _assert_no_figures(fig, f"127.0.0.1:{url.rsplit(':', 1)[1]}")
 
+
+
+# --------------------------------------------------------------------------- end to end: salt-run deploy.release
+
+
+def _with_prometheus(c, prometheus, on_failure="stop"):
+    c.set_pillar(project_extra={"envs": {"pro": {"on_failure": on_failure, "analysis": {
+        **ANALYSIS, "provider": "prometheus", "url": prometheus.url, "recipe": "haproxy", "backend": "rainbow",
+        "basic_auth": {"username": USER, "password": PASSWORD}}}}})
+
+
+def _no_password_anywhere(c, ret):
+    assert PASSWORD not in ret.stdout + ret.stderr
+    with open(os.path.join(c.state_dir, "history", "rainbow.jsonl"), encoding="utf-8") as fh:
+        assert PASSWORD not in fh.read()
+
+
+def test_a_good_release_passes_the_prometheus_analysis(prometheus, clean_cluster):
+    c = clean_cluster
+    _everyone_serves_the_api(c)
+    new_version(c, files={"public/api.php": API_GOOD})
+    _with_prometheus(c, prometheus)
+    with Load(_api_url(c)) as load:
+        ret = c.run("deploy.release", project="rainbow", env="pro")
+    assert ret.returncode == 0, ret.stdout
+    release = ret.data["release"]
+    assert c.currents() == {n: release for n in NODES}
+    runs = ret.data["timings"]["analysis"]
+    assert [(a["stage"], a["verdict"], a["mode"]) for a in runs] == [("gray", "pass", "baseline"),
+                                                                     ("all", "pass", "absolute")], runs
+    gray = runs[0]
+    assert gray["new"]["servers"] == ["web-1"] and gray["old"]["servers"] == ["web-2", "web-3"]
+    assert gray["new"]["requests"] >= ANALYSIS["min_requests"] and gray["new"]["errors"] == 0, gray
+    assert sum(load.failed().values()) == 0, load.failed()
+    _no_password_anywhere(c, ret)
+    print(f"\nPROMETHEUS good release: gray {gray['new']['requests']} requests on web-1, "
+          f"{gray['old']['requests']} on web-2+web-3 (Prometheus); {load.count()} requests through the LB, 0 failed")
+
+
+def test_a_release_failing_ten_percent_is_stopped_by_the_prometheus_analysis(prometheus, clean_cluster):
+    c = clean_cluster
+    _everyone_serves_the_api(c)
+    before = c.currents()
+    tag = new_version(c, files={"public/api.php": API_FLAKY})
+    _with_prometheus(c, prometheus, on_failure="rollback")
+    with Load(_api_url(c)) as load:
+        ret = c.run("deploy.release", project="rainbow", env="pro")
+    assert ret.returncode == 1, ret.stdout
+    assert f"_{tag}_" in ret.data["release"]
+    error = ret.data["error"]
+    assert error.startswith("analysis of stage gray failed: error rate "), error
+    assert "on web-1) is above the old release's" in error and "max_error_rate 1.00%" in error
+    assert ret.data["nodes"]["web-1"]["result"] == "ok"
+    (gray,) = ret.data["timings"]["analysis"]
+    assert gray["stage"] == "gray" and gray["verdict"] == "fail" and gray["mode"] == "baseline"
+    assert 0.03 <= gray["new"]["errors"] / gray["new"]["requests"] <= 0.2, gray["new"]
+    assert gray["old"]["errors"] == 0
+    rolled = ret.data["rolled_back"]
+    assert rolled["result"] == "success" and rolled["to"] == {"pre-1": before["pre-1"], "web-1": before["web-1"]}
+    assert c.currents() == before
+    assert c.lb_states() == {n: "ready" for n in WEB}
+    _no_password_anywhere(c, ret)
+    print(f"\nPROMETHEUS bad release: Prometheus counted {gray['new']['errors']} 5xx of {gray['new']['requests']} "
+          f"on web-1 and {gray['old']['errors']} of {gray['old']['requests']} on web-2+web-3; "
+          f"{sum(load.failed().values())} of {load.count()} requests failed during the whole run")

@@ -93,7 +93,8 @@ def test_config_accepts_analysis_with_haproxy():
 @pytest.mark.parametrize("env,lb,message", [
     ({"analysis": {"bake": 30}}, {"driver": "nginx", "minion": "lb-1"},
      "env 'pro': analysis needs the haproxy LB driver, not 'nginx': open-source nginx keeps no per-server response "
-     "counters (only nginx Plus's API or a parser of its access log give them); remove 'analysis' from this env"),
+     "counters (only nginx Plus's API or a parser of its access log give them); use provider: prometheus "
+     "(docs/analysis.md) or remove 'analysis' from this env"),
     ({"analysis": {"bake": 30}}, {"driver": "none"}, "analysis needs the haproxy LB driver, not 'none': there is no "
                                                      "load balancer"),
     ({"stages": [{"name": "gray", "batch": 1, "analysis": {"bake": 5}}]}, {"driver": "nginx", "minion": "lb-1"},

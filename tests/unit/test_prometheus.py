@@ -254,3 +254,38 @@ def test_a_failed_query_gives_none_and_a_note(monkeypatch):
     assert fig["new"]["requests"] == 50 and fig["new"]["errors"] is None and fig["old"]["errors"] is None
     assert fig["notes"] == ["prometheus: new errors: Prometheus at http://127.0.0.1:9090 answered HTTP 503",
                             "prometheus: old errors: Prometheus at http://127.0.0.1:9090 answered HTTP 503"]
+
+
+# --------------------------------------------------------------------------- in the analysis gate
+
+
+def test_the_gate_takes_the_provider_and_a_stage_changes_its_keys():
+    from deploy_master.gates import analysis
+
+    env = analysis.parse({"provider": "prometheus", "url": URL, "recipe": "haproxy", "backend": "rainbow",
+                          "basic_auth": {"username": "u", "password": "pw-S3cret"}, "bake": 30}, WHERE)
+    assert env["provider"] == "prometheus" and env["bake"] == 30 and env["options"]["backend"] == "rainbow"
+    stage = analysis.parse({"timeout": 3, "bake": 10}, f"{WHERE} stage 'gray'", env)
+    assert stage["options"]["timeout"] == 3 and stage["bake"] == 10
+    assert prom.authorization(stage["options"]) == prom.authorization(env["options"])
+    assert "S3cret" not in json.dumps(stage)
+    with pytest.raises(SaltInvocationError, match=r"unknown analysis key 'recpie' \(provider prometheus\); "
+                                                  r"did you mean 'recipe'\?"):
+        analysis.parse({"provider": "prometheus", "url": URL, "recpie": "haproxy"}, WHERE)
+    analysis.check_driver(env, "nginx", WHERE)  # Prometheus, not the LB, counts: any LB will do
+
+
+def test_the_gate_judges_a_window_without_figures_inconclusive(monkeypatch):
+    from deploy_master.gates import analysis
+
+    def unreachable(url, query, at, timeout, authorization=None, opener=None):
+        raise ValueError(f"could not reach Prometheus at {url}: Connection refused")
+
+    monkeypatch.setattr(prom, "instant_query", unreachable)
+    s = analysis.parse({"provider": "prometheus", "url": URL, "recipe": "haproxy", "backend": "b"}, WHERE)
+    figures = prom.Window(s, _Ctx(["web-1"], ["web-2"])).figures()
+    result = analysis.decide(s, figures, ["web-1"], ["web-2"])
+    assert (result["verdict"], result["passed"]) == ("inconclusive", False)
+    assert result["reasons"] == ["inconclusive: the new release's servers (web-1) have no figures (see the notes)"]
+    assert result["notes"][-1] == "no figures for the old release's servers (see the notes): absolute limits"
+    assert len(result["notes"]) == 7 and "None responses" in analysis.describe(result, s)

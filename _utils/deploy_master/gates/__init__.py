@@ -38,7 +38,7 @@ import importlib
 GATES = ("analysis", "pause")  # the order in which a stage's gates run
 
 # provider name -> its module in this package; a new provider is one module and one line here
-PROVIDERS = {"haproxy": "haproxy"}
+PROVIDERS = {"haproxy": "haproxy", "prometheus": "prometheus"}
 
 
 def provider(name):

@@ -112,7 +112,8 @@ def check_driver(settings, driver, where):
     else:
         why = "there is no load balancer to read the traffic from"
     raise SaltInvocationError(
-        f"{where}: analysis needs the haproxy LB driver, not {driver!r}: {why}; remove 'analysis' from this env")
+        f"{where}: analysis needs the haproxy LB driver, not {driver!r}: {why}; use provider: prometheus "
+        "(docs/analysis.md) or remove 'analysis' from this env")
 
 
 def check(envc, env, driver):
@@ -185,9 +186,14 @@ def _group(fig, nodes):
         return None
     fig = dict(fig)
     fig.setdefault("servers", sorted(nodes))
-    requests = fig.get("requests") or 0
-    fig.setdefault("error_rate", round(fig.get("errors", 0) / requests, 6) if requests else None)
+    requests, errors = fig.get("requests"), fig.get("errors")
+    fig.setdefault("error_rate", round(errors / requests, 6) if requests and errors is not None else None)
     return fig
+
+
+def _missing(fig):
+    """True if the provider has no count for the group (a failed query: its notes say why)."""
+    return fig.get("requests") is None or fig.get("errors") is None
 
 
 def _baseline(settings, old_fig, old):
@@ -196,6 +202,8 @@ def _baseline(settings, old_fig, old):
         return "absolute", []
     if not old:
         return "absolute", ["no server left on the old release: absolute limits"]
+    if _missing(old_fig):
+        return "absolute", ["no figures for the old release's servers (see the notes): absolute limits"]
     if old_fig["requests"] < settings["min_requests"]:
         return "absolute", [f"the old release's servers answered {old_fig['requests']} requests, fewer than "
                             f"min_requests={settings['min_requests']}: absolute limits"]
@@ -223,10 +231,11 @@ def decide(settings, figures, new=(), old=()):
     mode, notes = _baseline(settings, old_fig, old_fig and old_fig["servers"])
     out = {"mode": mode, "new": new_fig, "old": old_fig, "limits": limits,
            "notes": list(figures.get("notes") or []) + notes, "reasons": []}
-    if new_fig["requests"] < settings["min_requests"]:
-        out["reasons"].append(
-            f"inconclusive: the new release's servers ({', '.join(new_fig['servers'])}) answered "
-            f"{new_fig['requests']} requests in the bake, fewer than min_requests={settings['min_requests']}")
+    if _missing(new_fig) or new_fig["requests"] < settings["min_requests"]:
+        found = ("have no figures (see the notes)" if _missing(new_fig) else
+                 f"answered {new_fig['requests']} requests in the bake, fewer than "
+                 f"min_requests={settings['min_requests']}")
+        out["reasons"].append(f"inconclusive: the new release's servers ({', '.join(new_fig['servers'])}) {found}")
         out["verdict"] = "inconclusive"
         out["passed"] = settings["inconclusive"] == "pass"
         return out
