@@ -67,6 +67,7 @@ except ImportError:  # a source checkout whose editable install predates _utils/
 from deploy_master import (  # noqa: E402
     Aborted, DeployError, Locked, NotPaused, UnknownRef, analysis, build, config, contract, jobs, manifest, names,
     notify, pillar_schema,
+    hooks as release_hooks,
     plan as planning, policy, store,
 )
 
@@ -429,7 +430,7 @@ def _plan(run):
 
 
 def _describe_plan(run, plan):
-    return planning.describe(plan, run.lb)
+    return planning.describe(plan, run.lb) + release_hooks.plan_lines(run, plan)
 
 
 # --------------------------------------------------------------------------- steps
@@ -536,6 +537,7 @@ def _switch(run, nodes, release, mark_left=None, checks="gate", expect=None, for
         kwarg["force"] = True
     if expect:
         kwarg["expect"] = {n: expect[n] for n in nodes}
+    kwarg.update(release_hooks.switch_kwarg(run, mark_left))
     ret = _node_call(run, nodes, "deploy.switch", kwarg)
     passed = []
     for node, res in ret.items():
@@ -996,7 +998,8 @@ def _guard(run, plan, body):
             if run.aborted and not error.startswith("aborted"):
                 error = f"aborted by {run.aborted}: {error}"
             # a failed batch, stage gate or abort: the env's on_failure (deploy.abort always reverts)
-            if run.kind == "release" and (run.on_failure == "rollback" or isinstance(exc, _AbortRequested)):
+            if run.kind == "release" and (run.on_failure == "rollback" or isinstance(exc, _AbortRequested)) \
+                    and not isinstance(exc, release_hooks.AfterReleaseFailed):
                 extra["rolled_back"] = _revert(run, plan, error)
         except Exception as exc:  # pylint: disable=broad-except
             log.exception("deploy: unexpected error")
@@ -1077,8 +1080,10 @@ def release(project=None, env=None, ref=None, test=False, **kwargs):
         ready = _prepare_everywhere(run, plan, build)
         run.build = build
         run.extra = {"ref": ref, "commit": build["commit"], "version": build["version"]}
+        release_hooks.before_first_switch(run, plan, _node_call)
         _preprod(run, plan, run.release)
         _stages(run, {**plan, "nodes": ready}, run.release)
+        release_hooks.after_last_batch(run, plan, _node_call)
         return run.extra
 
     return _guard(run, plan, body)
@@ -1152,6 +1157,7 @@ def promote(project=None, env=None, **kwargs):
         run.progress(f"promote: run {run.run_id} ({run.release}) goes on with stage {following}")
         _check_lb(run, plan)
         _stages(run, plan, run.release, start=state["next"])
+        release_hooks.after_last_batch(run, plan, _node_call)
         return run.extra
 
     return _gate_command("promote", project, env, kwargs, body)
@@ -1409,6 +1415,7 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
         run.fire("start", to=run.release)
         run.progress(f"normal rollback to {run.release}" + (" (allow_bad: even where it is marked bad)" if allow_bad else ""))
         _check_lb(run, plan)
+        release_hooks.before_rollback(run, plan, _node_call)
         _preprod(run, plan, run.release, mark_left="bad", force=allow_bad)
         _stages(run, plan, run.release, mark_left="bad", force=allow_bad)
         return {"to": run.release}

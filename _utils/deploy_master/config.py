@@ -4,7 +4,7 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import analysis, names, pillar_schema, plan
+from deploy_master import analysis, hooks, names, pillar_schema, plan
 
 LB_DRIVERS = pillar_schema.LB_DRIVERS
 DEFAULT_BRANCH = {"git": "master", "svn": "trunk"}  # an env's `branch` when it names none
@@ -76,6 +76,7 @@ def project_env(pillar, project, env=None):
         pillar_schema.check(defined, project)
         raise
     pillar_schema.check(conf, project)
+    hooks.parse(conf, envc, f"project {project!r}" + (f" env {env!r}" if env is not None else ""))
     return conf, envc
 
 
