@@ -96,7 +96,7 @@ def _fun_step(step, where):
     return {"name": str(step.get("name") or fun), "fun": fun, "args": list(args), "kwargs": dict(kwargs)}
 
 
-def parse(conf, envc=None, where="hooks"):
+def parse(conf, envc=None, where="pillar"):
     """The hooks of the project ``conf`` (and env ``envc``: its phases win), validated:
     ``{phase: [step, ...], "once_node": id or None}``, every phase present (empty if none)."""
     merged = {}
@@ -109,14 +109,14 @@ def parse(conf, envc=None, where="hooks"):
         merged.update(value)
     out = {"once_node": merged.get("once_node")}
     if out["once_node"] is not None and (not isinstance(out["once_node"], str) or not out["once_node"]):
-        raise SaltInvocationError(f"{where}: once_node must be a minion id")
+        raise SaltInvocationError(f"{where}: hooks.once_node must be a minion id")
     for phase in PHASES:
         steps = merged.get(phase) or []
         if not isinstance(steps, list):
-            raise SaltInvocationError(f"{where}: {phase} must be a list of steps")
-        out[phase] = [_step(s, f"{where}: {phase} step {i}") for i, s in enumerate(steps, 1)]
+            raise SaltInvocationError(f"{where}: hooks.{phase} must be a list of steps")
+        out[phase] = [_step(s, f"{where}: hooks.{phase} step {i}") for i, s in enumerate(steps, 1)]
     if _runs_cmd(out) and str((conf or {}).get("user") or "root") in ("root", "0"):
-        raise SaltInvocationError(f"{where}: cmd steps run as the project's user, and it is root: set user "
+        raise SaltInvocationError(f"{where}: hooks: cmd steps run as the project's user, and it is root: set user "
                                   "(the release's files are not run as root)")
     return out
 
