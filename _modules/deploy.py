@@ -2397,7 +2397,7 @@ def _hook_steps(conf, paths, release, phase, steps):
             code, tail = None, _tail(exc, secrets)
         entry.update({"result": code == 0, "retcode": code})
         if code != 0:
-            entry["output"] = tail
+            entry["output"] = tail or f"exit code {code}"
         entry["seconds"] = round(time.monotonic() - started, 3)
         log.info("deploy: hook %s %s in %s: %s", phase, step["name"], release,
                  "ok" if code == 0 else f"failed ({code})")

@@ -194,7 +194,8 @@ def error_line(phase, node, ret):
     for step in ((ret.get("ret") or {}).get("steps")) or []:
         if not step.get("result"):
             code = f" (exit {step['retcode']})" if step.get("retcode") is not None else ""
-            tail = f": {step['output']}" if step.get("output") else ""
+            said = step.get("output")
+            tail = f": {said}" if said and said != f"exit code {step.get('retcode')}" else ""
             return f"hooks {phase} on {node}: step {step.get('step')!r} failed{code}{tail}"
     return f"hooks {phase} on {node}: {ret.get('error') or 'failed'}"
 
