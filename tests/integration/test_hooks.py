@@ -42,7 +42,7 @@ def marks(path):
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as fh:
-        return [tuple(line.split()) for line in fh]
+        return [tuple(line.rstrip("\n").split(" ")) for line in fh]  # "": current pointed to nothing yet
 
 
 def step(name, path, fail=None):
@@ -61,7 +61,7 @@ def test_once_runs_on_one_node_once_per_release_and_no_rollback_runs_it(clean_cl
     path = marks_file(c)
     c.set_pillar(project_extra=hooks_pillar(path))
     new_version(c)
-    before = c.currents()
+    before = {n: release or "" for n, release in c.currents().items()}
     plan = c.run("deploy.release", project="rainbow", env="pro", test=True)
     assert plan.returncode == 0, plan.stdout
     assert "hooks once on pre-1, before the first switch: once" in plan.data["plan"]
@@ -115,18 +115,20 @@ def test_a_failing_once_stops_the_release_with_nothing_switched(clean_cluster):
     path = marks_file(c)
     flag = os.path.join(c.root("pre-1"), "fail-once")
     open(flag, "w").close()
-    c.set_pillar(project_extra=hooks_pillar(path, once=[step("migrate", path, fail="fail-once")]))
-    new_version(c)
-    before = c.currents()
-    ret = c.run("deploy.release", project="rainbow", env="pro")
-    assert ret.returncode == 1, ret.stdout[-3000:]
-    assert ret.data["error"] == "hooks once on pre-1: step 'migrate' failed (exit 7); nothing was switched"
-    assert c.currents() == before
-    assert marks(path) == []
-    assert c.lb_states() == {n: "ready" for n in WEB}
-    assert history(c)[-1]["hooks"]["once"]["result"] is False
+    try:
+        c.set_pillar(project_extra=hooks_pillar(path, once=[step("migrate", path, fail="fail-once")]))
+        new_version(c)
+        before = c.currents()
+        ret = c.run("deploy.release", project="rainbow", env="pro")
+        assert ret.returncode == 1, ret.stdout[-3000:]
+        assert ret.data["error"] == "hooks once on pre-1: step 'migrate' failed (exit 7); nothing was switched"
+        assert c.currents() == before
+        assert marks(path) == []
+        assert c.lb_states() == {n: "ready" for n in WEB}
+        assert history(c)[-1]["hooks"]["once"]["result"] is False
+    finally:
+        os.unlink(flag)
     # repaired: the release was never out in the env, so its once steps run now
-    os.unlink(flag)
     ret = c.run("deploy.release", project="rainbow", env="pro")
     assert ret.returncode == 0, ret.stdout[-3000:]
     assert [m[0] for m in marks(path) if m[0] == "once"] == ["once"]
