@@ -2446,7 +2446,8 @@ def hooks(project, phase, steps, release=None):
 
     .. code-block:: bash
 
-        salt pre-1 deploy.hooks rainbow once '[{"name": "migrate", "cmd": ["php", "artisan", "migrate", "--force"]}]' release=<release>
+        salt pre-1 deploy.hooks rainbow once '[{"name": "migrate", "cmd": ["php", "artisan", "migrate"]}]' release=<rel>
+        salt pre-1 deploy.hooks rainbow on_rollback '[{"name": "ping", "fun": "test.true"}]'
     """
     if phase not in HOOK_PHASES:
         raise CommandExecutionError(f"hooks: phase {phase!r} must be one of {', '.join(HOOK_PHASES)}")
