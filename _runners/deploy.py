@@ -46,7 +46,7 @@ except ImportError:  # a source checkout whose editable install predates _utils/
 from deploy_master import (  # noqa: E402
     DeployError, Locked, NotPaused, UnknownRef, build, config, contract, names, policy, store, views,
 )
-from deploy_master.rollout import batches, distribute, finish, revert, start  # noqa: E402
+from deploy_master.rollout import batches, distribute, finish, hooks, revert, start  # noqa: E402
 from deploy_master.rollout import run as runs  # noqa: E402
 from deploy_master.source import artifact as artifacts  # noqa: E402
 
@@ -197,8 +197,10 @@ def release(project=None, env=None, ref=None, test=False, artifact=None, sha256=
         ready = distribute.prepare(run, plan, build)
         run.build = build
         run.extra = {"ref": ref, "commit": build["commit"], "version": build["version"]}
+        hooks.before_first_switch(run, plan)
         batches.preprod(run, plan, run.release)
         batches.stages(run, {**plan, "nodes": ready}, run.release)
+        hooks.after_last_batch(run, plan)
         return run.extra
 
     return _guarded(run, plan, body)
@@ -257,6 +259,7 @@ def promote(project=None, env=None, **kwargs):
                  stage=state["stage"], next=following, by=names.by() or names.caller()[0])
         batches.check_lb(run, plan)
         batches.stages(run, plan, run.release, start=state["next"])
+        hooks.after_last_batch(run, plan)
         return run.extra
 
     return _gate_command("promote", project, env, kwargs, body)
@@ -391,6 +394,7 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
                  + (" (allow_bad: even where it is marked bad)" if allow_bad else ""),
                  target=run.release, emergency=False, nodes=list(plan["nodes"]))
         batches.check_lb(run, plan)
+        hooks.before_rollback(run, plan)
         batches.preprod(run, plan, run.release, mark_left="bad", force=allow_bad)
         batches.stages(run, plan, run.release, mark_left="bad", force=allow_bad)
         return {"to": run.release}

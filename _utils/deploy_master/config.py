@@ -25,7 +25,7 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import names, notify, pillar_schema, plan, source
+from deploy_master import hooks, names, notify, pillar_schema, plan, source
 from deploy_master.gates import analysis
 
 
@@ -88,6 +88,7 @@ def project_env(pillar, project, env=None):
         pillar_schema.check(defined, project)
         raise
     pillar_schema.check(conf, project)
+    hooks.parse(conf, envc, f"project {project!r}" + (f" env {env!r}" if env is not None else ""))
     return conf, envc
 
 

@@ -11,7 +11,7 @@ import time
 
 from deploy_master import DeployError, contract, names
 from deploy_master import plan as planning
-from deploy_master.rollout import gating, revert
+from deploy_master.rollout import gating, hooks, revert
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,9 @@ def guard(run, plan, body):
             if run.aborted and not error.startswith("aborted"):
                 error = f"aborted by {run.aborted}: {error}"
             # a failed batch, stage gate or abort: the env's on_failure (deploy.abort always reverts)
-            if run.kind == "release" and (run.on_failure == "rollback" or isinstance(exc, gating.AbortRequested)):
+            # (an after_release step that fails leaves the release out: it is not a reason to undo it)
+            if run.kind == "release" and (run.on_failure == "rollback" or isinstance(exc, gating.AbortRequested)) \
+                    and not isinstance(exc, hooks.AfterReleaseFailed):
                 extra["rolled_back"] = revert.revert(run, plan, error)
         except Exception as exc:  # pylint: disable=broad-except
             log.exception("deploy: unexpected error")

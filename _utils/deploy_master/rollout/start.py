@@ -6,6 +6,7 @@ import salt.utils.minions
 
 from deploy_master import build as builds
 from deploy_master import plan as planning
+from deploy_master.rollout import hooks
 
 
 def build(run, ref, test=False, branch=False):
@@ -36,4 +37,4 @@ def plan(run):
 
 def describe(run, plan):  # pylint: disable=redefined-outer-name
     """The plan in lines, for people."""
-    return planning.describe(plan, run.lb)
+    return planning.describe(plan, run.lb) + hooks.plan_lines(run, plan)
