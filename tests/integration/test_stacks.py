@@ -18,6 +18,7 @@ the module, for the one test that needs each.
 """
 
 import collections
+import concurrent.futures
 import http.client
 import json
 import os
@@ -348,10 +349,11 @@ def ng_stack(cluster):
             root = cluster.root(node, NG)
             os.makedirs(root, exist_ok=True)
             nodes[node] = web.PhpNode(node, NG_ADDR[node], root, os.path.join(work, "svc", f"{node}-ng"), user=USER)
-            nodes[node].start()
         lb = web.NginxLB(os.path.join(work, "svc", "nginx-lb"), "rainbow_ng",
                          {n: f"{NG_ADDR[n]}:8080" for n in WEB}, bind=f"{NET}.100:8001", user=USER)
-        lb.start()
+        # independent services: started in parallel, each waiting for its own sockets
+        with concurrent.futures.ThreadPoolExecutor(len(nodes) + 1) as pool:
+            list(pool.map(lambda svc: svc.start(), [*nodes.values(), lb]))
         yield {"repo": repo, "php": nodes, "lb": lb, "marks": marks}
     finally:
         if lb is not None:
