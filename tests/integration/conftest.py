@@ -10,7 +10,8 @@ A real cluster for the integration tests, started once per session and shared by
 Each node has its own project root (one machine plays all of them), given to it by its
 own pillar file; everything else comes from the project pillar as a user would write it.
 
-The web services start in a thread of their own while the Salt daemons start (``web_services``).
+The web services start in a thread of their own while the Salt daemons start (``web_services``);
+the minions start, and everything stops, in parallel.
 
 Shared fixtures, for a new module to reuse (they are session-scoped unless said otherwise):
 
@@ -21,7 +22,8 @@ Shared fixtures, for a new module to reuse (they are session-scoped unless said 
   node ready in HAProxy.  A test that needs other state sets it through ``set_pillar`` (which the next
   test's ``clean_cluster`` undoes) or names a project or env of its own (``other_projects``,
   ``node_projects``): tests stay independent of their order;
-- ``php_nodes``, ``haproxy``, ``rainbow_repo``, ``work_dir`` (the session's folder, 0755 under /tmp).
+- ``php_nodes``, ``haproxy``, ``rainbow_repo``, ``work_dir`` (the session's folder, 0755 under /tmp);
+- ``in_parallel(fun, items)``: start or stop independent daemons at the same time.
 
 A module builds daemons of its own only when a test needs what the shared cluster cannot be (it
 kills or adds minions for good, needs a second master or another store, or tests the services
@@ -74,6 +76,18 @@ def pytest_collection_modifyitems(items):
         path = str(item.path)
         if os.path.dirname(path) == HERE and f"{os.path.basename(path)}::{item.name}" not in CORE:
             item.add_marker(pytest.mark.slow)
+
+
+def in_parallel(fun, items):
+    """fun(item) for every item, each in a thread of its own (daemons that start or stop independently,
+    each waiting for its own processes); the first error is raised once every call has ended."""
+    items = list(items)
+    if not items:
+        return
+    with concurrent.futures.ThreadPoolExecutor(len(items)) as pool:
+        futures = [pool.submit(fun, item) for item in items]
+    for future in futures:
+        future.result()
 
 
 def _free_port():
@@ -242,8 +256,7 @@ def web_services(work_dir):
     )
 
     def start():
-        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:  # each waits for its own nginx and FPM
-            list(pool.map(lambda svc: svc.start(), nodes.values()))
+        in_parallel(lambda svc: svc.start(), nodes.values())  # each waits for its own nginx and FPM
         lb.start()
 
     starter = concurrent.futures.ThreadPoolExecutor(1)
@@ -253,9 +266,7 @@ def web_services(work_dir):
     finally:
         concurrent.futures.wait([started])
         starter.shutdown()
-        lb.stop()
-        for svc in nodes.values():
-            svc.stop()
+        in_parallel(lambda svc: svc.stop(), [lb, *nodes.values()])
 
 
 @pytest.fixture(scope="session")
@@ -303,16 +314,14 @@ def cluster(salt_factories, work_dir, rainbow_repo, web_services):
     with master.started(start_timeout=120):
         try:
             # minions start in parallel: ~10 s instead of ~8 s each
-            with concurrent.futures.ThreadPoolExecutor(len(minions)) as pool:
-                list(pool.map(lambda m: m.start(start_timeout=120), minions.values()))
+            in_parallel(lambda m: m.start(start_timeout=120), minions.values())
             web_started.result()  # the web services started meanwhile
             c.refresh_pillar()
             yield c
         finally:
             if c.local is not None:
                 c.local.destroy()
-            for minion in minions.values():
-                minion.terminate()
+            in_parallel(lambda minion: minion.terminate(), minions.values())
 
 
 @pytest.fixture
