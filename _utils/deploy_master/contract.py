@@ -15,6 +15,8 @@ Exit codes of every ``salt-run deploy.*`` (the return's ``retcode``; docs/runner
 ==  ===========  ==================================================================
 """
 
+import functools
+
 from salt.exceptions import SaltInvocationError
 
 from deploy_master import DeployError
@@ -35,6 +37,46 @@ def missing(what, part, pip=None, deb=None, rpm=None):
     else:
         how = f"apt-get install {deb} (RHEL: dnf install {rpm or deb})"
     return MissingDependency(f"{what} needs {part}, which is not installed: {how}")
+
+
+def summary_by_default(namespace, outputters):
+    """Wrap the runner functions ``outputters`` names (function -> outputter) in ``namespace`` (the runner
+    module's globals) once, so that their return names its outputter on a salt-run command line without
+    ``--out``.  Salt reads a module's ``__outputter__`` for execution modules only; salt-run takes a
+    runner return's outputter from its ``outputter`` key.  ``--out=json``, salt-api, orchestration and
+    Python callers get the return unchanged."""
+    def wrap(fun, name):
+        @functools.wraps(fun)
+        def wrapper(*args, **kwargs):
+            ret = fun(*args, **kwargs)
+            opts = namespace.get("__opts__") or {}
+            if (isinstance(ret, dict) and opts.get("fun") == f"deploy.{name}" and "selected_output_option" in opts
+                    and not opts.get("output")):
+                ret["outputter"] = outputters[name]
+            return ret
+        return wrapper
+
+    for name in outputters:
+        if not hasattr(namespace[name], "__wrapped__"):
+            namespace[name] = wrap(namespace[name], name)
+
+
+def whole_number(fun, name, value):
+    """``value`` as an int, or SaltInvocationError naming ``fun``'s argument ``name``."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"{fun}: {name}={value!r} must be a whole number") from None
+
+
+def check_rollback(to, emergency, force, allow_bad):
+    """The rules between deploy.rollback's arguments (SaltInvocationError, one line)."""
+    if force and not emergency:
+        raise SaltInvocationError("force=True is only for emergency=True (it passes the lock); to go to a "
+                                  "release marked bad, use to=<release> allow_bad=True")
+    if allow_bad and not to:
+        raise SaltInvocationError("allow_bad=True needs to=<release>: a rollback goes to a release marked "
+                                  "bad only when it is named")
 
 
 def check_arguments(fun, accepted, kwargs, **required):

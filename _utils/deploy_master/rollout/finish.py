@@ -9,7 +9,7 @@ import logging
 import signal
 import time
 
-from deploy_master import DeployError, contract, names
+from deploy_master import DeployError, Locked, contract, names
 from deploy_master import plan as planning
 from deploy_master.rollout import gating, hooks, revert
 
@@ -104,9 +104,27 @@ def exit_code(run, result, error, extra, paused=None):
     return contract.ABORTED if result == "aborted" and run.mode != "abort" else contract.FAILED
 
 
-def take_lock(run):
+def take_lock(run, force=False):
+    """The project+env's lock for ``run`` (then what an interrupted run left is put back); ``force`` (an
+    emergency rollback's): the lock is passed, with a warning when a paused run holds it."""
+    if force:
+        held = run.store.lock(run.project, run.env, "view").holder() or {}
+        if held.get("paused"):
+            run.extra["warnings"] = [
+                f"the paused run {held['paused'].get('run')} still holds the lock: abort it (salt-run deploy.abort "
+                f"project={run.project} env={run.env}) or clear it (deploy.unlock force=True)"]
+        return
     run.lock = run.store.lock(run.project, run.env, f"{run.kind} ({run.mode})" if run.kind == "rollback" else run.kind)
     run.lock.acquire(run.jid)
+    recover(run)
+
+
+def clear(run, lock, held):
+    """deploy.unlock: take ``lock`` over from ``held`` (Locked if another run took it meanwhile), then put
+    back what that run left out of the LB."""
+    run.lock = lock
+    if not lock.take_over(held):
+        raise Locked("the lock changed while it was being cleared: another run took it; see deploy.lock_status")
     recover(run)
 
 
