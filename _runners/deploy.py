@@ -23,6 +23,7 @@ its modules).  The project definitions are read from the pillar compiled for the
 ``deploy_master.config``.
 """
 
+import functools
 import logging
 import os
 import sys
@@ -46,14 +47,24 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "deploy"
 
-# without --out, salt-run ends these with the summary of _output/deploy_summary.py (contract.summary_by_default)
+# without --out, salt-run ends these with the summary of _output/deploy_summary.py (contract.with_outputter)
 __outputter__ = {name: "deploy_summary" for name in ("release", "rollback", "promote", "abort")}
+
+
+def _summary_by_default(fun, name):
+    # defined here: Salt gives a runner call its __jid_event__ and __user__ through its function's globals
+    @functools.wraps(fun)
+    def wrapper(*args, **kwargs):
+        return contract.with_outputter(fun(*args, **kwargs), __opts__, f"deploy.{name}", __outputter__[name])
+    return wrapper
 
 
 def __virtual__():
     # no gitpython needed here: the git source imports it when a build needs it, so rollback,
     # history and unlock work without it
-    contract.summary_by_default(globals(), __outputter__)
+    for name in __outputter__:  # every function is defined by now: wrap them once
+        if not hasattr(globals()[name], "__wrapped__"):
+            globals()[name] = _summary_by_default(globals()[name], name)
     return __virtualname__
 
 
@@ -146,7 +157,7 @@ def release(project=None, env=None, ref=None, test=False, artifact=None, sha256=
         build.source_for(__opts__, project, run.conf).check_installed()  # a missing client: exit 2, no lock
         if test:
             with run:
-                return _release_plan(run, ref, default_branch)
+                return start.test_plan(run, ref, default_branch)
         # an unknown ref or a release name the nodes refuse is bad input: refused before the lock
         run.resolved = build.resolve(__opts__, project, env, run.conf, ref, default_branch)
         finish.take_lock(run)
@@ -266,13 +277,6 @@ def abort(project=None, env=None, **kwargs):
                                                   f"{state['stage']}")}
 
     return _gate_command("abort", project, env, kwargs, body)
-
-
-def _release_plan(run, ref, default_branch=False):
-    build = start.build(run, ref, test=True, branch=default_branch)
-    plan = start.plan(run)
-    return {"result": None, "comment": "test=True: nothing was changed", "release": run.release,
-            "commit": build["commit"], "plan": start.describe(run, plan), "down": plan["down"]}
 
 
 # --------------------------------------------------------------------------- public: rollback
@@ -576,16 +580,6 @@ def refs(project=None, limit=50, **kwargs):
 # --------------------------------------------------------------------------- public: validate (read-only)
 
 
-def _validate_nodes(project, env):
-    """One batched, read-only ``deploy.validate`` call to the env's nodes and its LB minion: node ->
-    its problems (the keys and types of its project pillar checked against the one definition)."""
-    with _Run(project, env, "validate") as run:
-        plan = start.plan(run)
-        asked, lb = views.validation_targets(plan, run.lb if run.has_lb else None)
-        return views.node_problems(plan, lb, run.call(asked, "deploy.validate", {"project": project, "lb": lb}),
-                                   project)
-
-
 def validate(project=None, env=None, nodes=False, **kwargs):
     """
     Check a project (and one env) as the master sees it, and with ``nodes=True`` what each of the
@@ -632,7 +626,8 @@ def validate(project=None, env=None, nodes=False, **kwargs):
     out = {"result": "valid", "project": project, "envs": envs, "problems": problems}
     if nodes is True and not problems:
         try:
-            out["nodes"] = _validate_nodes(project, env)
+            with _Run(project, env, "validate") as run:
+                out["nodes"] = start.validate_nodes(run)
         except (DeployError, SaltInvocationError) as exc:
             out["problems"].append(str(exc))
     code = views.validation_code(out)

@@ -15,8 +15,6 @@ Exit codes of every ``salt-run deploy.*`` (the return's ``retcode``; docs/runner
 ==  ===========  ==================================================================
 """
 
-import functools
-
 from salt.exceptions import SaltInvocationError
 
 from deploy_master import DeployError
@@ -39,26 +37,14 @@ def missing(what, part, pip=None, deb=None, rpm=None):
     return MissingDependency(f"{what} needs {part}, which is not installed: {how}")
 
 
-def summary_by_default(namespace, outputters):
-    """Wrap the runner functions ``outputters`` names (function -> outputter) in ``namespace`` (the runner
-    module's globals) once, so that their return names its outputter on a salt-run command line without
-    ``--out``.  Salt reads a module's ``__outputter__`` for execution modules only; salt-run takes a
-    runner return's outputter from its ``outputter`` key.  ``--out=json``, salt-api, orchestration and
-    Python callers get the return unchanged."""
-    def wrap(fun, name):
-        @functools.wraps(fun)
-        def wrapper(*args, **kwargs):
-            ret = fun(*args, **kwargs)
-            opts = namespace.get("__opts__") or {}
-            if (isinstance(ret, dict) and opts.get("fun") == f"deploy.{name}" and "selected_output_option" in opts
-                    and not opts.get("output")):
-                ret["outputter"] = outputters[name]
-            return ret
-        return wrapper
-
-    for name in outputters:
-        if not hasattr(namespace[name], "__wrapped__"):
-            namespace[name] = wrap(namespace[name], name)
+def with_outputter(ret, opts, fun, outputter):
+    """``ret`` naming ``outputter`` when ``fun`` runs on a salt-run command line without ``--out``: Salt
+    reads a module's ``__outputter__`` for execution modules only; salt-run takes a runner return's
+    outputter from its ``outputter`` key.  ``--out=json``, salt-api, orchestration and Python callers
+    get the return unchanged."""
+    if isinstance(ret, dict) and opts.get("fun") == fun and "selected_output_option" in opts and not opts.get("output"):
+        ret["outputter"] = outputter
+    return ret
 
 
 def whole_number(fun, name, value):
