@@ -33,7 +33,10 @@ def _artifact(cluster, version, name):
 
 def test_an_artifact_built_elsewhere_is_released_and_a_mismatch_is_refused(clean_cluster):
     c = clean_cluster
-    assert c.run("deploy.release", project="rainbow", env="pro").returncode == 0  # a release to go back to
+    # a release to go back to, of a version of this module's own (an earlier module may have marked the
+    # repository's head bad on a node)
+    sample_repo.add_release(c.repo, "v53.1.0")
+    assert c.run("deploy.release", project="rainbow", env="pro").returncode == 0
     url, digest = _artifact(c, "7.7.7", "rainbow-7.7.7.tar.gz")
     before = c.currents()
     bad = c.run("deploy.release", project="rainbow", env="pro", artifact=url, sha256="f" * 64, version="7.7.7")
