@@ -9,6 +9,7 @@ checks that this list names every module, and that they import each other withou
 ``config``        the project/env definition from the master's pillar, master options
 ``pillar_schema`` every key of the project pillar: its type, its default, where it may appear
 ``plan``          batch sizes and stages (pure)
+``lbs``           the ``lb`` pillar (one load balancer or a list, each named) and merging their answers (pure)
 ``gates``         the gate seam: a stage's pause and the analysis of live traffic, its providers
 ``policy``        the rollback target and the cluster view (pure)
 ``source``        where code comes from: one module per VCS (and CI-built artifacts) behind one interface
