@@ -642,7 +642,7 @@ def _validate_nodes(project, env):
     its problems (the keys and types of its project pillar checked against the one definition)."""
     with _Run(project, env, "validate") as run:
         plan = start.plan(run)
-        asked, lb = views.validation_targets(plan, run.lb if run.has_lb else None)
+        asked, lb = views.validation_targets(plan, run.balancer.definitions)
         return views.node_problems(plan, lb, run.call(asked, "deploy.validate", {"project": project, "lb": lb}),
                                    project)
 

@@ -79,9 +79,7 @@ def behind_lb(plan):
 
 def describe(plan, lb):
     """The plan as lines for people (``test=True`` and the progress of a release).  ``lb``: what the
-    load balancers are, in words ("" for none), or one LB's definition."""
-    if isinstance(lb, dict):
-        lb = f"{lb['driver']} on {lb.get('minion')}" if lb.get("driver", "none") != "none" else ""
+    load balancers are, in words (``rollout.lb.LoadBalancers.describe``; "" for none)."""
     lines = []
     if plan["preprod"]:
         lines.append(f"preprod: {plan['preprod']} (not behind the LB): switch, restart, checks")

@@ -36,4 +36,4 @@ def plan(run):
 
 def describe(run, plan):  # pylint: disable=redefined-outer-name
     """The plan in lines, for people."""
-    return planning.describe(plan, run.lb)
+    return planning.describe(plan, run.balancer.describe())
