@@ -22,6 +22,8 @@ from sandbox import web
 from .conftest import NODES, USER, WEB, _free_port
 from .test_release import new_version
 
+pytestmark = pytest.mark.slow  # extra HAProxy and nginx instances, six real releases: minutes
+
 
 def _haproxy(work_dir, name, servers=None, **kwargs):
     lb = web.HAProxy(os.path.join(work_dir, "svc", name), "rainbow",
