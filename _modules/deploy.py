@@ -1865,7 +1865,9 @@ def _check_roots(paths, release):
     )
 
 
-def _run_cmd(command, conf, paths, timeout):
+def _run_cmd(command, conf, paths, timeout, cwd=None, extra_env=None):
+    """Run ``command`` as the project's user: a string through ``/bin/sh -c`` (a restart step), a list
+    as the arguments themselves, no shell (a hook step); in ``cwd`` (default ``current``)."""
     uid, gid = _ids(conf)
     user = pwd.getpwuid(uid)
     env = {
@@ -1875,13 +1877,14 @@ def _run_cmd(command, conf, paths, timeout):
         "LANG": "C.UTF-8",
         "DEPLOY_ROOT": paths["root"],
         "DEPLOY_CURRENT": paths["current"],
+        **(extra_env or {}),
     }
-    cwd = paths["current"] if os.path.isdir(paths["current"]) else paths["root"]
+    cwd = cwd or (paths["current"] if os.path.isdir(paths["current"]) else paths["root"])
     kwargs = {}
     if os.geteuid() == 0:
         kwargs = {"user": uid, "group": gid, "extra_groups": []}
     proc = subprocess.run(
-        ["/bin/sh", "-c", command],
+        list(command) if isinstance(command, (list, tuple)) else ["/bin/sh", "-c", command],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -2245,7 +2248,8 @@ def _step(name, started, **data):
     return data
 
 
-def switch(project, release, checks="gate", mark_left=None, expect=None, inventory=False, force=False):
+def switch(project, release, checks="gate", mark_left=None, expect=None, inventory=False, force=False,
+           before_switch=None):
     """
     Switch this node to a release: activate, restart, check — and switch back on failure.
 
@@ -2280,6 +2284,11 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
     force
         ``True``: switch even to a release this node marked bad (see ``deploy.activate``);
         the return has ``forced: True``.  Without it such a switch is refused.
+    before_switch
+        Hook steps (see ``deploy.hooks``) run in the release's folder before ``current`` moves;
+        the first failing one stops the switch, ``current`` untouched (a step ``before_switch``
+        with the failing step's name, exit code and output's redacted tail).  Not run when
+        ``current`` already points to the release.
 
     CLI Example:
 
@@ -2303,6 +2312,13 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
         refused = _refuse_unexpected(paths, release, expect, force)
         if refused:
             return refused
+
+    if before_switch and _before_switch(conf, paths, release, before_switch, force, steps):
+        __context__["retcode"] = 1
+        current = _current_target(paths)
+        return _report({"result": False, "release": release, "previous": current, "current": current,
+                        "reverted": False, "checks": None, "steps": steps,
+                        "seconds": round(time.monotonic() - started, 3)}, paths, inventory)
 
     t = time.monotonic()
     act = _activate(project, release, force=force)
@@ -2353,6 +2369,153 @@ def switch(project, release, checks="gate", mark_left=None, expect=None, invento
     if act.get("forced"):
         result["forced"] = True
     return _report(result, paths, inventory)
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+HOOK_PHASES = ("before_switch", "once", "after_release", "on_rollback")
+HOOK_FUN_RE = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
+HOOK_ROOT_RUNNERS = ("cmd", "state", "saltutil", "event", "cp")  # a fun step never runs commands or files as root
+
+
+def _check_hook_steps(conf, steps):
+    """Hook steps as the master sends them (``deploy_master.hooks``): refuse anything else."""
+    if not isinstance(steps, (list, tuple)):
+        raise CommandExecutionError("hooks: steps must be a list")
+    for index, step in enumerate(steps, 1):
+        where = f"hooks: step {index}"
+        if not isinstance(step, dict) or not isinstance(step.get("name"), str) or not step["name"]:
+            raise CommandExecutionError(f"{where} must be a dict with a name")
+        if "cmd" in step:
+            argv = step["cmd"]
+            if not isinstance(argv, (list, tuple)) or not argv or not all(isinstance(a, str) and "\0" not in a
+                                                                          for a in argv):
+                raise CommandExecutionError(f"{where} ({step['name']}): cmd must be a non-empty list of arguments")
+            if isinstance(step.get("timeout", 1), bool) or not isinstance(step.get("timeout", 1), (int, float)) \
+                    or step.get("timeout", 1) <= 0:
+                raise CommandExecutionError(f"{where} ({step['name']}): timeout must be seconds > 0")
+            if _ids(conf)[0] == 0:
+                raise CommandExecutionError(f"{where} ({step['name']}): cmd steps run as the project's user, "
+                                            "and it is root: refused (the release's files are not run as root)")
+        elif "fun" in step:
+            fun = step["fun"]
+            if not isinstance(fun, str) or not HOOK_FUN_RE.match(fun) or fun.split(".")[0] in HOOK_ROOT_RUNNERS:
+                raise CommandExecutionError(f"{where} ({step['name']}): fun {fun!r} is not a function a hook may run")
+            if fun not in __salt__:
+                raise CommandExecutionError(f"{where} ({step['name']}): no Salt function {fun!r} on this node")
+            if not isinstance(step.get("args", []), (list, tuple)) or not isinstance(step.get("kwargs", {}), dict):
+                raise CommandExecutionError(f"{where} ({step['name']}): args must be a list, kwargs a dict")
+        else:
+            raise CommandExecutionError(f"{where} ({step['name']}): give cmd or fun")
+
+
+def _hook_fun(step, secrets):
+    """A fun step, run by root: failed if it raises, returns False, a dict with ``result: False``, or sets a retcode."""
+    __context__.pop("retcode", None)
+    try:
+        ret = __salt__[step["fun"]](*step.get("args", []), **step.get("kwargs", {}))
+    except Exception as exc:  # pylint: disable=broad-except  # any module's error fails the step, named
+        return 1, _tail(f"{type(exc).__name__}: {exc}", secrets)
+    code = __context__.pop("retcode", 0) or 0
+    if ret is False or (isinstance(ret, dict) and ret.get("result") is False) or code:
+        log.warning("deploy: hook %s: %s returned %s", step["name"], step["fun"],
+                    _redacted(str(ret), secrets)[-OUTPUT_LOG:])
+        return code or 1, _tail(ret, secrets)
+    return 0, ""
+
+
+def _hook_steps(conf, paths, release, phase, steps):
+    """Run hook ``steps`` in order in the folder of ``release``; stop at the first failing one.
+    cmd steps run as the project's user, without a shell, with a minimal environment; fun steps by root."""
+    _check_hook_steps(conf, steps)
+    folder = os.path.join(paths["releases"], release)
+    if not os.path.isdir(folder) or _read_meta(paths, release) is None:
+        raise CommandExecutionError(f"hooks {phase}: release {release!r} is not prepared on this node")
+    secrets = _secret_values(conf)
+    extra_env = {"DEPLOY_RELEASE": release, "DEPLOY_RELEASE_DIR": folder, "DEPLOY_HOOK": phase}
+    results = []
+    for step in steps:
+        started = time.monotonic()
+        entry = {"step": step["name"]}
+        timeout = step.get("timeout", 300)
+        try:
+            if "cmd" in step:
+                code, tail = _run_cmd(step["cmd"], conf, paths, timeout, cwd=folder, extra_env=extra_env)
+            else:
+                code, tail = _hook_fun(step, secrets)
+        except subprocess.TimeoutExpired:
+            code, tail = None, f"timed out after {timeout}s"
+        except (CommandExecutionError, OSError) as exc:  # e.g. the command does not exist
+            code, tail = None, _tail(exc, secrets)
+        entry.update({"result": code == 0, "retcode": code})
+        if code != 0:
+            entry["output"] = tail or f"exit code {code}"
+        entry["seconds"] = round(time.monotonic() - started, 3)
+        log.info("deploy: hook %s %s in %s: %s", phase, step["name"], release,
+                 "ok" if code == 0 else f"failed ({code})")
+        results.append(entry)
+        if code != 0:
+            break
+    return results
+
+
+def _before_switch(conf, paths, release, steps, force, out):
+    """``switch``'s hook steps: appends their step to ``out``; True if one failed (nothing switched)."""
+    if _current_target(paths) == release:
+        return False
+    _refuse_bad(paths, release, force)  # refused before any step runs, as the switch would refuse it
+    t = time.monotonic()
+    details = _hook_steps(conf, paths, release, "before_switch", steps)
+    ok = all(d["result"] for d in details)
+    out.append(_step("before_switch", t, result=ok, details=details))
+    return not ok
+
+
+def hooks(project, phase, steps, release=None):
+    """
+    Run hook steps of a release on this node (what ``salt-run deploy.release`` and ``deploy.rollback``
+    send for the pillar's ``hooks``, see docs/hooks.md); stop at the first failing one.
+
+    A step is ``{name, cmd: [arg, ...], timeout}``: run as the project's ``user`` (never root), in the
+    release's folder, without a shell, with a minimal environment (``PATH``, ``HOME``, ``USER``,
+    ``LANG``, ``DEPLOY_ROOT``, ``DEPLOY_CURRENT``, ``DEPLOY_RELEASE``, ``DEPLOY_RELEASE_DIR``,
+    ``DEPLOY_HOOK``); or ``{name, fun, args, kwargs}``: a Salt function run by root (none that runs
+    commands: ``cmd.*``, ``state.*``... are refused).  The output goes to the minion's log; the
+    return carries each step's name, exit code and, for a failing one, the output's last characters
+    with the project's pillar values redacted.
+
+    project
+        Project name.
+    phase
+        ``before_switch``, ``once``, ``after_release`` or ``on_rollback`` (named in the log and in
+        the child's ``DEPLOY_HOOK``).
+    steps
+        The steps, as the master sends them.
+    release
+        The release whose folder the steps run in (default: the one ``current`` points to).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt pre-1 deploy.hooks rainbow once '[{"name": "migrate", "cmd": ["php", "artisan", "migrate"]}]' release=<rel>
+        salt pre-1 deploy.hooks rainbow on_rollback '[{"name": "ping", "fun": "test.true"}]'
+    """
+    if phase not in HOOK_PHASES:
+        raise CommandExecutionError(f"hooks: phase {phase!r} must be one of {', '.join(HOOK_PHASES)}")
+    conf = _project(project)
+    paths = _paths(conf)
+    if release is None:
+        release = _current_target(paths)
+        if release is None:
+            raise CommandExecutionError(f"hooks {phase}: {paths['current']} points to no release")
+    _check_release(release)
+    results = _hook_steps(conf, paths, release, phase, steps)
+    ok = all(r["result"] for r in results)
+    if not ok:
+        __context__["retcode"] = 1
+    return {"result": ok, "phase": phase, "release": release, "steps": results}
 
 
 def _refuse_unexpected(paths, release, expect, force=False):

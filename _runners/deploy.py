@@ -16,18 +16,11 @@ Release a project to a whole environment, and roll it back: the cluster side of 
 7. record: history, statistics, cleanup of old releases, and a summary.
 
 This file holds the public functions: their arguments, opening a run, the steps in the
-article's order, and the views.  The steps live in ``deploy_master.rollout`` (the run and its
-events, distribution, batches behind the LB, gates, revert and rollbacks, the record and exit
-code), the Salt transport in ``deploy_master.jobs``; everything done on a node is a call to the
-``deploy`` execution module (one batched Salt call per step and batch), and load-balancer
-actions are calls to ``deploy_lb`` on the LB minion.  The other pieces live in the plain
-package ``deploy_master`` (``_utils/deploy_master/``): names, config, plan, the rollback
-policy, the source (git), the build, and the store (lock, history, the record of the nodes).
-
-The project definitions are read from the pillar compiled for the master's own id
-(as ``state.orchestrate`` does); node secrets are never read here.
-
-Master options (all optional): see ``deploy_master.config``.
+article's order, and the views.  The steps live in ``deploy_master.rollout``, the Salt transport
+in ``deploy_master.jobs``, the rest in the plain package ``deploy_master`` (its docstring lists
+its modules).  The project definitions are read from the pillar compiled for the master's own id
+(as ``state.orchestrate`` does); node secrets are never read here.  Master options: see
+``deploy_master.config``.
 """
 
 import functools
@@ -46,7 +39,7 @@ except ImportError:  # a source checkout whose editable install predates _utils/
 from deploy_master import (  # noqa: E402
     DeployError, Locked, NotPaused, UnknownRef, build, config, contract, names, policy, store, views,
 )
-from deploy_master.rollout import batches, distribute, finish, revert, start  # noqa: E402
+from deploy_master.rollout import batches, distribute, finish, hooks, revert, start  # noqa: E402
 from deploy_master.rollout import run as runs  # noqa: E402
 from deploy_master.source import artifact as artifacts  # noqa: E402
 
@@ -54,24 +47,15 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "deploy"
 
-
-
-# Without --out, salt-run ends these with the summary of _output/deploy_summary.py.  Salt reads a
-# module's __outputter__ for execution modules only; salt-run takes a runner return's outputter from
-# its "outputter" key, which the return carries only on a salt-run command line without --out:
-# --out=json, salt-api, orchestration and Python callers get the return unchanged.
+# without --out, salt-run ends these with the summary of _output/deploy_summary.py (contract.with_outputter)
 __outputter__ = {name: "deploy_summary" for name in ("release", "rollback", "promote", "abort")}
 
 
 def _summary_by_default(fun, name):
+    # defined here: Salt gives a runner call its __jid_event__ and __user__ through its function's globals
     @functools.wraps(fun)
     def wrapper(*args, **kwargs):
-        ret = fun(*args, **kwargs)
-        opts = globals().get("__opts__") or {}
-        if (isinstance(ret, dict) and opts.get("fun") == f"deploy.{name}" and "selected_output_option" in opts
-                and not opts.get("output")):
-            ret["outputter"] = __outputter__[name]
-        return ret
+        return contract.with_outputter(fun(*args, **kwargs), __opts__, f"deploy.{name}", __outputter__[name])
     return wrapper
 
 
@@ -82,11 +66,6 @@ def __virtual__():
         if not hasattr(globals()[name], "__wrapped__"):
             globals()[name] = _summary_by_default(globals()[name], name)
     return __virtualname__
-
-
-def _config(project, env=None):
-    """The project (and env) definition, validated, from the master's pillar."""
-    return config.load(__opts__, project, env)
 
 
 # --------------------------------------------------------------------------- a run
@@ -112,15 +91,16 @@ def _failed(ret, code=contract.FAILED):
     return ret
 
 
-def _refused(exc):
-    """A refusal before anything changed: bad input (2) or locked (3); anything else failed (1)."""
+def _refused(exc, ret=None):
+    """A refusal before anything changed (``ret``: what the return shows besides): bad input (2) or locked
+    (3); anything else failed (1)."""
     if isinstance(exc, (SaltInvocationError, NotPaused, UnknownRef)):
         code = contract.BAD_INPUT
     elif isinstance(exc, Locked):
         code = contract.LOCKED
     else:
         code = contract.FAILED
-    return _failed({"result": "refused", "error": str(exc)}, code)
+    return _failed({**(ret or {}), "result": "refused", "error": str(exc)}, code)
 
 
 def _acting(kwargs):
@@ -173,11 +153,11 @@ def release(project=None, env=None, ref=None, test=False, artifact=None, sha256=
         return _refused(exc)
     default_branch = ref is None
     try:
-        ref = names.valid(str(ref or run.envc.get("branch") or "master"), names.REF_RE, "ref")
+        ref = names.valid(str(ref or config.branch(run.conf, run.envc)), names.REF_RE, "ref")
         build.source_for(__opts__, project, run.conf).check_installed()  # a missing client: exit 2, no lock
         if test:
             with run:
-                return _release_plan(run, ref, default_branch)
+                return start.test_plan(run, ref, default_branch)
         # an unknown ref or a release name the nodes refuse is bad input: refused before the lock
         run.resolved = build.resolve(__opts__, project, env, run.conf, ref, default_branch)
         finish.take_lock(run)
@@ -197,8 +177,10 @@ def release(project=None, env=None, ref=None, test=False, artifact=None, sha256=
         ready = distribute.prepare(run, plan, build)
         run.build = build
         run.extra = {"ref": ref, "commit": build["commit"], "version": build["version"]}
+        hooks.before_first_switch(run, plan)
         batches.preprod(run, plan, run.release)
         batches.stages(run, {**plan, "nodes": ready}, run.release)
+        hooks.after_last_batch(run, plan)
         return run.extra
 
     return _guarded(run, plan, body)
@@ -257,6 +239,7 @@ def promote(project=None, env=None, **kwargs):
                  stage=state["stage"], next=following, by=names.by() or names.caller()[0])
         batches.check_lb(run, plan)
         batches.stages(run, plan, run.release, start=state["next"])
+        hooks.after_last_batch(run, plan)
         return run.extra
 
     return _gate_command("promote", project, env, kwargs, body)
@@ -294,13 +277,6 @@ def abort(project=None, env=None, **kwargs):
                                                   f"{state['stage']}")}
 
     return _gate_command("abort", project, env, kwargs, body)
-
-
-def _release_plan(run, ref, default_branch=False):
-    build = start.build(run, ref, test=True, branch=default_branch)
-    plan = start.plan(run)
-    return {"result": None, "comment": "test=True: nothing was changed", "release": run.release,
-            "commit": build["commit"], "plan": start.describe(run, plan), "down": plan["down"]}
 
 
 # --------------------------------------------------------------------------- public: rollback
@@ -349,12 +325,7 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
                                                      "by"), kwargs, project=project, env=env)
         if to is not None:
             names.valid(to, names.RELEASE_RE, "release")
-        if force and not emergency:
-            raise SaltInvocationError("force=True is only for emergency=True (it passes the lock); to go to a "
-                                      "release marked bad, use to=<release> allow_bad=True")
-        if allow_bad and not to:
-            raise SaltInvocationError("allow_bad=True needs to=<release>: a rollback goes to a release marked "
-                                      "bad only when it is named")
+        contract.check_rollback(to, emergency, force, allow_bad)
         run = _Run(project, env, "rollback", mode)
     except SaltInvocationError as exc:
         return _refused(exc)
@@ -365,14 +336,7 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
                 target = policy.rollback_target(revert.inventories(run, plan["nodes"]), to, allow_bad)
                 return {"result": None, "comment": f"test=True: {mode} rollback would go to {target}",
                         "target": target, "plan": start.describe(run, plan) if not emergency else plan["nodes"]}
-        if not force:
-            finish.take_lock(run)
-        else:
-            held = run.store.lock(project, env, "view").holder() or {}
-            if held.get("paused"):
-                run.extra["warnings"] = [
-                    f"the paused run {held['paused'].get('run')} still holds the lock: abort it "
-                    f"(salt-run deploy.abort project={project} env={env}) or clear it (deploy.unlock force=True)"]
+        finish.take_lock(run, force=force)
     except (DeployError, SaltInvocationError) as exc:
         run.close()
         return _refused(exc)
@@ -391,6 +355,7 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
                  + (" (allow_bad: even where it is marked bad)" if allow_bad else ""),
                  target=run.release, emergency=False, nodes=list(plan["nodes"]))
         batches.check_lb(run, plan)
+        hooks.before_rollback(run, plan)
         batches.preprod(run, plan, run.release, mark_left="bad", force=allow_bad)
         batches.stages(run, plan, run.release, mark_left="bad", force=allow_bad)
         return {"to": run.release}
@@ -452,15 +417,9 @@ def history(project=None, env=None, limit=20, **kwargs):
     try:
         contract.check_arguments("deploy.history", ("project", "env", "limit"), kwargs, project=project)
         names.valid(project, names.PROJECT_RE, "project name")
-        try:
-            limit = int(limit)
-        except (TypeError, ValueError):
-            raise SaltInvocationError(f"deploy.history: limit={limit!r} must be a whole number") from None
-    except SaltInvocationError as exc:
-        return _refused(exc)
-    try:
+        limit = contract.whole_number("deploy.history", "limit", limit)
         records = store.get(__opts__, log).history_read(project, env)
-    except DeployError as exc:
+    except (SaltInvocationError, DeployError) as exc:
         return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     return records[-limit:] if limit > 0 else records
 
@@ -485,11 +444,8 @@ def stats(project=None, env=None, **kwargs):
     try:
         contract.check_arguments("deploy.stats", ("project", "env"), kwargs, project=project)
         names.valid(project, names.PROJECT_RE, "project name")
-    except SaltInvocationError as exc:
-        return _refused(exc)
-    try:
         records = store.get(__opts__, log).history_read(project, env)
-    except DeployError as exc:
+    except (SaltInvocationError, DeployError) as exc:
         return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     return views.stats(records)
 
@@ -497,7 +453,7 @@ def stats(project=None, env=None, **kwargs):
 def _lock_view(project, env, name, allowed, kwargs, **given):
     """(the lock, what :func:`lock_status` shows) of a project+env; raises SaltInvocationError on bad input."""
     contract.check_arguments(name, allowed, kwargs, project=project, env=env, **given)
-    _config(project, env)
+    config.load(__opts__, project, env)
     lock = store.get(__opts__, log).lock(project, env, "unlock")
     held = lock.holder()
     if held is None:
@@ -553,9 +509,7 @@ def unlock(project=None, env=None, force=False, **kwargs):
     try:
         _acting(kwargs)
         lock, held, info = _lock_view(project, env, "deploy.unlock", ("project", "env", "force", "by"), kwargs)
-    except SaltInvocationError as exc:
-        return _refused(exc)
-    except DeployError as exc:
+    except (SaltInvocationError, DeployError) as exc:
         return _refused(exc)  # a missing part (etcd3gw): 2; the store failed: 1
     if held is None:
         return info
@@ -563,13 +517,9 @@ def unlock(project=None, env=None, force=False, **kwargs):
         return _failed({**info, "result": "refused", "error": finish.held_by(lock, held)}, contract.LOCKED)
     try:
         with _Run(project, env, "unlock") as run:
-            run.lock = lock
-            if not lock.take_over(held):
-                return _failed({**info, "result": "refused", "error": "the lock changed while it was being cleared: "
-                                "another run took it; see deploy.lock_status"}, contract.LOCKED)
-            finish.recover(run)
-    except SaltInvocationError as exc:  # e.g. a master without a job cache: nothing was cleared
-        return _refused(exc)
+            finish.clear(run, lock, held)
+    except (SaltInvocationError, Locked) as exc:  # e.g. a master without a job cache: nothing was cleared
+        return _refused(exc, info)
     except DeployError as exc:
         return _failed({**info, "result": "failure", "error": str(exc)})
     return {**info, "result": "cleared", "warnings": lock.warnings}
@@ -595,10 +545,8 @@ def projects(**kwargs):
     try:
         contract.check_arguments("deploy.projects", (), kwargs)
         out = views.projects(config.master_pillar(__opts__), store.get(__opts__, log))
-    except SaltInvocationError as exc:
+    except (SaltInvocationError, DeployError) as exc:
         return _refused(exc)
-    except DeployError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
     return out
 
 
@@ -622,29 +570,14 @@ def refs(project=None, limit=50, **kwargs):
     """
     try:
         contract.check_arguments("deploy.refs", ("project", "limit"), kwargs, project=project)
-        try:
-            limit = int(limit)
-        except (TypeError, ValueError):
-            raise SaltInvocationError(f"deploy.refs: limit={limit!r} must be a whole number") from None
-        conf, _ = _config(project)
+        limit = contract.whole_number("deploy.refs", "limit", limit)
+        conf, _ = config.load(__opts__, project)
         return build.source_for(__opts__, project, conf).refs(limit)
-    except SaltInvocationError as exc:
+    except (SaltInvocationError, DeployError) as exc:
         return _refused(exc)
-    except DeployError as exc:
-        return _failed({"result": "refused", "error": str(exc)})
 
 
 # --------------------------------------------------------------------------- public: validate (read-only)
-
-
-def _validate_nodes(project, env):
-    """One batched, read-only ``deploy.validate`` call to the env's nodes and its LB minion: node ->
-    its problems (the keys and types of its project pillar checked against the one definition)."""
-    with _Run(project, env, "validate") as run:
-        plan = start.plan(run)
-        asked, lb = views.validation_targets(plan, run.balancer.definitions)
-        return views.node_problems(plan, lb, run.call(asked, "deploy.validate", {"project": project, "lb": lb}),
-                                   project)
 
 
 def validate(project=None, env=None, nodes=False, **kwargs):
@@ -691,23 +624,14 @@ def validate(project=None, env=None, nodes=False, **kwargs):
         return _refused(exc)
     envs, problems = views.pillar_problems(pillar, defined, project, env)
     out = {"result": "valid", "project": project, "envs": envs, "problems": problems}
-    code = contract.OK
     if nodes is True and not problems:
         try:
-            out["nodes"] = _validate_nodes(project, env)
+            with _Run(project, env, "validate") as run:
+                out["nodes"] = start.validate_nodes(run)
         except (DeployError, SaltInvocationError) as exc:
             out["problems"].append(str(exc))
-        else:
-            if any(v["result"] == "no response" for v in out["nodes"].values()):
-                code = contract.FAILED
-            if any(v["result"] == "invalid" for v in out["nodes"].values()):
-                code = contract.BAD_INPUT
-    if out["problems"]:
-        code = contract.BAD_INPUT
-    if code != contract.OK:
-        out["result"] = "invalid" if code == contract.BAD_INPUT else "failed"
-        return _failed(out, code)
-    return out
+    code = views.validation_code(out)
+    return _failed(out, code) if code != contract.OK else out
 
 
 # --------------------------------------------------------------------------- public: version
@@ -760,14 +684,11 @@ def changes(project=None, env=None, ref=None, **kwargs):
     try:
         contract.check_arguments("deploy.changes", ("project", "env", "ref"), kwargs, project=project, env=env)
         with _Run(project, env, "list") as run:
-            ref = names.valid(str(ref or run.envc.get("branch") or "master"), names.REF_RE, "ref")
+            ref = names.valid(str(ref or config.branch(run.conf, run.envc)), names.REF_RE, "ref")
             src = build.source_for(__opts__, project, run.conf)
             src.check_installed()
             target = src.resolve(ref, branch=default_branch)
-            currents = {}
-            for node, inv in _inventories(run, _plan(run)["nodes"]).items():
-                cur = next((r for r in inv["releases"] if r.get("current")), None)
-                currents[node] = (cur or {}).get("commit")
+            currents = preview.currents(revert.inventories(run, start.plan(run)["nodes"]))
             return {"project": project, "env": env, **preview.compare(src, run.conf, target, currents)}
     except (SaltInvocationError, DeployError) as exc:
         return _refused(exc)  # a bad argument or an unknown ref: 2; a node or the repository failed: 1

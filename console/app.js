@@ -697,6 +697,10 @@ const EVENT_HANDLERS = {
     showFigures($("live-analysis"), where, data.figures || { new: data.new, old: data.old }, data.verdict,
                 data.reasons);
   },
+  hook(run, data) {
+    // a hook phase on its node: the steps' line is in the log; a failure also shows on the node's row
+    if (data.node && data.result === "failed") cell(nodeRow(data.node), "message", data.error || "");
+  },
   pause(run, data) {
     if (data.seconds === null || data.seconds === undefined) {
       closeRun(run, "paused");

@@ -118,6 +118,16 @@ class _Svn:
         return str(commit).isdigit()
 
 
+def currents(inventories):
+    """node -> the commit its current release was built from (None: no current release), from the nodes'
+    inventories."""
+    out = {}
+    for node, inv in inventories.items():
+        cur = next((r for r in inv["releases"] if r.get("current")), None)
+        out[node] = (cur or {}).get("commit")
+    return out
+
+
 def compare(source, conf, target, currents):
     """The preview: ``target`` a resolved :class:`deploy_master.source.Revision`, ``currents`` node -> the
     commit it runs now (None: no release).  Returns ``{"target": {...}, "groups": [{"nodes", "from",

@@ -25,8 +25,15 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import lbs, names, notify, pillar_schema, plan, source
+from deploy_master import hooks, lbs, names, notify, pillar_schema, plan, source
 from deploy_master.gates import analysis
+
+
+def branch(conf, envc):
+    """The branch an env releases when no ref is given: its ``branch``, else its VCS's default (None for an
+    unknown VCS, which the project's validation names)."""
+    vcs = conf.get("vcs") or "git"
+    return envc.get("branch") or (source.get(vcs).DEFAULT_BRANCH if vcs in source.KINDS else None)
 
 
 def timeout(opts):
@@ -88,6 +95,7 @@ def project_env(pillar, project, env=None):
         pillar_schema.check(defined, project)
         raise
     pillar_schema.check(conf, project)
+    hooks.parse(conf, envc, f"project {project!r}" + (f" env {env!r}" if env is not None else ""))
     return conf, envc
 
 
@@ -125,7 +133,7 @@ def _env(conf, project, env, vcs):
             f"unknown env {env!r} for project {project!r}: pillar has {', '.join(sorted(conf['envs']))}"
         )
     if not envc.get("branch") and vcs != "git":
-        envc = {**envc, "branch": source.get(vcs).DEFAULT_BRANCH}
+        envc = {**envc, "branch": branch(conf, envc)}
     if not envc.get("target") and not envc.get("preprod"):
         raise SaltInvocationError(f"project {project!r} env {env!r}: give a 'target' (and optionally 'preprod')")
     for index, stage in enumerate(envc.get("stages") or []):

@@ -37,6 +37,34 @@ def missing(what, part, pip=None, deb=None, rpm=None):
     return MissingDependency(f"{what} needs {part}, which is not installed: {how}")
 
 
+def with_outputter(ret, opts, fun, outputter):
+    """``ret`` naming ``outputter`` when ``fun`` runs on a salt-run command line without ``--out``: Salt
+    reads a module's ``__outputter__`` for execution modules only; salt-run takes a runner return's
+    outputter from its ``outputter`` key.  ``--out=json``, salt-api, orchestration and Python callers
+    get the return unchanged."""
+    if isinstance(ret, dict) and opts.get("fun") == fun and "selected_output_option" in opts and not opts.get("output"):
+        ret["outputter"] = outputter
+    return ret
+
+
+def whole_number(fun, name, value):
+    """``value`` as an int, or SaltInvocationError naming ``fun``'s argument ``name``."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"{fun}: {name}={value!r} must be a whole number") from None
+
+
+def check_rollback(to, emergency, force, allow_bad):
+    """The rules between deploy.rollback's arguments (SaltInvocationError, one line)."""
+    if force and not emergency:
+        raise SaltInvocationError("force=True is only for emergency=True (it passes the lock); to go to a "
+                                  "release marked bad, use to=<release> allow_bad=True")
+    if allow_bad and not to:
+        raise SaltInvocationError("allow_bad=True needs to=<release>: a rollback goes to a release marked "
+                                  "bad only when it is named")
+
+
 def check_arguments(fun, accepted, kwargs, **required):
     """Refuse (SaltInvocationError, one line) keyword arguments ``fun`` does not take, and required
     ones that are missing (given as ``name=value``, None: missing).  Salt's own ``__pub_*`` (any

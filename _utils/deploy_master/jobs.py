@@ -39,11 +39,12 @@ def publish(client, nodes, fun, kwarg, jid, timeout, arg=()):
     return bool(pub and pub.get("jid"))
 
 
-def gather(client, jid, nodes, timeout, quiet):
+def gather(client, jid, nodes, timeout, quiet, landed=None):
     """Returns of ``jid`` from ``nodes`` (node -> ``{"ret", "retcode"}``), read from the event bus until
     every node returned, or ``timeout`` s passed and no return landed for ``quiet`` s (while returns
     keep landing, the nodes are working through the job: keep reading).  Nodes without a return are
-    absent: the caller asks them whether they still run the job."""
+    absent: the caller asks them whether they still run the job.  ``landed(found)``, when given, is
+    told of each return as it lands (progress only: what counts is the job cache's copy)."""
     tag = f"salt/job/{jid}/ret/"
     missing, found = set(nodes), {}
     deadline = time.monotonic() + timeout
@@ -59,6 +60,8 @@ def gather(client, jid, nodes, timeout, quiet):
                 continue
             found[node] = {"ret": data["return"], "retcode": data.get("retcode", 0)}
             missing.discard(node)
+            if landed:
+                landed(found)
             deadline = max(deadline, time.monotonic() + quiet)
     finally:
         client.event.unsubscribe(f"salt/job/{jid}")  # run_job subscribed: drop what it kept for this job
@@ -96,13 +99,13 @@ def authenticated(client, jid, found, grace=CACHE_GRACE):
         time.sleep(0.05)
 
 
-def run(client, nodes, fun, jid, timeout, quiet, arg=(), kwarg=None):
+def run(client, nodes, fun, jid, timeout, quiet, arg=(), kwarg=None, landed=None):
     """:func:`publish` then :func:`gather`, each return as the job cache holds it (:func:`authenticated`):
     the returns that landed (``{}`` if the master matched none of ``nodes``).  Raises
     ``SaltClientError`` as :func:`publish` does."""
     if not publish(client, nodes, fun, kwarg, jid, timeout, arg=arg):
         return {}
-    return authenticated(client, jid, gather(client, jid, nodes, timeout, quiet))
+    return authenticated(client, jid, gather(client, jid, nodes, timeout, quiet, landed))
 
 
 LATE_RETURN_GRACE = 5  # seconds to look for returns in the job cache after a node said it runs the job
@@ -144,8 +147,9 @@ class Transport:
         self.timeout = config.timeout(opts)
         self.calls = 0
 
-    def call(self, nodes, fun, kwarg=None, timeout=None):
-        """One batched call of ``fun`` to ``nodes``: node -> ``{"ok", "ret", "error", "silent"}``."""
+    def call(self, nodes, fun, kwarg=None, timeout=None, landed=None):
+        """One batched call of ``fun`` to ``nodes``: node -> ``{"ok", "ret", "error", "silent"}``.
+        ``landed(outcomes)``: told of the returns so far (node -> its outcome) as each one lands."""
         nodes = sorted(nodes)
         if not nodes:
             return {}
@@ -154,7 +158,7 @@ class Transport:
         timeout = timeout or self.timeout
         try:
             ret = run(self.client, nodes, fun, jid, timeout, config.find_job_interval(self.opts, len(nodes)),
-                      kwarg=kwarg)
+                      kwarg=kwarg, landed=landed and (lambda found: landed({n: _outcome(g) for n, g in found.items()})))
         except SaltClientError as exc:
             # a congested master (e.g. many nodes compiling their pillar at once) let Salt's client time
             # out publishing: the job may run all the same; ask the nodes, as for a slow one

@@ -108,6 +108,26 @@ _ANALYSIS = {"type": ["object", "boolean"],
                             "it off there",
              "properties": ANALYSIS_KEYS, "additionalProperties": False}
 
+HOOK_STEP_KEYS = {
+    "name": _key("string", "the step's name in progress lines and the record", "the command or function"),
+    "cmd": _key(["string", "array"], "a command run as the project user in the release folder, without a shell "
+                "(a list of arguments, or a string split into them)", items={"type": "string"}),
+    "timeout": _key(_SECONDS, "seconds a cmd step may take", 300),
+    "fun": _key("string", "a Salt function (module.function) run by root on the node, not in the release"),
+    "args": _key("array", "the Salt function's positional arguments", []),
+    "kwargs": _map({}, "the Salt function's keyword arguments"),
+}
+_HOOK_STEPS = {"type": "array", "items": _obj(HOOK_STEP_KEYS, "a hook step: cmd or fun")}
+HOOKS_KEYS = {
+    "before_switch": {**_HOOK_STEPS, "description": "steps on each node, in the new release, before its switch"},
+    "once": {**_HOOK_STEPS, "description": "steps on once_node before the first switch; once per release and env"},
+    "after_release": {**_HOOK_STEPS, "description": "steps on once_node after the last batch"},
+    "on_rollback": {**_HOOK_STEPS, "description": "steps on once_node before a normal rollback switches"},
+    "once_node": _key("string", "the node running once, after_release and on_rollback",
+                      "the preprod node, else the first node of the plan"),
+}
+_HOOKS = _obj(HOOKS_KEYS, "release hooks (docs/hooks.md); an env's phases replace the project's")
+
 STAGE_KEYS = {
     "name": _key(["string", "integer"], "the stage's name (default stage<N>)"),
     "target": _key("string", "compound match of the stage's nodes (default: the env's nodes left)"),
@@ -129,6 +149,7 @@ ENV_KEYS = {
     "lb_wait_up": _key(_SECONDS, "longest wait, in seconds, for a batch put back to be UP on every LB before the "
                        "next one leaves (0: no wait)", 30),
     "analysis": _ANALYSIS,
+    "hooks": _HOOKS,
 }
 
 CHECK_KEYS = {
@@ -211,6 +232,7 @@ PROJECT_KEYS = {
                       "timeout": _key(["integer", "number"], "seconds for the download", 300),
                       "max_bytes": _key("integer", "the largest artifact, unpacked", 2147483648)},
                      "vcs artifact: bytes built elsewhere (tar.gz, zip or WAR)"),
+    "hooks": _HOOKS,
     "envs": _map(_obj(ENV_KEYS, "an env"), "env name -> its definition"),
     # a new project key: one line here, then `python -m deploy_master.pillar_schema` (writes the schema file)
 }

@@ -3,7 +3,7 @@ history, the projects and envs of the pillar with their locks, the nodes' answer
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import config, names, pillar_schema, policy
+from deploy_master import config, contract, names, pillar_schema, policy
 from deploy_master import plan as planning
 
 
@@ -46,9 +46,8 @@ def projects(pillar, backend):
                 continue
             lock = backend.lock(name, env, "view")
             held = lock.holder()
-            default = "trunk" if conf.get("vcs") == "svn" else "master"
             envs[env] = {
-                "branch": str(envc.get("branch") or default),
+                "branch": str(config.branch(conf, envc) or ""),
                 "lock": None if held is None else {"holder": held, "alive": bool(held) and lock.alive(held)},
                 "detached": lock.detached(),
             }
@@ -117,6 +116,20 @@ def releases(inventories, held):
         paused = held["paused"]
         out["paused"] = {k: paused.get(k) for k in ("run", "release", "stage", "since", "switched")}
     return out
+
+
+def validation_code(out):
+    """The exit code of a validation's answer ``out`` (problems: 2, a node that did not answer: 1), and
+    its ``result`` set accordingly."""
+    answers = (out.get("nodes") or {}).values()
+    code = contract.OK
+    if any(v["result"] == "no response" for v in answers):
+        code = contract.FAILED
+    if out["problems"] or any(v["result"] == "invalid" for v in answers):
+        code = contract.BAD_INPUT
+    if code != contract.OK:
+        out["result"] = "invalid" if code == contract.BAD_INPUT else "failed"
+    return code
 
 
 def pillar_problems(pillar, defined, project, env=None):

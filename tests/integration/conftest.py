@@ -1,5 +1,5 @@
 """
-A real cluster for the integration tests, started once per session:
+A real cluster for the integration tests, started once per session and shared by every module:
 
 - a salt-master and minions lb-1, pre-1, web-1, web-2, web-3 (pytest-salt-factories);
 - nginx + PHP-FPM (OPcache on, validate_timestamps=0) on pre-1 and web-1..3, as www-data,
@@ -9,6 +9,27 @@ A real cluster for the integration tests, started once per session:
 
 Each node has its own project root (one machine plays all of them), given to it by its
 own pillar file; everything else comes from the project pillar as a user would write it.
+
+The web services start in a thread of their own while the Salt daemons start (``web_services``);
+the minions start, and everything stops, in parallel.
+
+Shared fixtures, for a new module to reuse (they are session-scoped unless said otherwise):
+
+- ``cluster`` (a ``Cluster``): the daemons and handles: ``run`` (salt-run deploy.*), ``call`` (salt
+  <node>), ``set_pillar`` (rewrite the pillar, refresh only the minions it changes), ``currents``,
+  ``lb_states``, paths (``root``, ``release_dirs``, ``state_dir``), ``php`` and ``lb`` (the services);
+- ``clean_cluster`` (per test): ``cluster`` with the default pillar, no lock of rainbow/pro, every web
+  node ready in HAProxy.  A test that needs other state sets it through ``set_pillar`` (which the next
+  test's ``clean_cluster`` undoes) or names a project or env of its own (``other_projects``,
+  ``node_projects``): tests stay independent of their order;
+- ``php_nodes``, ``haproxy``, ``rainbow_repo``, ``work_dir`` (the session's folder, 0755 under /tmp);
+- ``in_parallel(fun, items)``: start or stop independent daemons at the same time.
+
+A module builds daemons of its own only when a test needs what the shared cluster cannot be (it
+kills or adds minions for good, needs a second master or another store, or tests the services
+themselves), once for the module (``scope="module"``), and says why in its docstring.  Loopback
+addresses: the session's nodes are NET.10-13; a module's own services take free numbers in NET
+(stg-1 NET.20, the nginx-LB project's nodes NET.21-23, Tomcat NET.31-32, LBs NET.100).
 
 Every integration test is marked ``slow`` except the real-daemon core in ``CORE`` (a release, a
 normal and an emergency rollback), which ``pytest -m "not slow" tests`` runs beside the unit and
@@ -55,6 +76,18 @@ def pytest_collection_modifyitems(items):
         path = str(item.path)
         if os.path.dirname(path) == HERE and f"{os.path.basename(path)}::{item.name}" not in CORE:
             item.add_marker(pytest.mark.slow)
+
+
+def in_parallel(fun, items):
+    """fun(item) for every item, each in a thread of its own (daemons that start or stop independently,
+    each waiting for its own processes); the first error is raised once every call has ended."""
+    items = list(items)
+    if not items:
+        return
+    with concurrent.futures.ThreadPoolExecutor(len(items)) as pool:
+        futures = [pool.submit(fun, item) for item in items]
+    for future in futures:
+        future.result()
 
 
 def _free_port():
@@ -152,7 +185,8 @@ class Cluster:
 
     # ---- pillar (written with the sandbox's pillar writer, as a user would lay it out)
     def write_pillar(self):
-        lb = {"driver": "haproxy", "minion": "lb-1", "socket": self.lb.socket, "backend": "rainbow", "drain_timeout": 10}
+        lb = {"driver": "haproxy", "minion": "lb-1", "socket": self.lb.socket, "backend": "rainbow",
+              "drain_timeout": 10}
         project = pillar.project_pillar(self.repo, lb, overrides=self.project_extra)
         nodes = {
             node: pillar.node_pillar(self.root(node), addr, self.php[node].reload_command(), job=node == "web-3",
@@ -178,7 +212,8 @@ class Cluster:
 
 # the web console's users (file eauth; tests/integration/test_console.py)
 CONSOLE_USERS = {"operator": "op-3f9c-Test", "viewer": "view-71ab-Test"}
-SECRETS = {"sms_key": "SMSKEY-5f1d2c9a-secret", "pay_key": "PAYKEY-77ae01b3-secret"}  # searched for by the secrets tests
+# searched for by the secrets tests
+SECRETS = {"sms_key": "SMSKEY-5f1d2c9a-secret", "pay_key": "PAYKEY-77ae01b3-secret"}
 
 
 @pytest.fixture(scope="session")
@@ -201,26 +236,17 @@ def rainbow_repo(work_dir):
 
 
 @pytest.fixture(scope="session")
-def php_nodes(work_dir):
+def web_services(work_dir):
+    """The session's nginx + PHP-FPM nodes and HAProxy: (nodes, lb, started).  Built at once and started in a
+    thread of their own (the nodes in parallel, then HAProxy), so that the Salt daemons start meanwhile;
+    ``started`` is the future to wait on (``php_nodes``, ``haproxy`` and ``cluster`` do)."""
     nodes = {}
-    try:
-        for node, (addr, _) in NODES.items():
-            root = os.path.join(work_dir, "nodes", node, "rainbow")
-            os.makedirs(root, exist_ok=True)
-            for part in ("nodes", f"nodes/{node}"):
-                os.chmod(os.path.join(work_dir, part), 0o755)
-            nodes[node] = web.PhpNode(node, addr, root, os.path.join(work_dir, "svc", node), user=USER)
-        # started in parallel (each waits for its own nginx and PHP-FPM)
-        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
-            list(pool.map(lambda svc: svc.start(), nodes.values()))
-        yield nodes
-    finally:
-        for svc in nodes.values():
-            svc.stop()
-
-
-@pytest.fixture(scope="session")
-def haproxy(work_dir, php_nodes):
+    for node, (addr, _) in NODES.items():
+        root = os.path.join(work_dir, "nodes", node, "rainbow")
+        os.makedirs(root, exist_ok=True)
+        for part in ("nodes", f"nodes/{node}"):
+            os.chmod(os.path.join(work_dir, part), 0o755)
+        nodes[node] = web.PhpNode(node, addr, root, os.path.join(work_dir, "svc", node), user=USER)
     lb = web.HAProxy(
         os.path.join(work_dir, "svc", "haproxy"),
         "rainbow",
@@ -229,13 +255,37 @@ def haproxy(work_dir, php_nodes):
         user=USER,
         metrics_bind=f"127.0.0.1:{_free_port()}",  # HAProxy's Prometheus exporter (test_prometheus)
     )
-    lb.start()
-    yield lb
-    lb.stop()
+
+    def start():
+        in_parallel(lambda svc: svc.start(), nodes.values())  # each waits for its own nginx and FPM
+        lb.start()
+
+    starter = concurrent.futures.ThreadPoolExecutor(1)
+    started = starter.submit(start)
+    try:
+        yield nodes, lb, started
+    finally:
+        concurrent.futures.wait([started])
+        starter.shutdown()
+        in_parallel(lambda svc: svc.stop(), [lb, *nodes.values()])
 
 
 @pytest.fixture(scope="session")
-def cluster(salt_factories, work_dir, rainbow_repo, php_nodes, haproxy):
+def php_nodes(web_services):
+    """minion id -> its running ``web.PhpNode`` (pre-1, web-1..3)."""
+    web_services[2].result()
+    return web_services[0]
+
+
+@pytest.fixture(scope="session")
+def haproxy(web_services):
+    """The running ``web.HAProxy`` in front of web-1..3 (backend ``rainbow``, admin socket)."""
+    web_services[2].result()
+    return web_services[1]
+
+
+@pytest.fixture(scope="session")
+def cluster(salt_factories, work_dir, rainbow_repo, web_services):
     file_roots = os.path.join(work_dir, "file_roots")
     os.makedirs(file_roots)
     pillar_dir = os.path.join(work_dir, "pillar")
@@ -258,21 +308,21 @@ def cluster(salt_factories, work_dir, rainbow_repo, php_nodes, haproxy):
     for node in ["lb-1", *NODES]:
         grains = {"roles": ["rainbow"], "env": "pro", **NODES[node][1]} if node in NODES else {"roles": ["lb"]}
         minions[node] = master.salt_minion_daemon(node, overrides={"grains": grains, "log_level_logfile": "info"})
+    php_nodes, haproxy, web_started = web_services
     c = Cluster(work_dir, master, minions, haproxy, php_nodes, rainbow_repo)
     c.api_port = api_port
     c.write_pillar()
     with master.started(start_timeout=120):
         try:
             # minions start in parallel: ~10 s instead of ~8 s each
-            with concurrent.futures.ThreadPoolExecutor(len(minions)) as pool:
-                list(pool.map(lambda m: m.start(start_timeout=120), minions.values()))
+            in_parallel(lambda m: m.start(start_timeout=120), minions.values())
+            web_started.result()  # the web services started meanwhile
             c.refresh_pillar()
             yield c
         finally:
             if c.local is not None:
                 c.local.destroy()
-            for minion in minions.values():
-                minion.terminate()
+            in_parallel(lambda minion: minion.terminate(), minions.values())
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@
 A writer of the store (the record file here, the etcd prefix with ``deploy_store: etcd``) can rewrite
 the master's record of every node; the emergency rollback takes its target from that record.  Each
 node checks the target itself (``expect``): the nodes refuse, ``current`` stays, the run fails.
+
+Uses the session cluster (``clean_cluster``): it releases versions of its own on top of what the nodes
+serve, and the forged record is rewritten by the nodes' refusals.
 """
 
 import json

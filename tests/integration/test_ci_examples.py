@@ -3,6 +3,9 @@ The CI examples as shipped (examples/gitlab-ci.yml, examples/Jenkinsfile) agains
 each job's shell steps run as GitLab's runner or Jenkins' `sh` step would run them (their variables and
 parameters in the environment), with `salt-run` on PATH pointing at the test master. What needs a GitLab
 or Jenkins server (the pipeline graph, `input`, the build result) is read from the files, not run.
+
+Uses the session cluster (``clean_cluster``); the CI jobs' workspaces are per test, and a run left
+locked is aborted after each.
 """
 
 import json

@@ -30,7 +30,7 @@ from sandbox import pillar as sandbox_pillar
 from sandbox import repo as sample_repo
 from sandbox import web
 
-from .conftest import NET, NODES, SECRETS, USER, WEB
+from .conftest import NET, NODES, SECRETS, USER, WEB, in_parallel
 
 _VERSION = [6, 0]
 PWNED = f"/tmp/dpl-pwned-{uuid.uuid4().hex[:8]}"  # created only if a value ever reached a shell
@@ -373,9 +373,9 @@ def stg(cluster):
     minion = cluster.master.salt_minion_daemon(
         "stg-1", overrides={"grains": {"roles": ["rainbow"], "env": "stg"}, "log_level_logfile": "info"}
     )
-    php.start()
     try:
-        minion.start(start_timeout=120)
+        # independent: the PHP node and the minion start at the same time
+        in_parallel(lambda start: start(), [php.start, lambda: minion.start(start_timeout=120)])
         node = sandbox_pillar.node_pillar(root, addr, php.reload_command())
         yield types.SimpleNamespace(minion=minion, php=php, root=root, addr=addr,
                                     node_projects={"stg-1": {"rainbow": node}})

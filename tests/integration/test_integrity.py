@@ -1,6 +1,8 @@
 """
 salt-run deploy.rollback refuses a kept release that is not what its manifest says on a node (a file
 swapped for another root read-only file of the same size, a web shell added), on the real cluster.
+
+Uses the session cluster (``clean_cluster``): the altered release is one it released for itself.
 """
 
 import os

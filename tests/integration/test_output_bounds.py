@@ -4,6 +4,8 @@ config (the project's secret) and chat markup, fails, and the node is switched b
 node only the step's name, its exit code and a short redacted tail travel: the secret is in no
 runner output, return, event, history record, webhook payload or log; the markup reaches the chat
 escaped; the minion's own log has the (redacted) output in full.
+
+Uses the session cluster (``clean_cluster``), a webhook sink and an event listener per test.
 """
 
 import json

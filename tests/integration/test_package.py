@@ -5,6 +5,8 @@ virtualenv of its own (no system or outer site-packages), holds the modules, the
 (namespaced: ``saltext_deploy/master``, nothing named ``deploy_master`` in site-packages), the console,
 the node-preparation states; Salt's loader finds the modules from it, and the real
 ``salt-run`` answers ``deploy.version`` from it.
+
+Builds no daemons: an sdist, a wheel and a virtualenv of its own, in a temporary folder.
 """
 
 import json

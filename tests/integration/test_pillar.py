@@ -2,6 +2,8 @@
 The pillar contract on the real cluster: every bad input exits 2 and touches nothing (no lock, no
 build, no history record, no node changed), a misspelt pillar key is refused with the nearest valid
 key, and ``deploy.validate`` checks the master's and the nodes' view without changing anything.
+
+Uses the session cluster (``clean_cluster``): nothing it tries changes a node.
 """
 
 import json

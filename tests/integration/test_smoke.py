@@ -1,6 +1,8 @@
 """
 The smallest real-daemon run of the main path: a release, a normal rollback, an emergency rollback.
 ``.ci/run`` runs it once more on every other Salt it supports (3006 LTS, 3007), each in a venv of its own.
+
+Uses the session cluster (``clean_cluster``); on the other Salts ``.ci/smoke.py`` brings up a sandbox.
 """
 
 import salt.version

@@ -31,7 +31,7 @@ from sandbox import pillar
 from sandbox import repo as sample_repo
 from sandbox import web
 
-from .conftest import NET, NODES, USER, WEB
+from .conftest import NET, NODES, USER, WEB, in_parallel
 
 _VERSION = [7, 0]
 MIN_REQUESTS = int(os.environ.get("DPL_MIN_REQUESTS", "500"))  # per operation under load
@@ -348,16 +348,12 @@ def ng_stack(cluster):
             root = cluster.root(node, NG)
             os.makedirs(root, exist_ok=True)
             nodes[node] = web.PhpNode(node, NG_ADDR[node], root, os.path.join(work, "svc", f"{node}-ng"), user=USER)
-            nodes[node].start()
         lb = web.NginxLB(os.path.join(work, "svc", "nginx-lb"), "rainbow_ng",
                          {n: f"{NG_ADDR[n]}:8080" for n in WEB}, bind=f"{NET}.100:8001", user=USER)
-        lb.start()
+        in_parallel(lambda svc: svc.start(), [*nodes.values(), lb])  # each waits for its own sockets
         yield {"repo": repo, "php": nodes, "lb": lb, "marks": marks}
     finally:
-        if lb is not None:
-            lb.stop()
-        for svc in nodes.values():
-            svc.stop()
+        in_parallel(lambda svc: svc.stop(), [*nodes.values(), *([lb] if lb is not None else [])])
 
 
 def ng_pillar(c, stack):
@@ -441,8 +437,7 @@ def java_stack(cluster):
     try:
         yield {"repo": repo, "tomcat": tomcats}
     finally:
-        for tomcat in tomcats.values():
-            tomcat.stop()
+        in_parallel(lambda tomcat: tomcat.stop(), tomcats.values())  # each JVM shuts down on its own
 
 
 def java_pillar(c, stack, version, clear=True, version_check=True):

@@ -6,6 +6,9 @@ The trust model against someone who tries (docs/trust.md), on real daemons:
 - a peer minion (web-3), with its own key and its own request channel to the master, fires events
   whose tag and data name another node: a forged ``salt/job/<jid>/ret/pre-1`` "checks passed" does
   not count for pre-1, and a forged ``deploy/rainbow/pro/success`` posts no notification.
+
+Uses the session cluster (``clean_cluster``): the peer is web-3's own key on a request channel of the
+test's, closed after each test.
 """
 
 import json

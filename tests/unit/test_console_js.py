@@ -10,8 +10,8 @@ import re
 
 APP_JS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "console",
                       "app.js")
-TYPES = ("start", "build", "plan", "prepare", "stage", "batch", "node", "analysis", "pause", "promote", "abort",
-         "rollback", "done")
+TYPES = ("start", "build", "plan", "prepare", "stage", "batch", "node", "analysis", "hook", "pause", "promote",
+         "abort", "rollback", "done")
 # what may be done with an event's message: put it into the progress log, as text
 SHOWN = re.compile(r"logLine\((?:data|event)\.message\)")
 

@@ -267,3 +267,18 @@ except DeployError as exc:
                                        capture_output=True, text=True, check=True).stdout
     assert out.strip() == ("git: a build from git needs the Python package gitpython, which is not installed: "
                            "pip install gitpython into Salt's Python (onedir: salt-pip install gitpython)")
+
+
+def test_every_public_function_keeps_the_runners_globals():
+    """Salt gives a runner call its ``__jid_event__`` (the progress lines), ``__user__`` and ``__jid__`` by
+    writing them into the globals of the module's functions: a wrapper defined in another module would
+    take them there, and salt-run would print no progress line."""
+    import types  # pylint: disable=import-outside-toplevel
+
+    from saltext_deploy._runners import deploy as runner  # pylint: disable=import-outside-toplevel
+
+    runner.__virtual__()
+    public = [f for n, f in vars(runner).items() if isinstance(f, types.FunctionType) and not n.startswith("_")]
+    assert {f.__name__ for f in public} >= set(runner.__outputter__)
+    assert all(f.__globals__ is vars(runner) for f in public), [f.__name__ for f in public
+                                                                 if f.__globals__ is not vars(runner)]

@@ -9,7 +9,7 @@ import time
 
 from deploy_master import DeployError
 from deploy_master import plan as planning
-from deploy_master.rollout import gating
+from deploy_master.rollout import gating, hooks
 
 
 def fail(run, nodes, errors):
@@ -55,6 +55,7 @@ def switch(run, nodes, release, mark_left=None, checks="gate", expect=None, forc
         kwarg["force"] = True
     if expect:
         kwarg["expect"] = {n: expect[n] for n in nodes}
+    kwarg.update(hooks.switch_kwarg(run, mark_left))
     ret = run.node_call(nodes, "deploy.switch", kwarg)
     passed = []
     for node, res in ret.items():

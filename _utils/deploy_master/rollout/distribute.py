@@ -46,6 +46,27 @@ def distribute(run, nodes, info):
     return what, [n for n in nodes if n in answers], errors
 
 
+PROGRESS_EVERY = 2.0  # seconds between two progress lines of prepare while nodes answer
+
+
+def _as_nodes_answer(run, total, size):
+    """prepare's progress while the nodes answer: a line (and ``prepare`` event, ``done: false``) at most
+    every PROGRESS_EVERY seconds, and when the last node answered."""
+    last = [time.monotonic()]
+
+    def landed(outcomes):
+        now = time.monotonic()
+        if now - last[0] < PROGRESS_EVERY and len(outcomes) < total:
+            return
+        last[0] = now
+        ready = sum(1 for o in outcomes.values() if o["ok"])
+        run.emit("prepare", f"prepare: {ready}/{total} nodes ready, {size / 1e6:.1f} MB"
+                 + (f", {len(outcomes) - ready} failed" if len(outcomes) > ready else ""),
+                 ready=ready, total=total, bytes=size, done=False, ok=ready,
+                 failed=sorted(n for n, o in outcomes.items() if not o["ok"]))
+    return landed
+
+
 def prepare(run, plan, build):
     started = time.monotonic()
     archive, nodes, errors = distribute(run, plan["nodes"], build)
@@ -55,7 +76,7 @@ def prepare(run, plan, build):
         "meta": {k: build[k] for k in ("version", "branch", "commit", "committer", "time")}, "inventory": True,
     }
     try:
-        ret = run.node_call(nodes, "deploy.prepare", kwarg)
+        ret = run.node_call(nodes, "deploy.prepare", kwarg, landed=_as_nodes_answer(run, len(nodes), archive["bytes"]))
     finally:
         if archive.get("path"):  # a part serves this run only
             os.unlink(archive["path"])

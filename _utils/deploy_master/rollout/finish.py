@@ -9,9 +9,9 @@ import logging
 import signal
 import time
 
-from deploy_master import DeployError, contract, names
+from deploy_master import DeployError, Locked, contract, names
 from deploy_master import plan as planning
-from deploy_master.rollout import gating, revert
+from deploy_master.rollout import gating, hooks, revert
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,27 @@ def exit_code(run, result, error, extra, paused=None):
     return contract.ABORTED if result == "aborted" and run.mode != "abort" else contract.FAILED
 
 
-def take_lock(run):
+def take_lock(run, force=False):
+    """The project+env's lock for ``run`` (then what an interrupted run left is put back); ``force`` (an
+    emergency rollback's): the lock is passed, with a warning when a paused run holds it."""
+    if force:
+        held = run.store.lock(run.project, run.env, "view").holder() or {}
+        if held.get("paused"):
+            run.extra["warnings"] = [
+                f"the paused run {held['paused'].get('run')} still holds the lock: abort it (salt-run deploy.abort "
+                f"project={run.project} env={run.env}) or clear it (deploy.unlock force=True)"]
+        return
     run.lock = run.store.lock(run.project, run.env, f"{run.kind} ({run.mode})" if run.kind == "rollback" else run.kind)
     run.lock.acquire(run.jid)
+    recover(run)
+
+
+def clear(run, lock, held):
+    """deploy.unlock: take ``lock`` over from ``held`` (Locked if another run took it meanwhile), then put
+    back what that run left out of the LB."""
+    run.lock = lock
+    if not lock.take_over(held):
+        raise Locked("the lock changed while it was being cleared: another run took it; see deploy.lock_status")
     recover(run)
 
 
@@ -158,7 +176,9 @@ def guard(run, plan, body):
             if run.aborted and not error.startswith("aborted"):
                 error = f"aborted by {run.aborted}: {error}"
             # a failed batch, stage gate or abort: the env's on_failure (deploy.abort always reverts)
-            if run.kind == "release" and (run.on_failure == "rollback" or isinstance(exc, gating.AbortRequested)):
+            # (an after_release step that fails leaves the release out: it is not a reason to undo it)
+            if run.kind == "release" and (run.on_failure == "rollback" or isinstance(exc, gating.AbortRequested)) \
+                    and not isinstance(exc, hooks.AfterReleaseFailed):
                 extra["rolled_back"] = revert.revert(run, plan, error)
         except Exception as exc:  # pylint: disable=broad-except
             log.exception("deploy: unexpected error")

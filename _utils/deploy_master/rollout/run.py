@@ -163,12 +163,13 @@ class Run:
                   error=entry.get("error") if result != "ok" else None, seconds=entry.get("seconds"))
 
     # --- salt calls: one batched call to a list of minions
-    def call(self, nodes, fun, kwarg=None, timeout=None):
-        return self.transport.call(nodes, fun, kwarg, timeout)
+    def call(self, nodes, fun, kwarg=None, timeout=None, landed=None):
+        return self.transport.call(nodes, fun, kwarg, timeout, landed)
 
-    def node_call(self, nodes, fun, kwarg):
-        """A batched deploy.* call; what the nodes report of themselves goes into the master's record."""
-        out = self.call(nodes, fun, kwarg)
+    def node_call(self, nodes, fun, kwarg, landed=None):
+        """A batched deploy.* call; what the nodes report of themselves goes into the master's record.
+        ``landed``: see :meth:`jobs.Transport.call`."""
+        out = self.call(nodes, fun, kwarg, landed=landed)
         reported = {n: store.reported_inventory(fun, res) for n, res in out.items()}
         reported = {n: inv for n, inv in reported.items() if inv is not False}
         self.inventories.update(reported)

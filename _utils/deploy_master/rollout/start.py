@@ -1,4 +1,5 @@
-"""The first steps of a release: build (steps 1-4 of the article) and plan."""
+"""The first steps of a release: build (steps 1-4 of the article) and plan; the plan without a change
+(``test=True``) and the nodes' read-only check (``deploy.validate nodes=True``)."""
 
 import time
 
@@ -6,6 +7,8 @@ import salt.utils.minions
 
 from deploy_master import build as builds
 from deploy_master import plan as planning
+from deploy_master import views
+from deploy_master.rollout import hooks
 
 
 def build(run, ref, test=False, branch=False):
@@ -24,6 +27,14 @@ def build(run, ref, test=False, branch=False):
 
 
 
+def test_plan(run, ref, branch=False):
+    """``test=True``: the release name and the plan; nothing changes."""
+    info = build(run, ref, test=True, branch=branch)
+    steps = plan(run)
+    return {"result": None, "comment": "test=True: nothing was changed", "release": run.release,
+            "commit": info["commit"], "plan": describe(run, steps), "down": steps["down"]}
+
+
 def plan(run):
     """The env's nodes: preprod first, then stages of batches."""
     ckminions = salt.utils.minions.CkMinions(run.opts)
@@ -34,6 +45,16 @@ def plan(run):
     return planning.make(run.env, run.envc, match, ckminions.connected_ids)
 
 
+def validate_nodes(run):
+    """deploy.validate nodes=True: one batched, read-only ``deploy.validate`` call to the env's nodes and its
+    LB minion: node -> its problems (the keys and types of its project pillar checked against the one
+    definition)."""
+    steps = plan(run)
+    asked, lb = views.validation_targets(steps, run.balancer.definitions)
+    answers = run.call(asked, "deploy.validate", {"project": run.project, "lb": lb})
+    return views.node_problems(steps, lb, answers, run.project)
+
+
 def describe(run, plan):  # pylint: disable=redefined-outer-name
     """The plan in lines, for people."""
-    return planning.describe(plan, run.balancer.describe())
+    return planning.describe(plan, run.balancer.describe()) + hooks.plan_lines(run, plan)
