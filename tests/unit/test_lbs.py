@@ -215,3 +215,24 @@ def test_the_analysis_reads_every_lbs_counters_in_one_call():
     per_lb = balancer.LoadBalancers(DEFS, stats).stats(["web-1"])
     assert sorted(per_lb) == ["b", "lb-1/rainbow", "lb-2/nginx"]
     assert haproxy.combined(per_lb)["servers"]["web-1"]["hrsp_2xx"] == 30
+
+
+def test_validate_asks_every_lb_minion_and_names_each_lbs_answer():
+    from deploy_master import views  # pylint: disable=import-outside-toplevel
+
+    plan = {"nodes": ["web-1"], "down": [], "preprod": None, "stages": [{"name": "all", "batches": [["web-1"]]}]}
+    asked, lb = views.validation_targets(plan, DEFS)
+    assert asked == ["lb-1", "lb-2", "web-1"] and all(one["servers_asked"] == ["web-1"] for one in lb)
+    answers = {"web-1": {"ok": True, "ret": {"problems": []}},
+               "lb-1": {"ok": True, "ret": {"problems": [], "lbs": {"lb-1/rainbow": {"states": {"web-1": "ready"}},
+                                                                   "b": {"error": "no such socket"}}}},
+               "lb-2": {"ok": False, "silent": True, "error": "no response"}}
+    out = views.node_problems(plan, lb, answers, "rainbow")
+    assert out["lb-1"]["lb"] == {"lb-1/rainbow": {"states": {"web-1": "ready"}}, "b": {"error": "no such socket"}}
+    assert out["lb-1"]["problems"] == ["load balancer b: no such socket"] and out["lb-1"]["result"] == "invalid"
+    assert out["lb-2"]["result"] == "no response" and out["lb-2"]["lb"] == {"lb-2/nginx": {"error": "no response"}}
+    assert out["web-1"] == {"result": "ok", "problems": []}
+    # one LB: its answer as it always was
+    one = views.node_problems(plan, views.validation_targets(plan, DEFS[:1])[1],
+                              {"lb-1": answers["lb-1"]}, "rainbow")
+    assert one["lb-1"]["lb"] == {"states": {"web-1": "ready"}} and one["lb-1"]["result"] == "ok"
