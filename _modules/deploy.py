@@ -2862,7 +2862,8 @@ def validate(project, lb=None):
     project
         Project name (pillar ``deploy:projects:<project>``).
     lb
-        The env's ``lb`` (``salt-run deploy.validate`` passes it): asked only on its minion.
+        The env's ``lb`` (``salt-run deploy.validate`` passes it): asked only on its minion; a list
+        of LB definitions (each with a ``name``): each one naming this minion, under ``lbs:<name>``.
 
     CLI Example:
 
@@ -2872,13 +2873,18 @@ def validate(project, lb=None):
     """
     problems = []
     out = {"result": True, "problems": problems, "missing": [], "shape": None}
-    if isinstance(lb, dict) and lb.get("minion") == __grains__.get("id"):
-        lb = dict(lb)
-        asked = lb.pop("servers_asked", None) or []
-        try:
-            out["lb"] = __salt__["deploy_lb.status"](lb, asked)
-        except Exception as exc:  # pylint: disable=broad-except  # the LB's own message names what failed
-            out["lb"] = {"error": str(exc)}
+    for one in lb if isinstance(lb, list) else [lb]:
+        if isinstance(one, dict) and one.get("minion") == __grains__.get("id"):
+            one = dict(one)
+            asked = one.pop("servers_asked", None) or []
+            try:
+                answer = __salt__["deploy_lb.status"](one, asked)
+            except Exception as exc:  # pylint: disable=broad-except  # the LB's own message names what failed
+                answer = {"error": str(exc)}
+            if isinstance(lb, list):  # several LBs: each one's answer under its name
+                out.setdefault("lbs", {})[str(one.get("name"))] = answer
+            else:
+                out["lb"] = answer
     pillar = _plain(_fresh_pillar())
     defined = ((pillar.get("deploy") or {}).get("projects") or {}).get(project)
     try:

@@ -18,6 +18,11 @@ Drivers:
 
 ``swap`` does an ``attach`` and a ``detach`` in one call (between two batches).
 
+``each`` is what the runner calls: one of the above on every LB of a list (pillar ``lb`` may list
+several) that names this minion, each LB answering on its own, and with ``wait_up`` the wait until
+the servers put back are UP (haproxy: ``show stat`` status ``UP``; nginx: the server's address
+answers HTTP) before ``swap`` takes the next batch out.
+
 Before it changes anything, ``detach`` writes the servers' prior states to a record on
 the LB minion (``<cachedir>/deploy_lb/<name>.json``).  ``attach`` restores exactly those
 states and removes them from the record, so a run killed in the middle can be repaired
@@ -25,6 +30,8 @@ by calling ``attach`` for the servers the master recorded as being detached.
 """
 
 import csv
+import hashlib
+import http.client
 import io
 import json
 import logging
@@ -97,6 +104,23 @@ def _save_record(name, record):
     os.replace(tmp, path)
 
 
+def _driver_record(drv):
+    """The driver's record, with what a record under its former name still holds."""
+    record = _load_record(drv.record)
+    legacy = getattr(drv, "legacy_record", None)
+    if legacy:
+        for server, state in _load_record(legacy).items():
+            record.setdefault(server, state)
+    return record
+
+
+def _save_driver_record(drv, record):
+    _save_record(drv.record, record)
+    legacy = getattr(drv, "legacy_record", None)
+    if legacy:
+        _save_record(legacy, {})
+
+
 def _int(value):
     try:
         return int(value)
@@ -125,7 +149,9 @@ class _HAProxy:
             raise CommandExecutionError("haproxy driver: lb:socket must be the absolute path of the admin socket")
         if not self.backend or not NAME_RE.match(self.backend):
             raise CommandExecutionError(f"haproxy driver: invalid lb:backend {self.backend!r}")
-        self.record = f"haproxy-{self.backend}"
+        # two HAProxy instances on one minion may name their backends alike: the socket tells them apart
+        self.record = f"haproxy-{self.backend}-{hashlib.sha256(self.socket.encode()).hexdigest()[:12]}"
+        self.legacy_record = f"haproxy-{self.backend}"  # the name a record had before (read, merged, dropped)
 
     def name(self, server):
         return self.names.get(server, server)
@@ -201,6 +227,15 @@ class _HAProxy:
             result[server] = {key: _int(row.get(key)) for key in STAT_COUNTERS if row.get(key) not in (None, "")}
             result[server]["status"] = row.get("status")
         return result
+
+    def up(self, servers):
+        """{server: its ``show stat`` status}, and whether the health check calls it UP: ``UP`` exactly (``UP 1/2``
+        is a server back from maintenance that no check has confirmed yet) or ``no check``."""
+        out = self.command("show stat")
+        rows = {row["svname"]: row for row in csv.DictReader(io.StringIO(out.lstrip("# ")))
+                if row.get("pxname") == self.backend}
+        status = {s: (rows.get(self.name(s)) or {}).get("status") or "missing" for s in servers}
+        return {s: (st, st in ("UP", "no check")) for s, st in status.items()}
 
     def set_state(self, server, state):
         out = self.command(f"set server {self.backend}/{server} state {state}").strip()
@@ -357,6 +392,26 @@ class _Nginx:
         self._apply(prior)
         return {}
 
+    def up(self, servers):
+        """{server: (what it answered, whether it answers)}: an HTTP request to its address (any answer
+        below 500 is UP: nginx sends it requests again as soon as the file says so)."""
+        result = {}
+        for server in servers:
+            addr = self.addrs.get(server)
+            if not addr:
+                raise CommandExecutionError(f"nginx driver: lb:servers has no address for {server!r}")
+            host, _, port = addr.rpartition(":")
+            conn = http.client.HTTPConnection(host.strip("[]") or addr, int(port) if port.isdigit() else 80, timeout=2)
+            try:
+                conn.request("GET", "/", headers={"User-Agent": "salt-deploy wait-up"})
+                code = conn.getresponse().status
+                result[server] = (f"HTTP {code}", code < 500)
+            except (OSError, http.client.HTTPException) as exc:
+                result[server] = (f"no answer ({exc.__class__.__name__})", False)
+            finally:
+                conn.close()
+        return result
+
     def stats(self, servers):
         raise CommandExecutionError(
             "nginx driver: no per-server response counters: open-source nginx does not keep them (only nginx Plus's "
@@ -404,12 +459,12 @@ def detach(lb, servers, wait=30):
     """
     servers = _check_servers(servers)
     drv = _driver(lb)
-    record = _load_record(drv.record)
+    record = _driver_record(drv)
     now = drv.states(servers)
     # a server still in the record was detached by an interrupted run: its true prior state is the recorded one
     for server in servers:
         record.setdefault(server, now[server])
-    _save_record(drv.record, record)
+    _save_driver_record(drv, record)
     prior = {s: record[s] for s in servers}
     timing = drv.take_out([s for s in servers if now[s] != "maint"], float(wait))
     return {"prior": prior, **timing}
@@ -435,13 +490,13 @@ def attach(lb, servers):
     """
     servers = _check_servers(servers)
     drv = _driver(lb)
-    record = _load_record(drv.record)
+    record = _driver_record(drv)
     prior = {s: record[s] for s in servers if s in record}
     if prior:
         drv.restore(prior)
     for server in prior:
         record.pop(server, None)
-    _save_record(drv.record, record)
+    _save_driver_record(drv, record)
     return {"restored": prior, "untouched": [s for s in servers if s not in prior]}
 
 
@@ -495,7 +550,7 @@ def status(lb, servers):
     """
     servers = _check_servers(servers)
     drv = _driver(lb)
-    record = _load_record(drv.record)
+    record = _driver_record(drv)
     return {"states": drv.states(servers), "detached": sorted(s for s in servers if s in record)}
 
 
@@ -529,3 +584,103 @@ def stats(lb, servers):
     servers = _check_servers(servers)
     drv = _driver(lb)
     return {"servers": drv.stats(servers), "time": time.time()}
+
+
+# --------------------------------------------------------------------------- several load balancers
+
+ACTIONS = ("detach", "attach", "swap", "status", "stats")
+
+
+def _wait_up(drivers, waiting, timeout):
+    """Poll until every server in ``waiting`` ({lb name: [servers]}) is UP on its LB, at most ``timeout``
+    seconds.  Returns (seconds, {lb name: {server: last status}} of those still not UP)."""
+    started = time.monotonic()
+    late = {}
+    while True:
+        late = {}
+        for name, servers in waiting.items():
+            if not servers:
+                continue
+            try:
+                seen = drivers[name].up(servers)
+            except CommandExecutionError as exc:
+                seen = {s: (f"unknown ({exc})", False) for s in servers}
+            down = {s: status for s, (status, ok) in seen.items() if not ok}
+            if down:
+                late[name] = down
+        if not late or time.monotonic() - started >= timeout:
+            return round(time.monotonic() - started, 3), late
+        time.sleep(0.2)
+
+
+def _one(fun, lb, servers):
+    if fun == "detach":
+        return detach(lb, servers, lb.get("drain_timeout", 30))
+    return {"attach": attach, "status": status, "stats": stats}[fun](lb, servers)
+
+
+def each(lbs, fun, servers, restore=(), wait_up=None):
+    """
+    ``fun`` (detach, attach, swap, status or stats) on every load balancer of ``lbs`` that this minion
+    runs (``minion`` names it): one call for a run's step, sent to every LB minion at once.
+
+    Each LB answers on its own (``{"lbs": {name: {"ok": true, "ret": ...} | {"ok": false, "error":
+    ...}}}``): one LB failing does not stop the others; the runner puts back what the step changed.
+    With ``wait_up`` (seconds), ``attach`` and ``swap`` then wait until every server put back in
+    service (recorded prior state ``ready``) is UP on every LB of this minion (haproxy: its health
+    check status in ``show stat``; nginx: its address answers HTTP), and ``swap`` takes ``servers`` out
+    only then, and only if every LB restored and every server came back (``not_up``: those that did
+    not, with their last status; ``wait_seconds``: how long the wait took).
+
+    lbs
+        The LB definitions (each as ``deploy_lb.detach`` takes it, plus ``name`` and ``minion``).
+    fun
+        detach, attach, swap, status or stats.
+    servers
+        Minion ids to act on (swap: to take out).
+    restore
+        swap: the minion ids to put back first.
+    wait_up
+        Longest wait, in seconds, for the servers put back to be UP (None: no wait).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb-1 deploy_lb.each fun=attach servers='[web-1]' wait_up=30 \\
+            lbs='[{name: dc1, minion: lb-1, driver: haproxy, socket: /run/haproxy/admin.sock, backend: rainbow}]'
+    """
+    if fun not in ACTIONS:
+        raise CommandExecutionError(f"each: unknown action {fun!r}: use one of {', '.join(ACTIONS)}")
+    if not isinstance(lbs, list) or not all(isinstance(lb, dict) and lb.get("name") for lb in lbs):
+        raise CommandExecutionError("each: lbs must be a list of LB definitions, each with a 'name'")
+    servers = _check_servers(servers)
+    restore = _check_servers(restore or [])
+    me = __opts__["id"]
+    mine = {str(lb["name"]): lb for lb in lbs if lb.get("minion") == me}
+    out = {}
+    first = "attach" if fun == "swap" else fun
+    first_servers = restore if fun == "swap" else servers
+    for name, lb in mine.items():
+        try:
+            out[name] = {"ok": True, "ret": _one(first, lb, first_servers)}
+        except CommandExecutionError as exc:
+            out[name] = {"ok": False, "error": str(exc)}
+    result = {"lbs": out}
+    if fun in ("attach", "swap") and wait_up is not None:
+        waiting = {name: sorted(s for s, st in (res["ret"].get("restored") or {}).items() if st == "ready")
+                   for name, res in out.items() if res["ok"]}
+        drivers = {name: _driver(mine[name]) for name in waiting if waiting[name]}
+        result["wait_seconds"], result["not_up"] = _wait_up(drivers, waiting, float(wait_up))
+    if fun == "swap":
+        if all(res["ok"] for res in out.values()) and not result.get("not_up"):
+            for name, lb in mine.items():
+                try:
+                    back = out[name]["ret"]
+                    out[name]["ret"] = {**detach(lb, servers, lb.get("drain_timeout", 30)),
+                                        "restored": back.get("restored", {}), "untouched": back.get("untouched", [])}
+                except CommandExecutionError as exc:
+                    out[name] = {"ok": False, "error": str(exc)}
+        else:
+            result["held"] = True  # nothing taken out: the runner decides (a failed batch, or a detach of its own)
+    return result

@@ -859,8 +859,9 @@ class HAProxy(_Service):
     kind = "haproxy"
 
     def __init__(self, workdir, backend, servers: dict, bind="127.0.0.1:8000", user="www-data",
-                 check_uri="/", check_inter="500ms", metrics_bind=None):
+                 check_uri="/", check_inter="500ms", metrics_bind=None, rise=2, fall=2):
         super().__init__(workdir, user)
+        self.rise, self.fall = int(rise), int(fall)
         self.name = backend
         self.backend = backend
         self.servers = dict(servers)
@@ -913,7 +914,7 @@ class HAProxy(_Service):
             f"    option httpchk GET {self.check_uri}",
             "    http-response set-header X-Backend-Server %s",
             f"    default-server check inter {self.check_inter} fastinter {self.check_inter} "
-            f"downinter {self.check_inter} rise 2 fall 2",
+            f"downinter {self.check_inter} rise {self.rise} fall {self.fall}",
         ]
         for name, addr in self.servers.items():
             lines.append(f"    server {name} {addr}")

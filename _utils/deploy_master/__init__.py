@@ -10,6 +10,7 @@ checks that this list names every module, and that they import each other withou
 ``pillar_schema`` every key of the project pillar: its type, its default, where it may appear
 ``plan``          batch sizes and stages (pure)
 ``hooks``         the pillar's hooks: their steps validated, the plan's lines, which node, already released
+``lbs``           the ``lb`` pillar (one load balancer or a list, each named) and merging their answers (pure)
 ``gates``         the gate seam: a stage's pause and the analysis of live traffic, its providers
 ``policy``        the rollback target and the cluster view (pure)
 ``source``        where code comes from: one module per VCS (and CI-built artifacts) behind one interface

@@ -25,7 +25,7 @@ import os
 
 from salt.exceptions import SaltInvocationError
 
-from deploy_master import hooks, names, notify, pillar_schema, plan, source
+from deploy_master import hooks, lbs, names, notify, pillar_schema, plan, source
 from deploy_master.gates import analysis
 
 
@@ -143,12 +143,11 @@ def _env(conf, project, env, vcs):
         plan.batch_size(stage.get("batch", plan.DEFAULT_BATCH), 1, where)
         stage_pause(stage, where)
     on_failure(envc, env)
-    lb = load_balancer(conf, envc)
-    if lb.get("driver", "none") not in pillar_schema.LB_DRIVERS:
-        raise SaltInvocationError(f"project {project!r}: unknown lb driver {lb.get('driver')!r}")
-    if lb.get("driver", "none") != "none" and not lb.get("minion"):
-        raise SaltInvocationError(f"project {project!r}: lb needs the 'minion' that runs the load balancer")
-    _check_analysis(envc, env, lb.get("driver", "none"))
+    where = f"project {project!r}" + (f" env {env!r}" if envc.get("lb") is not None else "")
+    drivers = {lb["driver"] for lb in load_balancers(conf, envc, where)}
+    lb_wait_up(conf, envc, f"project {project!r} env {env!r}")
+    # the analysis reads every LB's counters: one LB without them (nginx) is the one it is checked against
+    _check_analysis(envc, env, "nginx" if "nginx" in drivers else "haproxy" if drivers else "none")
     try:
         int(envc.get("max_failures", 0))
     except (TypeError, ValueError):
@@ -180,5 +179,15 @@ def on_failure(envc, env="?"):
 
 
 def load_balancer(conf, envc):
-    """The env's load balancer (an env may have its own), ``{"driver": "none"}`` if none."""
+    """The env's ``lb`` as written (an env may have its own): a dict, a list, or ``{"driver": "none"}``."""
     return envc.get("lb") or conf.get("lb") or {"driver": "none"}
+
+
+def load_balancers(conf, envc, where="project"):
+    """The env's load balancers (:func:`deploy_master.lbs.parse`): a list of definitions, each named."""
+    return lbs.parse(load_balancer(conf, envc or {}), where)
+
+
+def lb_wait_up(conf, envc, where="project"):
+    """Longest wait for restored servers to be UP on every LB (``lb_wait_up``, default 30 s)."""
+    return lbs.wait_up(conf, envc, where)

@@ -74,6 +74,8 @@ _STR_LIST = {"type": "array", "items": {"type": "string"}}
 _SECONDS = ["number", "string"]  # the code reads seconds with float()/int(): '30' works as 30
 
 LB_KEYS = {
+    "name": _key("string", "the load balancer's name in progress lines, errors and the record (default "
+                 "<minion>/<backend>, or <minion>/nginx)"),
     "driver": _key("string", "the load balancer: haproxy, nginx or none", "none", enum=list(LB_DRIVERS)),
     "minion": _key("string", "the minion that runs the load balancer (required unless driver none)"),
     "socket": _key("string", "haproxy: its admin socket"),
@@ -84,6 +86,12 @@ LB_KEYS = {
     "upstream_file": _key("string", "nginx: the file holding the upstream's server lines (root's)"),
     "nginx": _key("array", "nginx: the command used for -t and -s reload", ["nginx"], items={"type": "string"}),
 }
+
+def _lb(description):
+    """``lb``: one load balancer (a dict) or several (a list of them)."""
+    return {"type": ["object", "array"], "description": description + ": one (a dict) or several (a list)",
+            "properties": LB_KEYS, "additionalProperties": False, "items": _obj(LB_KEYS, "a load balancer")}
+
 
 _ANALYSIS_TYPES = {"bake": _SECONDS, "interval": _SECONDS, "max_error_rate": "string",
                    "max_p95_ms": ["number", "string", "null"], "min_requests": ["integer", "string"]}
@@ -137,7 +145,9 @@ ENV_KEYS = {
                    items=_obj(STAGE_KEYS, "a stage")),
     "max_failures": _key(["integer", "string"], "failed nodes a batch may have before the release stops", 0),
     "on_failure": _key("string", "what a failure does to the nodes this run switched", "stop", enum=list(ON_FAILURE)),
-    "lb": _obj(LB_KEYS, "the env's own load balancer, instead of the project's"),
+    "lb": _lb("the env's own load balancers, instead of the project's"),
+    "lb_wait_up": _key(_SECONDS, "longest wait, in seconds, for a batch put back to be UP on every LB before the "
+                       "next one leaves (0: no wait)", 30),
     "analysis": _ANALYSIS,
     "hooks": _HOOKS,
 }
@@ -209,7 +219,9 @@ PROJECT_KEYS = {
     "restart": _key("array", "steps after the switch, in order: service, cmd or clear", [],
                     items=_obj(RESTART_KEYS, "a restart step")),
     "checks": _key("array", "checks run on each node after its switch", [], items=_obj(CHECK_KEYS, "a check")),
-    "lb": _obj(LB_KEYS, "the project's load balancer"),
+    "lb": _lb("the project's load balancers"),
+    "lb_wait_up": _key(_SECONDS, "longest wait, in seconds, for a batch put back to be UP on every LB before the "
+                       "next one leaves (0: no wait); an env's own wins", 30),
     "notify": _key("array", "webhooks told of a run's events", [], items=_obj(NOTIFY_KEYS, "a hook")),
     "subdir": _key("string", "git, svn: release only this folder of the repository (its contents)"),
     "submodules": _key("boolean", "git: include submodules, at the commits the release's tree records", False),
@@ -277,6 +289,11 @@ def _walk(value, schema, path, out, shape_only, extra_keys=()):
     elif isinstance(value, (list, tuple)) and "items" in schema:
         for index, item in enumerate(value):
             _walk(item, schema["items"], f"{path}[{index}]", out, shape_only)
+
+
+def unknown_key(key, accepted, path):
+    """``unknown key 'x' in <path>; did you mean 'y'?`` (or the keys accepted)."""
+    return _unknown(key, accepted, path)
 
 
 def _unknown(key, accepted, path):

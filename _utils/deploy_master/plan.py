@@ -78,13 +78,13 @@ def behind_lb(plan):
 
 
 def describe(plan, lb):
-    """The plan as lines for people (``test=True`` and the progress of a release)."""
-    has_lb = lb.get("driver", "none") != "none"
+    """The plan as lines for people (``test=True`` and the progress of a release).  ``lb``: what the
+    load balancers are, in words (``rollout.lb.LoadBalancers.describe``; "" for none)."""
     lines = []
     if plan["preprod"]:
         lines.append(f"preprod: {plan['preprod']} (not behind the LB): switch, restart, checks")
     for stage in plan["stages"]:
         for i, batch in enumerate(stage["batches"], 1):
-            how = f"{lb['driver']} on {lb.get('minion')}: drain+maint, then restore" if has_lb else "no LB actions"
+            how = f"{lb}: drain+maint, then restore" if lb else "no LB actions"
             lines.append(f"stage {stage['name']} batch {i}/{len(stage['batches'])}: {', '.join(batch)} ({how})")
     return lines

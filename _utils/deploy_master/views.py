@@ -55,14 +55,30 @@ def projects(pillar, backend):
     return out
 
 
-def validation_targets(plan, lb):
-    """(the nodes to ask, the LB to pass them) for ``deploy.validate``: the env's nodes and its LB minion."""
+def validation_targets(plan, lbs):
+    """(the nodes to ask, the LBs to pass them) for ``deploy.validate``: the env's nodes and its LB
+    minions; ``lbs``: the env's LB definitions (each named), given with the servers to ask about."""
     nodes = list(plan["nodes"])
-    lb = dict(lb) if lb else None
+    lb = [{**one, "servers_asked": planning.behind_lb(plan)} for one in lbs] or None
     if lb:
-        lb["servers_asked"] = planning.behind_lb(plan)
-        nodes = sorted(set(nodes) | {lb["minion"]})
+        nodes = sorted(set(nodes) | {one["minion"] for one in lb})
     return [node for node in nodes if node not in plan["down"]], lb
+
+
+def _lb_answers(entry, found, lb, node, ret, res):
+    """The answers of the LBs that ``node`` runs: ``entry["lb"]`` (one LB: its answer; several: each
+    one's under its name), and a problem for each LB that failed."""
+    for one in lb or []:
+        if node != one["minion"]:
+            continue
+        got = (ret.get("lbs") or {}).get(one["name"]) or {"error": res.get("error") or "no answer"}
+        if len(lb) == 1:
+            entry["lb"] = got
+        else:
+            entry.setdefault("lb", {})[one["name"]] = got
+        if "error" in got:
+            found.append(f"load balancer{'' if len(lb) == 1 else ' ' + one['name']}: {got['error']}")
+            entry["result"] = "invalid"
 
 
 def node_problems(plan, lb, answers, project):
@@ -78,11 +94,7 @@ def node_problems(plan, lb, answers, project):
         entry = {"result": "ok" if not found else "invalid", "problems": found}
         if node in plan["nodes"] and ret.get("missing"):
             entry["missing"] = ret["missing"]
-        if lb and node == lb["minion"]:
-            entry["lb"] = ret.get("lb") or {"error": res.get("error") or "no answer"}
-            if "error" in entry["lb"]:
-                found.append(f"load balancer: {entry['lb']['error']}")
-                entry["result"] = "invalid"
+        _lb_answers(entry, found, lb, node, ret, res)
         if res.get("silent"):
             entry["result"] = "no response"
         out[node] = entry

@@ -190,14 +190,18 @@ def detached_path(c, env="pro"):
     return os.path.join(c.state_dir, "locks", f"rainbow_{env}.detached.json")
 
 
+def lb_records(c):
+    """The paths of the LB minion's records of the backend rainbow (one per HAProxy socket)."""
+    return glob.glob(os.path.join(c.minions["lb-1"].config["cachedir"], "deploy_lb", "haproxy-rainbow*.json"))
+
+
 def lb_record(c):
     """The LB minion's own record of detached servers (prior states)."""
-    path = os.path.join(c.minions["lb-1"].config["cachedir"], "deploy_lb", "haproxy-rainbow.json")
-    try:
+    out = {}
+    for path in lb_records(c):
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        return {}
+            out.update(json.load(fh))
+    return out
 
 
 def snapshot(c):
@@ -833,8 +837,7 @@ def test_minion_stopped_in_the_middle_of_its_batch(fresh):
         survived()
     finally:
         c.lb.command("set server rainbow/web-2 state ready")
-        record = os.path.join(c.minions["lb-1"].config["cachedir"], "deploy_lb", "haproxy-rainbow.json")
-        if os.path.exists(record):
+        for record in lb_records(c):
             os.unlink(record)
 
 

@@ -1,6 +1,6 @@
 """One fake Salt for the unit tests of the rollout: it stands in for ``LocalClient`` (publish, the
 job cache), the master's event bus (job returns, the run's events) and the minions it answers for:
-nodes in memory running ``deploy.switch``, and an LB minion running ``deploy_lb.*``.  A real
+nodes in memory running ``deploy.switch``, and an LB minion running ``deploy_lb.each`` for its LB.  A real
 ``rollout.run.Run`` is built on it (:func:`make_run`), so a test drives the rollout's own code, its
 transport included, and asserts what Salt saw (``calls``) and what the run said (``events``)."""
 
@@ -8,7 +8,7 @@ import time
 
 from deploy_master.rollout import run as runs
 
-LB = {"driver": "haproxy", "minion": "lb-1", "drain_timeout": 1}
+LB = {"driver": "haproxy", "minion": "lb-1", "backend": "rainbow", "drain_timeout": 1}
 
 
 class FakeSalt:
@@ -32,6 +32,8 @@ class FakeSalt:
         self.after_switch = None  # called after each deploy.switch (a test's signal, say)
         self.lb_fails = set()  # deploy_lb functions that fail (changing nothing)
         self.after_stats = None  # called with the number of stats calls so far
+        self.not_up = {}  # server -> its status: not UP again once put back (when the run waits)
+        self.wait_seconds = 0.5  # how long a wait until UP takes
 
     # --- LocalClient
     def run_job(self, nodes, fun, arg=(), kwarg=None, tgt_type="list", timeout=None, jid=None, listen=True):
@@ -65,12 +67,8 @@ class FakeSalt:
     def _answer(self, fun, nodes, kwarg, arg):
         if fun == "saltutil.find_job":
             return {}  # a node that never returned is down
-        if fun.startswith("deploy_lb."):
-            action = fun.split(".", 1)[1]
-            if action in self.lb_fails:
-                self.lb_calls.append((action, sorted(kwarg["servers"]), sorted(kwarg.get("restore") or [])))
-                return {n: {"ret": f"ERROR: {action} refused", "retcode": 1} for n in nodes}
-            return {n: {"ret": self._lb(action, kwarg), "retcode": 0} for n in nodes}
+        if fun == "deploy_lb.each":
+            return {n: {"ret": self._each(n, kwarg), "retcode": 0} for n in nodes}
         if fun == "deploy.switch":
             self.switch_calls.append((sorted(nodes), kwarg.get("release"),
                                       {k: kwarg[k] for k in ("mark_left", "checks", "force") if k in kwarg}))
@@ -93,6 +91,26 @@ class FakeSalt:
         if self.after_switch:
             self.after_switch()
         return out
+
+    def _each(self, minion, kwarg):
+        """``deploy_lb.each`` on ``minion``: its LBs each answer (``lb_fails``: refused, changing nothing);
+        with ``wait_up``, the servers put back are UP but those in ``not_up`` (then swap takes nothing out)."""
+        action, answers, extra = kwarg["fun"], {}, {}
+        restored = set(kwarg.get("restore") or []) if action == "swap" else set(kwarg["servers"])
+        late = {s: st for s, st in self.not_up.items() if s in restored} if action in ("attach", "swap") else {}
+        for lb in (lb for lb in kwarg["lbs"] if lb["minion"] == minion):
+            if action in self.lb_fails:
+                self.lb_calls.append((action, sorted(kwarg["servers"]), sorted(kwarg.get("restore") or [])))
+                answers[lb["name"]] = {"ok": False, "error": f"{action} refused"}
+            elif action == "swap" and late and "wait_up" in kwarg:  # held: only the restore
+                ret = self._lb("attach", {"servers": sorted(restored)})
+                answers[lb["name"]] = {"ok": True, "ret": ret}
+                extra["held"] = True
+            else:
+                answers[lb["name"]] = {"ok": True, "ret": self._lb(action, kwarg)}
+        if action in ("attach", "swap") and "wait_up" in kwarg:
+            extra.update(wait_seconds=self.wait_seconds, not_up={lb["name"]: late for lb in kwarg["lbs"]} if late else {})
+        return {"lbs": answers, **extra}
 
     def _lb(self, fun, kwarg):
         nodes, restore = list(kwarg["servers"]), list(kwarg.get("restore") or [])

@@ -95,7 +95,7 @@ def test_the_haproxy_window_reads_the_lbs_counters():
         calls.append((fun, list(nodes)))
         n = len(calls)
         row = {"hrsp_2xx": 100 * n, "hrsp_5xx": 0, "rtime": 20}
-        return {"servers": {node: dict(row) for node in nodes}, "time": 1000 + n}
+        return {"lb-1/rainbow": {"servers": {node: dict(row) for node in nodes}, "time": 1000 + n}}
 
     ctx, _ = _ctx(lb_call=lb_call)
     window = haproxy.Window({}, ctx)

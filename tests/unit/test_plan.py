@@ -63,12 +63,12 @@ def test_a_target_that_matches_nothing_is_refused():
 
 def test_describe():
     plan = _make({"target": "G@region:east", "preprod": "pre-1", "stages": [{"name": "all", "batch": 1}]})
-    assert planning.describe(plan, {"driver": "none"}) == [
+    assert planning.describe(plan, "") == [
         "preprod: pre-1 (not behind the LB): switch, restart, checks",
         "stage all batch 1/2: web-1 (no LB actions)",
         "stage all batch 2/2: web-2 (no LB actions)",
     ]
-    assert planning.describe(plan, {"driver": "haproxy", "minion": "lb-1"})[1] == (
+    assert planning.describe(plan, "haproxy on lb-1")[1] == (
         "stage all batch 1/2: web-1 (haproxy on lb-1: drain+maint, then restore)")
 
 

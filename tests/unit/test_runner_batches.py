@@ -93,6 +93,59 @@ def test_a_failing_lb_call_puts_back_what_it_can(tmp_path):
     assert salt.out == set() and run.lock.detached() == []
 
 
+def test_the_next_batch_leaves_once_the_last_is_up_and_the_wait_is_said(tmp_path):
+    salt = FakeSalt()
+    run = make_run(tmp_path, salt)
+    batches.stages(run, _plan([["w1"], ["w2"]]), "r2")
+    each = [(tag, d) for tag, d in salt.fired if tag.endswith("/batch") and d["phase"] == "in"]
+    assert [d["lb_wait_seconds"] for _, d in each] == [0.5, 0.5]
+    assert "w1 UP on every LB after 0.5s" in each[0][1]["message"]
+    assert run.timings["lb_wait_seconds"] == [{"batch": "stage s1 batch 1/2", "seconds": 0.5},
+                                              {"batch": "stage s1 batch 2/2", "seconds": 0.5}]
+    waits = [c for c in salt.calls if c[0] == "deploy_lb.each"]
+    assert len(waits) == 3  # still one LB call per batch, and the last put-back
+
+
+def test_a_server_not_up_after_its_batch_fails_and_the_next_batch_stays_in(tmp_path):
+    salt = FakeSalt()
+    salt.not_up = {"w1": "DOWN"}
+    run = make_run(tmp_path, salt)
+    with pytest.raises(DeployError, match="max_failures"):
+        batches.stages(run, _plan([["w1"], ["w2"], ["w3"]]), "r2")
+    assert run.failed == ["w1"] and "not UP on the load balancer 0.5s after it was put back" in run.nodes["w1"]["error"]
+    assert "lb-1/rainbow: DOWN" in run.nodes["w1"]["error"]
+    assert salt.switches == [["w1"]]  # w2 was never switched
+    assert salt.lb_calls == [("detach", ["w1"], []), ("attach", ["w1"], []), ("attach", ["w2"], [])]
+    assert salt.out == set() and run.lock.detached() == []
+    assert run.timings["lb_wait_seconds"] == [{"batch": "stage s1 batch 1/3", "seconds": 0.5}]
+
+
+def test_a_server_not_up_within_max_failures_lets_the_next_batch_go_on(tmp_path):
+    salt = FakeSalt()
+    salt.not_up = {"w1": "DOWN"}
+    run = make_run(tmp_path, salt)
+    run.max_failures = 1
+    batches.stages(run, _plan([["w1"], ["w2"], ["w3"]]), "r2")
+    assert run.failed == ["w1"] and salt.switches == [["w1"], ["w2"], ["w3"]]
+    # the swap held (w1 not UP): w2 goes out on its own call
+    assert [c[0] for c in salt.lb_calls] == ["detach", "attach", "detach", "swap", "attach"]
+    assert salt.out == set() and run.lock.detached() == []
+    assert [w["seconds"] for w in run.timings["lb_wait_seconds"]] == [0.5, 0.5, 0.5]
+
+
+def test_no_wait_when_lb_wait_up_is_zero_nor_after_a_failure(tmp_path):
+    salt = FakeSalt(failing={"w2"})
+    run = make_run(tmp_path, salt, envc={"lb_wait_up": 0})
+    with pytest.raises(DeployError, match="max_failures"):
+        batches.stages(run, _plan([["w1"], ["w2"], ["w3"]]), "r2")
+    assert "lb_wait_seconds" not in run.timings
+    salt = FakeSalt(failing={"w2"})
+    run = make_run(tmp_path / "2", salt)
+    with pytest.raises(DeployError, match="max_failures"):
+        batches.stages(run, _plan([["w1"], ["w2"], ["w3"]]), "r2")
+    assert [w["batch"] for w in run.timings["lb_wait_seconds"]] == ["stage s1 batch 1/3"]  # not the failed batch's
+
+
 def test_a_congested_master_is_asked_again_not_an_unexpected_error(monkeypatch):
     """At 50+ nodes the master, busy compiling every node's pillar, let Salt's client
     time out (``SaltClientError: Salt request timed out. The master is not responding``) and the

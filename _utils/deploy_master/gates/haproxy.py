@@ -12,6 +12,10 @@ still on the old one (the baseline):
   means, not of single requests: it catches a release that is slower overall, not a slow tail
   of a few percent of requests.  A reading counts only if the server answered requests since
   the previous sample (otherwise ``rtime`` still describes older traffic).
+
+With several load balancers (pillar ``lb`` as a list), each sample is every LB's ``show stat`` in one
+call, and a server's counters are summed across the LBs (:func:`combined`): its responses, errors
+and counts add up; its mean and maximum times keep the largest reading.
 """
 
 import math
@@ -22,6 +26,8 @@ DRIVERS = ("haproxy",)  # the LB drivers that keep per-server counters
 LATENCY = "p95 of the mean response time (HAProxy rtime)"
 LATENCY_SHORT = "p95 rtime"
 RESPONSE_COUNTERS = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
+# show stat fields that are means or maxima, not counts: across LBs the largest reading is kept
+NOT_SUMMED = ("qtime", "ctime", "rtime", "ttime", "qtime_max", "ctime_max", "rtime_max", "ttime_max")
 
 
 def settings(raw, where):
@@ -40,10 +46,10 @@ class Window:
     def __init__(self, settings, ctx):  # pylint: disable=redefined-outer-name
         self.ctx = ctx
         self.nodes = list(ctx.new) + list(ctx.old)
-        self.taken = [ctx.lb_call("stats", self.nodes)]
+        self.taken = [combined(ctx.lb_call("stats", self.nodes))]
 
     def sample(self):
-        self.taken.append(self.ctx.lb_call("stats", self.nodes))
+        self.taken.append(combined(self.ctx.lb_call("stats", self.nodes)))
 
     def figures(self):
         self.sample()
@@ -51,6 +57,28 @@ class Window:
         out["samples"] = len(self.taken)
         out["window"] = [self.taken[0].get("time"), self.taken[-1].get("time")]
         return out
+
+
+def combined(per_lb):
+    """One sample from every LB's (``{lb name: {"servers": {server: row}, "time"}}``): the servers'
+    counters summed across the LBs (means and maxima: the largest; ``status``: the one every LB
+    gives, or ``"<lb>: <status>, ..."``), the latest LB's time."""
+    servers, statuses = {}, {}
+    for name, sample in sorted(per_lb.items()):
+        for server, row in (sample.get("servers") or {}).items():
+            total = servers.setdefault(server, {})
+            for key, value in row.items():
+                if key == "status":
+                    statuses.setdefault(server, {})[name] = value
+                elif key in NOT_SUMMED:
+                    total[key] = max(_counter(total, key), _counter(row, key))
+                else:
+                    total[key] = _counter(total, key) + _counter(row, key)
+    for server, seen in statuses.items():
+        values = set(seen.values())
+        servers[server]["status"] = values.pop() if len(values) == 1 else ", ".join(
+            f"{k}: {v}" for k, v in seen.items())
+    return {"servers": servers, "time": max((s.get("time") or 0 for s in per_lb.values()), default=None)}
 
 
 def figures_of(samples, new, old):

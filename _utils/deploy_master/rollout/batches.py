@@ -26,8 +26,9 @@ def check_lb(run, plan):
         return {}
     nodes = planning.behind_lb(plan)
     states = run.balancer.status(nodes)
-    run.emit("plan", f"load balancer: {run.lb['driver']} on {run.lb['minion']} answers for {len(nodes)} nodes",
-             **plan_fields(run, plan))
+    several = len(run.balancer.definitions) > 1  # "2 load balancers: ... answer", "load balancer: ... answers"
+    run.emit("plan", f"{'' if several else 'load balancer: '}{run.balancer.describe()} answer{'' if several else 's'} "
+             f"for {len(nodes)} nodes", **plan_fields(run, plan))
     return states
 
 
@@ -130,13 +131,7 @@ def batch(run, stage, index, nodes, release, held=None, keep=False, **switch_arg
         if run.has_lb:
             run.lock.set_detached(set(run.lock.detached()) | set(nodes))
             detached_at = time.monotonic()
-            wait = float(run.lb.get("drain_timeout", 30))
-            if back:
-                out = run.balancer.swap(nodes, [n for b in back for n in b["nodes"]], wait)
-                back_in(run, back, out.get("lb_wait_seconds"))
-                back = []
-            else:
-                out = run.balancer.detach(nodes, wait)
+            out = take_out(run, nodes, back)  # empties back once it is in again
             run.timings.setdefault("drain", []).append(out.get("drain_seconds"))
             run.emit("batch", f"{label}: {', '.join(nodes)} out of the LB (drained in {out.get('drain_seconds')}s)",
                      **where, nodes=nodes, phase="out", drain_seconds=out.get("drain_seconds"))
@@ -149,7 +144,7 @@ def batch(run, stage, index, nodes, release, held=None, keep=False, **switch_arg
                          "left": sorted(n for n in nodes if n in run.silent), "where": where, "passed": passed,
                          "started": started})
         if back and (not done or not keep or held is None):
-            put_back(run, back)
+            put_back(run, back, wait=done)  # after a failure: no wait until UP
         elif back:
             held.extend(back)
     seconds = round(time.monotonic() - started, 3)
@@ -161,16 +156,54 @@ def batch(run, stage, index, nodes, release, held=None, keep=False, **switch_arg
     return passed
 
 
-def put_back(run, held):
-    """Restore the recorded LB state of the batches in ``held`` (one call), and say so."""
+def take_out(run, nodes, back):
+    """Take ``nodes`` out of every LB; with ``back`` (the stage's previous batches, still out), put
+    those back first, in the same call when it can (:meth:`.lb.LoadBalancers.swap`).  A server of
+    ``back`` not UP again fails; then ``nodes`` go out only if failures stay within ``max_failures``."""
+    if not back:
+        return run.balancer.detach(nodes)
+    out = run.balancer.swap(nodes, [n for b in back for n in b["nodes"]])
+    back_in(run, back, out)
+    if out.get("detached", True):
+        return out
+    over_max_failures(run)
+    return run.balancer.detach(nodes)
+
+
+def put_back(run, held, wait=True):
+    """Restore the recorded LB state of the batches in ``held`` (one call), and say so; with ``wait``,
+    until every LB reports them UP (a server that does not come back fails)."""
     nodes = sorted(n for b in held for n in b["nodes"])
-    out = run.balancer.attach(nodes) if nodes else {}
-    back_in(run, held, out.get("lb_wait_seconds"))
+    out = run.balancer.attach(nodes, wait=wait) if nodes else {}
+    back_in(run, held, out)
 
 
-def back_in(run, held, lb_wait=None):
-    """Bookkeeping once the batches in ``held`` are back in the LB: the run's record, time out, progress.
-    ``lb_wait``: how long the LB call waited for them to be up (None: it did not wait)."""
+def over_max_failures(run):
+    """DeployError once the failed nodes are more than ``max_failures``."""
+    if len(run.failed) > run.max_failures:
+        raise DeployError(
+            f"{len(run.failed)} node(s) failed ({', '.join(run.failed)}), more than max_failures="
+            f"{run.max_failures}: stopped; nodes not reached stay on their release"
+        )
+
+
+def _waited(run, held, out):
+    """The wait until UP of the batches in ``held`` (``out``: what the LB call said): its timing; a
+    server not UP fails."""
+    lb_wait = out.get("lb_wait_seconds")
+    labels = ", ".join(b["label"] for b in held if b["nodes"])
+    if lb_wait is not None and labels:
+        run.timings.setdefault("lb_wait_seconds", []).append({"batch": labels, "seconds": lb_wait})
+    for node, status in sorted((out.get("not_up") or {}).items()):
+        fail(run, [node], {node: f"not UP on the load balancer {lb_wait}s after it was put back ({status})"})
+
+
+def back_in(run, held, out=None):
+    """Bookkeeping once the batches in ``held`` are back in the LB: the run's record, time out, the wait
+    until UP (``out``: what the LB call said; its ``lb_wait_seconds`` None: it did not wait), progress."""
+    out = out or {}
+    lb_wait = out.get("lb_wait_seconds")
+    _waited(run, held, out)
     nodes = {n for b in held for n in b["nodes"]}
     run.lock.set_detached(set(run.lock.detached()) - nodes)
     now = time.monotonic()
@@ -178,8 +211,10 @@ def back_in(run, held, lb_wait=None):
         out_for = round(now - batch["since"], 3)
         for node in batch["nodes"]:
             run.nodes.setdefault(node, {})["out_of_lb"] = out_for
+        up = [n for n in batch["nodes"] if n not in (out.get("not_up") or {})]
         if batch["nodes"]:
-            run.emit("batch", f"{batch['label']}: {', '.join(batch['nodes'])} back in the LB after {out_for}s",
+            waited = f"; {', '.join(up)} UP on every LB after {lb_wait}s" if lb_wait is not None and up else ""
+            run.emit("batch", f"{batch['label']}: {', '.join(batch['nodes'])} back in the LB after {out_for}s{waited}",
                      **batch["where"], nodes=batch["nodes"], phase="in", out_seconds=out_for, lb_wait_seconds=lb_wait,
                      passed=list(batch["passed"]), seconds=round(now - batch["started"], 3))
         for node in batch["left"]:
@@ -207,16 +242,12 @@ def stages(run, plan, release, start=0, **switch_args):
                         run.lock.check()  # a shared store's lease lost: stop before the next batch
                     last = index == len(stage["batches"])
                     batch(run, stage, index, nodes, release, held=held, keep=not (last or per_batch), **switch_args)
-                if len(run.failed) > run.max_failures:
-                    raise DeployError(
-                        f"{len(run.failed)} node(s) failed ({', '.join(run.failed)}), more than max_failures="
-                        f"{run.max_failures}: stopped; nodes not reached stay on their release"
-                    )
+                over_max_failures(run)
                 gating.after_batch(run, plan, stage, index)
             ok = True
         finally:
             if held:
-                put_back(run, held)
+                put_back(run, held, wait=False)  # a failure stopped the stage
             if not ok:
                 run.emit("stage", f"stage {stage['name']} failed", line=False, stage=stage["name"], phase="end",
                          result="failed")

@@ -132,7 +132,7 @@ def recover(run):
     """After a stale lock: nodes the dead run had taken out of the LB go back in their prior state."""
     left = run.lock.detached()
     if left and run.has_lb:
-        out = run.balancer.attach(left)
+        out = run.balancer.attach(left, wait=False)  # as they were: no wait until UP
         run.lock.set_detached([])
         message = f"restored LB state of {', '.join(left)} left detached by an interrupted run: {out['restored']}"
         run.lock.warnings.append(message)

@@ -35,9 +35,9 @@ def _context(run, new, old, label, where):
         run.emit("analysis", message, line=False, **where, phase=phase, verdict=None, figures=None, reasons=[],
                  **fields)
 
-    servers = (run.lb or {}).get("servers") or {}
+    servers = run.balancer.servers()
     return gates.Context(new=new, old=old, servers={n: servers.get(n, n) for n in new + old},
-                         lb_call=lambda fun, nodes: run.balancer.act(fun, nodes), log=run.emit, check=check,
+                         lb_call=lambda fun, nodes: getattr(run.balancer, fun)(nodes), log=run.emit, check=check,
                          event=event, label=label, run=run)
 
 

@@ -40,8 +40,6 @@ class Run:
         if jobs.cache_check(opts):
             raise SaltInvocationError(jobs.cache_check(opts))
         self.hooks = notify.hooks(self.conf, project)  # the run posts its own notifications
-        self.lb = config.load_balancer(self.conf, self.envc)  # an env may have its own
-        self.has_lb = self.lb.get("driver", "none") != "none"
         self.max_failures = int(self.envc.get("max_failures", 0))
         self.started = time.monotonic()
         self.started_at = names.now()
@@ -49,7 +47,10 @@ class Run:
         self.client = client or salt.client.LocalClient(mopts=opts)
         self.event = event or salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False)
         self.transport = jobs.Transport(opts, self.client)
-        self.balancer = balancer.LoadBalancer(self.lb, self.call)
+        # every load balancer of the env (an env may have its own): the run's LB actions
+        self.balancer = balancer.LoadBalancers(config.load_balancers(self.conf, self.envc), self.call,
+                                               config.lb_wait_up(self.conf, self.envc))
+        self.has_lb = bool(self.balancer)
         self.nodes = {}  # node -> {old, new, result, out_of_lb, error}
         self.timings = {}
         self.failed = []

@@ -50,11 +50,11 @@ def validate_nodes(run):
     LB minion: node -> its problems (the keys and types of its project pillar checked against the one
     definition)."""
     steps = plan(run)
-    asked, lb = views.validation_targets(steps, run.lb if run.has_lb else None)
+    asked, lb = views.validation_targets(steps, run.balancer.definitions)
     answers = run.call(asked, "deploy.validate", {"project": run.project, "lb": lb})
     return views.node_problems(steps, lb, answers, run.project)
 
 
 def describe(run, plan):  # pylint: disable=redefined-outer-name
     """The plan in lines, for people."""
-    return planning.describe(plan, run.lb) + hooks.plan_lines(run, plan)
+    return planning.describe(plan, run.balancer.describe()) + hooks.plan_lines(run, plan)
