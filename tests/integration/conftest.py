@@ -52,7 +52,7 @@ from sandbox import web
 
 USER = "www-data"
 # Each session gets its own loopback /24 (127.0.0.0/8 needs no set-up), so that two
-# sessions on one machine (a developer's and a helper's) never collide.
+# sessions on one machine (two checkouts tested at once) never collide.
 NET = os.environ.get("DPL_TEST_NET") or f"127.{random.randint(2, 254)}.{random.randint(1, 254)}"
 NODES = {  # minion id -> (address, grains)
     "pre-1": (f"{NET}.10", {"region": "west"}),
