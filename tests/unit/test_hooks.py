@@ -127,3 +127,11 @@ def test_a_failed_phase_says_step_exit_code_and_tail():
         {"step": "migrate", "result": False, "retcode": 3, "seconds": 0.2}]}  # no output in the record
     assert hooks.error_line("once", "pre-1", {"ok": False, "error": "no response"}) == \
         "hooks once on pre-1: no response"
+
+
+def test_the_nodes_copy_of_the_hook_function_rule_is_the_masters():
+    # the node module stays self-contained: it keeps a copy of the rule a fun step is checked by
+    from saltext_deploy._modules import deploy as node  # pylint: disable=import-outside-toplevel
+
+    assert node.HOOK_FUN_RE.pattern == hooks.FUN_RE.pattern
+    assert tuple(node.HOOK_ROOT_RUNNERS) == tuple(hooks.ROOT_RUNNERS)
