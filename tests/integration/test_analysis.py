@@ -118,17 +118,22 @@ def _haproxy_status(c):
     return {r["svname"]: r["status"] for r in rows if r["pxname"] == "rainbow" and r["svname"] in WEB}
 
 
-def test_a_good_release_passes_the_analysis(clean_cluster):
-    c = clean_cluster
+def release_a_good_version_under_load(c, analysis):
+    """Every node on a good release, then a release of a new good version with ``analysis(c)`` set, under
+    load through the LB: it succeeds everywhere.  Returns (its return, its bakes, the load)."""
     _everyone_serves_the_api(c)
     new_version(c, files={"public/api.php": API_GOOD})
-    _with_analysis(c)
+    analysis(c)
     with Load(_api_url(c)) as load:
         ret = c.run("deploy.release", project="rainbow", env="pro")
     assert ret.returncode == 0, ret.stdout
     release = ret.data["release"]
     assert c.currents() == {n: release for n in NODES}
-    runs = ret.data["timings"]["analysis"]
+    return ret, ret.data["timings"]["analysis"], load
+
+
+def test_a_good_release_passes_the_analysis(clean_cluster):
+    ret, runs, load = release_a_good_version_under_load(clean_cluster, _with_analysis)
     # after the gray stage: web-1 against web-2, web-3; after the last stage: everyone, absolute limits
     assert [(a["stage"], a["verdict"], a["mode"]) for a in runs] == [("gray", "pass", "baseline"),
                                                                      ("all", "pass", "absolute")], \

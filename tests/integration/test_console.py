@@ -522,25 +522,38 @@ def one_release(cluster):
         assert cluster.run("deploy.release", project="rainbow", env="pro").returncode == 0
 
 
-def pause_from_the_page(page, cluster, tag):
-    """Release ``tag`` from the page; wait until it is paused after gray: returns its release name."""
+def release_from_the_page(page, tag, until, before_confirm=None):
+    """Release ``tag`` from the page (``before_confirm(page)``: checks of the preview) and wait until the
+    live view's state is ``until``: returns the release name.  Only a silent minion (this machine under
+    load) is retried, once."""
     wait_nodes(page)
     page.click("#refresh")
     page.wait_for_function(
         f"() => [...document.querySelectorAll('#ref option')].some(o => o.value === {json.dumps(tag)})")
     for attempt in range(2):
         release = preview(page, tag)
-        # what changes: the nodes on one commit, the commit(s) the tag brings
-        page.wait_for_selector("#plan-changes .changes-group ul.commits li")
-        assert page.locator("#plan-changes .changes-group").count() == 1
+        if before_confirm:
+            before_confirm(page)
         page.click("#confirm-release")
         page.wait_for_selector("#live-state.running", timeout=60_000)
-        # the paused run closes in the live view
-        page.wait_for_selector("#live-state.paused, #live-state.failure", timeout=RUN_TIMEOUT)
-        if page.is_visible("#live-state.paused"):
-            break
-        log = page.text_content("#live-log")  # only a silent minion (this machine under load) is retried
+        page.wait_for_selector(f"#live-state.{until}, #live-state.failure", timeout=RUN_TIMEOUT)
+        if page.is_visible(f"#live-state.{until}"):
+            return release
+        log = page.text_content("#live-log")
         assert attempt == 0 and ("no response" in log or "did not return" in log), log
+    return None
+
+
+def _one_group_of_changes(page):
+    # what changes: the nodes on one commit, the commit(s) the tag brings
+    page.wait_for_selector("#plan-changes .changes-group ul.commits li")
+    assert page.locator("#plan-changes .changes-group").count() == 1
+
+
+def pause_from_the_page(page, cluster, tag):
+    """Release ``tag`` from the page; wait until it is paused after gray (the paused run closes in the live
+    view): returns its release name."""
+    release = release_from_the_page(page, tag, "paused", _one_group_of_changes)
     page.wait_for_selector("#approval:not([hidden])", timeout=30_000)
     assert "paused after stage gray" in page.text_content("#approval-what")
     assert "next: stage all" in page.text_content("#approval-what")
@@ -634,19 +647,7 @@ def test_timed_pause_counts_down_and_is_promoted_from_the_page(api, cluster, con
     try:
         tag = new_tag(cluster)
         page = open_console(context, api, "operator")
-        wait_nodes(page)
-        page.click("#refresh")
-        page.wait_for_function(
-            f"() => [...document.querySelectorAll('#ref option')].some(o => o.value === {json.dumps(tag)})")
-        for attempt in range(2):
-            release = preview(page, tag)
-            page.click("#confirm-release")
-            page.wait_for_selector("#live-state.running", timeout=60_000)
-            page.wait_for_selector("#live-state.waiting, #live-state.failure", timeout=RUN_TIMEOUT)
-            if page.is_visible("#live-state.waiting"):
-                break
-            log = page.text_content("#live-log")  # only a silent minion (this machine under load) is retried
-            assert attempt == 0 and ("no response" in log or "did not return" in log), log
+        release = release_from_the_page(page, tag, "waiting")
         page.wait_for_selector("#approval-countdown", timeout=30_000)
         first = int(re.search(r"in (\d+)s", page.text_content("#approval-countdown")).group(1))
         assert 0 < first <= 300

@@ -26,8 +26,8 @@ from deploy_master.gates import prometheus as prom
 from sandbox.prometheus import PrometheusServer
 
 from .conftest import WEB
-from .conftest import NODES
-from .test_analysis import ANALYSIS, API_FLAKY, API_GOOD, Load, _api_url, _everyone_serves_the_api
+from .test_analysis import (ANALYSIS, API_FLAKY, API_GOOD, Load, _api_url, _everyone_serves_the_api,
+                            release_a_good_version_under_load)
 from .test_release import new_version
 
 USER, PASSWORD = "deploy", "prom-9d41-S3cret"  # searched for in every note
@@ -225,15 +225,7 @@ def _no_password_anywhere(c, ret):
 
 def test_a_good_release_passes_the_prometheus_analysis(prometheus, clean_cluster):
     c = clean_cluster
-    _everyone_serves_the_api(c)
-    new_version(c, files={"public/api.php": API_GOOD})
-    _with_prometheus(c, prometheus)
-    with Load(_api_url(c)) as load:
-        ret = c.run("deploy.release", project="rainbow", env="pro")
-    assert ret.returncode == 0, ret.stdout
-    release = ret.data["release"]
-    assert c.currents() == {n: release for n in NODES}
-    runs = ret.data["timings"]["analysis"]
+    ret, runs, load = release_a_good_version_under_load(c, lambda c: _with_prometheus(c, prometheus))
     assert [(a["stage"], a["verdict"], a["mode"]) for a in runs] == [("gray", "pass", "baseline"),
                                                                      ("all", "pass", "absolute")], runs
     gray = runs[0]
