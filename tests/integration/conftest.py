@@ -1,5 +1,7 @@
 """
-A real cluster for the integration tests, started once per session and shared by every module:
+A real cluster for the integration tests, started once per test process and shared by every module that
+process runs (``pytest -n 3 --dist loadfile``: each of the 3 processes has a cluster of its own, and a
+module's tests all run in one process, so its module-scoped daemons are started once):
 
 - a salt-master and minions lb-1, pre-1, web-1, web-2, web-3 (pytest-salt-factories);
 - nginx + PHP-FPM (OPcache on, validate_timestamps=0) on pre-1 and web-1..3, as www-data,
@@ -51,8 +53,8 @@ from sandbox import repo as sample_repo
 from sandbox import web
 
 USER = "www-data"
-# Each session gets its own loopback /24 (127.0.0.0/8 needs no set-up), so that two
-# sessions on one machine (two checkouts tested at once) never collide.
+# Each test process gets its own loopback /24 (127.0.0.0/8 needs no set-up), so that the processes of one
+# run, and two runs on one machine (two checkouts tested at once), never collide.
 NET = os.environ.get("DPL_TEST_NET") or f"127.{random.randint(2, 254)}.{random.randint(1, 254)}"
 NODES = {  # minion id -> (address, grains)
     "pre-1": (f"{NET}.10", {"region": "west"}),
