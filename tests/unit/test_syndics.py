@@ -128,3 +128,21 @@ def test_the_plan_on_a_master_of_masters_and_a_dead_syndic(clock, tmp_path):
     steps = planning.make("pro", run.envc, *syndics.matcher(run))
     assert steps["nodes"] == ["pre-1", "web-1", "web-2", "web-3"] and steps["down"] == ["pre-1", "web-2"]
     assert "*" in [p[0] for p in client.published]  # asked whether sm-2 answers at all
+
+
+def test_a_call_on_a_master_of_masters_names_the_syndic_of_each_silent_node(tmp_path, monkeypatch):
+    opts = {"cachedir": str(tmp_path), "order_masters": True}
+    jobs.remember_syndics(opts, {"sm-2": {"pre-1"}})
+
+    def run(client, nodes, fun, jid, timeout, quiet, arg=(), kwarg=None, landed=None, syndics=None):
+        syndics.update({"sm-1": {"web-1", "web-2"}})  # sm-2 took nothing: it is down
+        return {"web-1": {"ret": {"result": True}, "retcode": 0}}
+
+    monkeypatch.setattr(jobs, "run", run)
+    monkeypatch.setattr(jobs.Transport, "stragglers",
+                        lambda self, jid, missing: ({}, dict.fromkeys(missing, jobs.NO_RESPONSE)))
+    out = jobs.Transport(opts, client=None).call(["pre-1", "web-1", "web-2"], "deploy.prepare")
+    assert out["web-1"]["ok"]
+    assert out["web-2"]["error"] == jobs.NO_RESPONSE + " (behind syndic sm-1)"
+    assert out["pre-1"]["error"].startswith("no response: syndic sm-2, which it is behind, did not take the job")
+    assert jobs.syndic_members(opts) == {"pre-1": "sm-2", "web-1": "sm-1", "web-2": "sm-1"}
