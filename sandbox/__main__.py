@@ -4,6 +4,7 @@ up      start a salt-master, minions lb-1, pre-1, web-1..N, nginx + PHP-FPM per 
         HAProxy in front, the sample repo; release it (`salt-run deploy.release`), show the
         site through the LB, add release v1.2.0, release again, show the site again,
         and print how to go on.  Exit 1 if any step fails (the sandbox stays up to inspect).
+        --syndics N: a master of masters above N syndic masters, the minions split among them.
 status  what runs, on which addresses, which release each node serves.
 down    stop every daemon and service of the sandbox and remove its folder.
 """
@@ -195,7 +196,7 @@ def cmd_up(args):
         raise SandboxError("this machine cannot run the sandbox yet:\n  " + "\n  ".join(problems))
     box = Sandbox(args.path, web=args.web, lb_port=args.lb_port, net=args.net, out=say,
                   masters=args.masters, store=args.store, etcd_ttl=args.etcd_ttl, light=args.light,
-                  classic=args.classic)
+                  classic=args.classic, syndics=args.syndics)
     old = Sandbox.load(box.path, out=say)
     if old is not None:
         if old.anything_running():
@@ -213,6 +214,11 @@ def cmd_up(args):
         return 1
     box.preflight()
     masters = f" x2 (127.0.0.1, {box.master_addr['master-b']})" if box.masters == 2 else ""
+    if box.syndics:
+        below = {n: ", ".join(m for m in box.minion_ids if box.syndic_of[m] == n) for n in box.syndic_names}
+        masters = (" of masters (127.0.0.1) above syndic masters "
+                   + ", ".join(f"{n} ({box.master_addr[n]}: {below[n]})" for n in box.syndic_names)
+                   + ", each with its salt-syndic")
     heading(f"starting the sandbox in {box.path}: salt-master{masters}"
             f"{', etcd' if box.store == 'etcd' else ''}, minions {', '.join(box.minion_ids)}, "
             f"nginx + PHP-FPM on {', '.join(box.addr[n] for n in box.nodes)}:8080, HAProxy on {box.lb.url}")
@@ -257,9 +263,8 @@ def cmd_status(args):
         say(f"  web console: {box.console_url}")
     say(f"  salt (ports publish {st['ports'].get('publish')}, ret {st['ports'].get('ret')}, config {box.conf_dir}):")
     for name, pid in st["daemons"].items():
-        label = ("salt-api" if name == "api" else "salt-master" if name == "master"
-                 else "salt-master " + name if name.startswith("master") else "salt-minion " + name)
-        say(f"    {label:<20} "
+        label = box.daemon_label(name)
+        say(f"    {label:<24} "
             f"{'running, pid ' + str(pid) if pid else 'NOT running'}")
     lb = st["lb"]
     say(f"  HAProxy {lb['url']} (admin socket {lb['socket']}): {'running' if lb['running'] else 'NOT running'}")
@@ -315,6 +320,9 @@ def main(argv=None):
                            help="deployment servers (2: hot/hot, needs --store etcd)")
             p.add_argument("--store", default="local", choices=("local", "etcd"),
                            help="where the lock and history live (etcd: a local etcd the sandbox starts)")
+            p.add_argument("--syndics", type=int, default=0,
+                           help="a master of masters above this many syndic masters (1-4), the minions split among "
+                                "them; the runner runs on the master of masters (docs/syndics.md)")
             p.add_argument("--etcd-ttl", type=int, default=10, help="seconds a dead run's lock lives on (etcd)")
             p.add_argument("--classic", action="store_true",
                            help="the install route without the package: this repository in the master's file_roots, "

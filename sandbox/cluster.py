@@ -19,6 +19,12 @@ node (own crontab.xml) is web-3 (or the last web node when there are fewer).  Ev
 rainbow node runs nginx + PHP-FPM as www-data on ``<net>.<10+i>:8080`` (pre-1 is
 ``.10``); HAProxy on ``127.0.0.1:<lb_port>`` (default 8088) balances web-1..N.
 
+With ``syndics=N`` (``up --syndics N``, docs/syndics.md) the master is a master of masters (MoM) above N
+syndic masters ``sm-1``..``sm-N`` on ``<net>.2``.., each with its salt-syndic (config folder
+``etc/salt-sm-<i>``: ``master`` and the salt-syndic's ``minion``; pillar ``srv/pillar-sm-<i>``: the
+project and its own minions' node pillar; the MoM's ``srv/pillar`` holds the project only); the
+minions are dealt to them in turn, every daemon uses the TCP transport, and the runner runs on the MoM.
+
 All daemons run detached (own sessions), so they outlive the ``up`` process.
 Unix sockets must stay short (~107 bytes): when ``<path>`` is long, the salt trees are
 reached through a short symlink ``/tmp/dpl-sbx-<hash>`` -> ``<path>``.
@@ -62,6 +68,10 @@ MAX_WEB = 100  # web nodes a sandbox may have (their addresses: <net>.11 .. <net
 LIGHT_ABOVE = 50  # more web nodes than this: a light sandbox by default (see Sandbox)
 START_WAVE = 20  # a light sandbox starts its minions this many at a time (see Sandbox._start_minions)
 MINION_NICE = 19  # ... and runs them at this nice level
+MAX_SYNDICS = 4  # syndic masters a sandbox may have (their addresses: <net>.2 .. <net>.5)
+# the MoM's own options (docs/syndics.md): it publishes with the syndics' routing and waits for the minion lists
+# they report; TCP on every daemon of a syndic topology (salt-syndic of Salt 3008 on Python 3.11 stalls on zeromq)
+SYNDIC_MOM_OPTS = {"order_masters": True, "syndic_wait": 2, "transport": "tcp"}
 RESERVED_PORTS = {4505, 4506, 8080, DEFAULT_LB_PORT}
 # longest socket name salt puts in a sock_dir: minion_event_<10 hex>_pull.ipc
 _SOCK_NAME = 40
@@ -262,11 +272,18 @@ class Sandbox:
     """One sandbox cluster in ``path``; see the module docstring."""
 
     def __init__(self, path=None, web=3, lb_port=DEFAULT_LB_PORT, net=DEFAULT_NET, out=print,
-                 masters=1, store="local", etcd_ttl=10, light=None, classic=False):
+                 masters=1, store="local", etcd_ttl=10, light=None, classic=False, syndics=0):
         self.path = os.path.abspath(path or DEFAULT_PATH)
         self.masters = int(masters)
         if self.masters not in (1, 2):
             raise SandboxError("--masters must be 1 or 2")
+        # syndics: the master is a master of masters (MoM) above this many syndic masters, each with its
+        # salt-syndic and a share of the minions (docs/syndics.md)
+        self.syndics = int(syndics or 0)
+        if not 0 <= self.syndics <= MAX_SYNDICS:
+            raise SandboxError(f"--syndics must be between 1 and {MAX_SYNDICS}")
+        if self.syndics and self.masters != 1:
+            raise SandboxError("--syndics and --masters 2 do not go together")
         if store not in ("local", "etcd"):
             raise SandboxError("--store must be local or etcd")
         if self.masters == 2 and store != "etcd":
@@ -294,7 +311,8 @@ class Sandbox:
         self.job_node = f"web-{min(3, self.web)}"
         self.addr = {node: f"{self.net}.{10 + i}" for i, node in enumerate(self.nodes)}
         # salt's tree is reached through `base`: the path itself, or a short symlink to it
-        longest = max(len(i) for i in self.minion_ids + ["master"])
+        daemons = [*self.minion_ids, "master", *([f"sm-{self.syndics}-syndic"] if self.syndics else [])]
+        longest = max(len(i) for i in daemons)
         if len(self.path) + len("/run/") + longest + 1 + _SOCK_NAME <= _SOCK_LIMIT:
             self.base = self.path
         else:
@@ -305,6 +323,14 @@ class Sandbox:
         self.master_names = ["master", "master-b"][: self.masters]
         self.master_addr = {"master": "127.0.0.1", "master-b": f"{self.net}.2"}
         self.conf_dirs = {"master": self.conf_dir, "master-b": os.path.join(self.path, "etc", "salt-b")}
+        # syndic masters sm-1..sm-N on <net>.2.. (the same ports as the MoM, on their own address); the
+        # minions split among them in turn; each salt-syndic's id is its master's name (the key the MoM accepts)
+        self.syndic_names = [f"sm-{i}" for i in range(1, self.syndics + 1)]
+        for i, name in enumerate(self.syndic_names):
+            self.master_addr[name] = f"{self.net}.{2 + i}"
+            self.conf_dirs[name] = os.path.join(self.path, "etc", f"salt-{name}")
+        self.syndic_of = ({mid: self.syndic_names[i % self.syndics] for i, mid in enumerate(self.minion_ids)}
+                          if self.syndics else {})
         self.etcd_dir = os.path.join(self.path, "svc", "etcd")
         self.file_roots = os.path.join(self.path, "srv", "salt")
         self.pillar_dir = os.path.join(self.path, "srv", "pillar")
@@ -393,7 +419,7 @@ class Sandbox:
             return None
         box = cls(path, web=state["web"], lb_port=state["lb_port"], net=state["net"], out=out,
                   masters=state.get("masters", 1), store=state.get("store", "local"),
-                  etcd_ttl=state.get("etcd_ttl", 10), light=state.get("light"))
+                  etcd_ttl=state.get("etcd_ttl", 10), light=state.get("light"), syndics=state.get("syndics", 0))
         box.base = state.get("base", box.base)
         box.ports = state.get("ports", {})
         box.pids = state.get("pids", {})
@@ -404,7 +430,7 @@ class Sandbox:
         state = {
             "project": PROJECT, "env": ENV, "phase": phase, "path": self.path, "base": self.base,
             "web": self.web, "lb_port": self.lb_port, "net": self.net, "ports": self.ports,
-            "masters": self.masters, "store": self.store, "etcd_ttl": self.etcd_ttl,
+            "masters": self.masters, "syndics": self.syndics, "store": self.store, "etcd_ttl": self.etcd_ttl,
             "light": self.light, "pids": self.pids, "conf_dir": self.conf_dir, "python": sys.executable,
             "minions": self.minion_ids, "nodes": {n: self.addr[n] for n in self.nodes},
             "job_node": self.job_node, "lb": self.lb.url, "lb_socket": self.lb.socket, "repo": self.repo,
@@ -489,6 +515,8 @@ class Sandbox:
             "api_logfile": f"{b}/logs/api.log",
         }
         master.update(self.store_opts())
+        if self.syndics:
+            master.update(SYNDIC_MOM_OPTS)
         _dump(os.path.join(self.conf_dir, "master"), master)
         if self.masters == 2:
             _mkdir(os.path.join(self.path, "srv", "salt-b"))
@@ -502,6 +530,8 @@ class Sandbox:
                 **own_paths("master-b"),
                 "file_roots": {"base": [os.path.join(self.path, "srv", "salt-b")]},
             })
+        for name in self.syndic_names:
+            self._write_syndic_master(name, master, own_paths(name))
         for mid in self.minion_ids:
             if mid == "lb-1":
                 grains = {"roles": ["lb"]}
@@ -538,8 +568,47 @@ class Sandbox:
                 del conf["master_port"], conf["publish_port"]
                 conf["master"] = [f"{self.master_addr['master']}:{self.ports['ret']}",
                                   f"{self.master_addr['master-b']}:{self.ports['ret-b']}"]
+            if self.syndics:  # signed in to its syndic master, on the same ports at that master's address
+                conf.update(master=self.master_addr[self.syndic_of[mid]], transport="tcp")
             _mkdir(self.minion_conf_dir(mid))
             _dump(os.path.join(self.minion_conf_dir(mid), "minion"), conf)
+
+    def syndic_pillar_dir(self, name):
+        return os.path.join(self.path, "srv", f"pillar-{name}")
+
+    def _write_syndic_master(self, name, mom, paths):
+        """The config folder of syndic master ``name``: ``master`` (its salt-master, and the local master of its
+        salt-syndic) and ``minion`` (the salt-syndic's id and keys towards the MoM): `salt-syndic -c` reads both."""
+        b = self.base
+        console_keys = {*console.master_options("", 0, log_dir=""), "api_pidfile", "api_logfile"}
+        conf_dir = _mkdir(self.conf_dirs[name])
+        _mkdir(self.syndic_pillar_dir(name))
+        _dump(os.path.join(conf_dir, "master"), {
+            **{k: v for k, v in mom.items() if k not in SYNDIC_MOM_OPTS and k not in console_keys},
+            **paths,
+            "id": name,
+            "interface": self.master_addr[name],
+            "transport": "tcp",
+            # the artifacts the MoM builds are served by the syndic masters: its file_roots are theirs (on
+            # machines of their own: one shared folder, as two masters share deploy_artifacts_dir)
+            "file_roots": mom["file_roots"],
+            # the project pillar and this syndic's nodes' own pillar, served to its minions
+            "pillar_roots": {"base": [self.syndic_pillar_dir(name)]},
+            "syndic_master": self.master_addr["master"],
+            "syndic_master_port": self.ports["ret"],
+            "syndic_pidfile": self.pidfile(f"{name}-syndic"),
+            "syndic_log_file": f"{b}/logs/{name}-syndic.log",
+            "syndic_sock_dir": f"{b}/run/{name}-syndic",
+        })
+        _dump(os.path.join(conf_dir, "minion"), {
+            "id": name,  # the key the MoM accepts, and the name of this syndic in the runner's errors
+            "transport": "tcp",
+            "pki_dir": f"{b}/var/{name}-syndic/pki",
+            "sock_dir": f"{b}/run/{name}-syndic",
+            "acceptance_wait_time": 1,
+            "random_reauth_delay": 0,
+            "enable_fqdns_grains": False,
+        })
 
     def lb_pillar(self):
         return {"driver": "haproxy", "minion": "lb-1", "socket": self.lb.socket, "backend": PROJECT,
@@ -555,7 +624,16 @@ class Sandbox:
                                              job=node == self.job_node, port=NODE_PORT)
             for node in self.nodes
         }
-        sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
+        if not self.syndics:
+            sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
+            return
+        # the MoM: the project for its own id (the runner reads it); each syndic master: the project, the
+        # secrets and the node pillar of its own minions
+        sandbox_pillar.write_pillar(self.pillar_dir, project, {}, sandbox_pillar.SECRETS, project=PROJECT)
+        for name in self.syndic_names:
+            own = {n: conf for n, conf in nodes.items() if self.syndic_of[n] == name}
+            sandbox_pillar.write_pillar(self.syndic_pillar_dir(name), project, own, sandbox_pillar.SECRETS,
+                                        project=PROJECT)
 
     # ---------------------------------------------------------------- processes
     def _spawn_daemon(self, tool, conf_dir, name, nice=0):
@@ -576,7 +654,7 @@ class Sandbox:
             _wait(lambda: _read_pid(self.pidfile(name)) is not None, timeout)
             pid = _read_pid(self.pidfile(name))
         if not pid or not _alive(pid):
-            raise SandboxError(f"salt-{name if name in ('master', 'api') else 'minion ' + name} did not start "
+            raise SandboxError(f"{self.daemon_label(name)} did not start "
                                f"(exit {rc}):\n{_tail(os.path.join(self.log_dir, name + '.out'))}"
                                f"{_tail(os.path.join(self.log_dir, name + '.log'))}")
         self.pids[name] = pid
@@ -610,12 +688,27 @@ class Sandbox:
             if not _wait(lambda: all(_port_open(addr, self.ports[k]) for k in ("ret-b", "publish-b")), timeout):
                 raise SandboxError(f"salt-master master-b does not listen on {addr}:{self.ports['ret-b']} after "
                                    f"{timeout}s:\n{_tail(os.path.join(self.log_dir, 'master-b.log'))}")
+        self._start_syndics(timeout)
         api = self._spawn_daemon("salt-api", self.conf_dir, "api")
         self._start_minions(timeout)
         self._daemon_started(api, "api")
         if not console.wait_api("127.0.0.1", self.ports["api"], timeout):
             raise SandboxError(f"salt-api does not answer on 127.0.0.1:{self.ports['api']} after {timeout}s:\n"
                                f"{_tail(os.path.join(self.log_dir, 'api.log'))}")
+
+    def _start_syndics(self, timeout):
+        """The syndic masters (together), then their salt-syndics, which sign in to the MoM (open_mode)."""
+        procs = {n: self._spawn_daemon("salt-master", self.conf_dirs[n], n) for n in self.syndic_names}
+        for name, proc in procs.items():
+            self._daemon_started(proc, name)
+        for name in self.syndic_names:
+            addr = self.master_addr[name]
+            if not _wait(lambda addr=addr: all(_port_open(addr, self.ports[k]) for k in ("ret", "publish")), timeout):
+                raise SandboxError(f"salt-master {name} does not listen on {addr}:{self.ports['ret']} after "
+                                   f"{timeout}s:\n{_tail(os.path.join(self.log_dir, name + '.log'))}")
+        procs = {n: self._spawn_daemon("salt-syndic", self.conf_dirs[n], f"{n}-syndic") for n in self.syndic_names}
+        for name, proc in procs.items():
+            self._daemon_started(proc, f"{name}-syndic")
 
     def _start_minions(self, timeout):
         """Start the minions; a light sandbox starts them in waves, nice'd.
@@ -753,12 +846,27 @@ class Sandbox:
                  "on the master")
 
     # ---------------------------------------------------------------- inspection
+    def daemon_names(self):
+        """Every salt daemon of the sandbox, by name: masters, syndic masters and their salt-syndics, salt-api,
+        minions."""
+        syndics = [d for n in self.syndic_names for d in (n, f"{n}-syndic")]
+        return [*self.master_names, *syndics, "api", *self.minion_ids]
+
+    def daemon_label(self, name):
+        """``salt-master sm-1``, ``salt-syndic sm-1``, ``salt-minion web-1`` ... for people."""
+        if name in ("master", "api"):
+            return f"salt-{name}"
+        if name.endswith("-syndic") and name[: -len("-syndic")] in self.syndic_names:
+            return f"salt-syndic {name[: -len('-syndic')]}"
+        return f"salt-master {name}" if name in self.conf_dirs else f"salt-minion {name}"
+
     def salt_daemons(self):
         """{name: pid or None} of the sandbox's salt daemons (pid files checked against their command line)."""
         out = {}
-        for name in [*self.master_names, "api", *self.minion_ids]:
+        for name in self.daemon_names():
             pid = _read_pid(self.pidfile(name)) or self.pids.get(name)
-            conf = (self.conf_dir if name == "api" else self.conf_dirs[name] if name in self.conf_dirs
+            conf_name = name[: -len("-syndic")] if name.endswith("-syndic") else name
+            conf = (self.conf_dir if name == "api" else self.conf_dirs[conf_name] if conf_name in self.conf_dirs
                     else self.minion_conf_dir(name))
             out[name] = pid if pid and _alive(pid) and conf in _cmdline(pid) else None
         return out
@@ -827,10 +935,29 @@ class Sandbox:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             _wait(lambda left=left: not any(_alive(p) for p in left), 5)
-        for name in [*self.master_names, "api", *self.minion_ids]:
+        for name in self.daemon_names():
             with contextlib.suppress(OSError):
                 os.unlink(self.pidfile(name))
         return killed
+
+    def stop_daemons(self, names, timeout=20):
+        """Stop these salt daemons (a minion, a syndic master and its salt-syndic ...) and whatever runs from
+        their config folders: SIGTERM, then SIGKILL after ``timeout`` s.  The rest of the sandbox runs on."""
+        running = self.salt_daemons()
+        pids = [running[n] for n in names if running.get(n)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        _wait(lambda: not any(_alive(p) for p in pids), timeout)
+        confs = set()
+        for name in names:
+            conf_name = name[: -len("-syndic")] if name.endswith("-syndic") else name
+            confs.add(self.conf_dirs.get(conf_name) or self.minion_conf_dir(name))
+        left = processes_matching(*(f"-c {c} " for c in confs))
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait(lambda: not any(_alive(p) for p in left), 5)
 
     def remove(self):
         """Remove the folder (only if it is a sandbox) and the short symlink."""

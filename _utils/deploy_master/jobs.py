@@ -14,15 +14,25 @@ job cache once for the nodes whose event landed and keeps their return from ther
 :class:`Transport` is the whole of a run's Salt transport: one batched call to a list of minions
 (:func:`run`), then for the nodes that did not return, ``saltutil.find_job`` rounds, late returns
 and the job cache, until each node has a return or a verdict.
+
+On a master of masters (``order_masters``, docs/syndics.md) the nodes are minions of syndic masters.
+Each syndic forwards its own master's ``salt/job/<jid>/new`` event, whose ``minions`` are the nodes
+that syndic master took the job for, as ``syndic/<syndic id>/salt/job/<jid>/new``: :func:`gather`
+reads them beside the returns, a node that no syndic took the job for is said to be behind a syndic
+that does not answer (:func:`syndic_verdict`), and which syndic each node was last seen behind is
+kept in the master's state folder (:func:`remember_syndics`) to name it.
 """
 
+import json
 import logging
+import os
+import re
 import time
 
 import salt.utils.jid
 from salt.exceptions import SaltClientError
 
-from deploy_master import config
+from deploy_master import config, statedir
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +49,18 @@ def publish(client, nodes, fun, kwarg, jid, timeout, arg=()):
     return bool(pub and pub.get("jid"))
 
 
-def gather(client, jid, nodes, timeout, quiet, landed=None):
+def gather(client, jid, nodes, timeout, quiet, landed=None, syndics=None):
     """Returns of ``jid`` from ``nodes`` (node -> ``{"ret", "retcode"}``), read from the event bus until
     every node returned, or ``timeout`` s passed and no return landed for ``quiet`` s (while returns
     keep landing, the nodes are working through the job: keep reading).  Nodes without a return are
     absent: the caller asks them whether they still run the job.  ``landed(found)``, when given, is
-    told of each return as it lands (progress only: what counts is the job cache's copy)."""
+    told of each return as it lands (progress only: what counts is the job cache's copy).
+    ``syndics`` (a dict, on a master of masters): filled with syndic id -> the nodes it took the job for."""
     tag = f"salt/job/{jid}/ret/"
+    if syndics is not None:
+        tag, match = f"(salt/job/{jid}/ret/|syndic/[^/]+/salt/job/{jid}/new$)", "regex"
+    else:
+        match = "startswith"
     missing, found = set(nodes), {}
     deadline = time.monotonic() + timeout
     try:
@@ -53,8 +68,10 @@ def gather(client, jid, nodes, timeout, quiet, landed=None):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            event = client.event.get_event(wait=min(left, 1.0), tag=tag, match_type="startswith", full=True)
+            event = client.event.get_event(wait=min(left, 1.0), tag=tag, match_type=match, full=True)
             data = (event or {}).get("data") or {}
+            if syndics is not None and _syndic_list(event, jid, syndics):
+                continue
             node = data.get("id")
             if node not in missing or "return" not in data:
                 continue
@@ -65,7 +82,99 @@ def gather(client, jid, nodes, timeout, quiet, landed=None):
             deadline = max(deadline, time.monotonic() + quiet)
     finally:
         client.event.unsubscribe(f"salt/job/{jid}")  # run_job subscribed: drop what it kept for this job
+        if syndics is not None:
+            client.event.unsubscribe(f"syndic/.*/{jid}", "regex")
     return found
+
+
+SYNDIC_NEW = re.compile(r"syndic/(?P<syndic>[^/]+)/salt/job/(?P<jid>[0-9]+)/new")
+
+
+def _syndic_list(event, jid, syndics):
+    """True if ``event`` is a syndic's ``new`` event of ``jid``: its minions go to ``syndics[syndic id]``."""
+    found = SYNDIC_NEW.fullmatch((event or {}).get("tag") or "")
+    if not found or found["jid"] != str(jid):
+        return False
+    minions = ((event.get("data") or {}).get("minions")) or []
+    syndics.setdefault(found["syndic"], set()).update(str(m) for m in minions if isinstance(m, str))
+    return True
+
+
+def known_syndics(opts):
+    """The syndics that ever returned to this master of masters (Salt marks each in ``<cachedir>/syndics``)."""
+    try:
+        return set(os.listdir(os.path.join(opts["cachedir"], "syndics")))
+    except OSError:
+        return set()
+
+
+def syndic_match(client, opts, target, tgt_type="compound", expect=(), wait=None):
+    """On a master of masters: syndic id -> the minions its syndic master matches with ``target`` (as a master
+    matches: its keys and its minions' cached grains; a minion that is down counts).  One ``test.true``
+    job; the syndics' ``new`` events are read until every syndic in ``expect`` told, or ``wait`` s (default
+    ``syndic_wait`` + 1) passed: a syndic master that matches no minion publishes nothing and tells nothing."""
+    wait = float(opts.get("syndic_wait", 5)) + 1 if wait is None else wait
+    jid = salt.utils.jid.gen_jid(opts)
+    client.run_job(target, "test.true", tgt_type=tgt_type, timeout=wait, jid=jid, listen=True)
+    lists = {}
+    deadline = time.monotonic() + wait
+    try:
+        while not set(expect) <= set(lists) or not expect:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            event = client.event.get_event(wait=min(left, 1.0), tag=f"syndic/[^/]+/salt/job/{jid}/new$",
+                                           match_type="regex", full=True)
+            _syndic_list(event, jid, lists)
+    finally:
+        client.event.unsubscribe(f"salt/job/{jid}")
+        client.event.unsubscribe(f"syndic/.*/{jid}", "regex")
+    remember_syndics(opts, lists)
+    return lists
+
+
+def _members_path(opts):
+    return os.path.join(statedir.folder(opts, "syndics"), "members.json")
+
+
+def syndic_members(opts):
+    """node -> the syndic it was last seen behind (:func:`remember_syndics`); {} when none is known."""
+    try:
+        with open(_members_path(opts), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def remember_syndics(opts, lists):
+    """Keep which syndic each node of ``lists`` (syndic id -> nodes) is behind, for the errors of later runs."""
+    if not lists:
+        return
+    members = syndic_members(opts)
+    update = {node: syndic for syndic, nodes in lists.items() for node in nodes}
+    if all(members.get(n) == s for n, s in update.items()):
+        return
+    members.update(update)
+    path = _members_path(opts)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(members, fh, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def syndic_verdict(node, lists, members):
+    """The error of ``node``, which did not return, on a master of masters: ``lists`` (syndic id -> nodes) say
+    which syndic took the job for which node; ``members`` where each node was last seen."""
+    for syndic, nodes in sorted(lists.items()):
+        if node in nodes:
+            return f"{NO_RESPONSE} (behind syndic {syndic})"
+    last = members.get(node)
+    if last:
+        return (f"no response: syndic {last}, which it is behind, did not take the job (its syndic master or "
+                "its salt-syndic is down)")
+    return ("no response: no syndic took the job for it (the syndic master it signs in to, or its salt-syndic, "
+            "is down, or it is no minion of a syndic master)")
 
 
 def cache_check(opts):
@@ -99,13 +208,13 @@ def authenticated(client, jid, found, grace=CACHE_GRACE):
         time.sleep(0.05)
 
 
-def run(client, nodes, fun, jid, timeout, quiet, arg=(), kwarg=None, landed=None):
+def run(client, nodes, fun, jid, timeout, quiet, arg=(), kwarg=None, landed=None, syndics=None):
     """:func:`publish` then :func:`gather`, each return as the job cache holds it (:func:`authenticated`):
     the returns that landed (``{}`` if the master matched none of ``nodes``).  Raises
     ``SaltClientError`` as :func:`publish` does."""
     if not publish(client, nodes, fun, kwarg, jid, timeout, arg=arg):
         return {}
-    return authenticated(client, jid, gather(client, jid, nodes, timeout, quiet, landed))
+    return authenticated(client, jid, gather(client, jid, nodes, timeout, quiet, landed, syndics))
 
 
 LATE_RETURN_GRACE = 5  # seconds to look for returns in the job cache after a node said it runs the job
@@ -156,9 +265,11 @@ class Transport:
         jid = salt.utils.jid.gen_jid(self.opts)
         self.calls += 1
         timeout = timeout or self.timeout
+        syndics = {} if self.opts.get("order_masters") else None  # a master of masters: who took the job
         try:
             ret = run(self.client, nodes, fun, jid, timeout, config.find_job_interval(self.opts, len(nodes)),
-                      kwarg=kwarg, landed=landed and (lambda found: landed({n: _outcome(g) for n, g in found.items()})))
+                      kwarg=kwarg, landed=landed and (lambda found: landed({n: _outcome(g) for n, g in found.items()})),
+                      syndics=syndics)
         except SaltClientError as exc:
             # a congested master (e.g. many nodes compiling their pillar at once) let Salt's client time
             # out publishing: the job may run all the same; ask the nodes, as for a slow one
@@ -168,6 +279,10 @@ class Transport:
         if len(ret) < len(nodes):
             late, verdicts = self.stragglers(jid, [n for n in nodes if n not in ret])
             ret.update(late)
+        if syndics is not None:
+            remember_syndics(self.opts, syndics)
+            members = syndic_members(self.opts)
+            verdicts = {n: syndic_verdict(n, syndics, members) if v == NO_RESPONSE else v for n, v in verdicts.items()}
         out = {}
         for node in nodes:
             got = ret.get(node)

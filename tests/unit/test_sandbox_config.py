@@ -55,3 +55,32 @@ def test_a_hundred_web_nodes_run_light(tmp_path):
     assert cluster.Sandbox(str(tmp_path / "l"), web=10, light=True, out=lambda *_: None).light
     with pytest.raises(cluster.SandboxError, match="between 1 and 100"):
         cluster.Sandbox(str(tmp_path / "x"), web=101, out=lambda *_: None)
+
+
+def test_a_syndic_topology_read_back_by_salt(tmp_path):
+    """``up --syndics 2``: the MoM orders masters; each salt-syndic (master + minion file of one folder) has its
+    own id, keys and sockets and points at the MoM's ret port; the minions sign in to their syndic master;
+    every daemon on TCP; each syndic master serves the project and only its own nodes' pillar."""
+    box = cluster.Sandbox(str(tmp_path / "sy"), web=3, syndics=2, out=lambda *_: None)
+    box.write_configs()
+    box.write_pillar()
+    mom = salt.config.master_config(f"{box.conf_dir}/master")
+    assert mom["order_masters"] is True and mom["transport"] == "tcp" and mom["syndic_wait"] == 2
+    syndics = {n: salt.config.syndic_config(f"{box.conf_dirs[n]}/master", f"{box.conf_dirs[n]}/minion")
+               for n in box.syndic_names}
+    for name, opts in syndics.items():
+        assert opts["id"] == name and opts["transport"] == "tcp"
+        assert (opts["master"], opts["master_port"]) == ("127.0.0.1", box.ports["ret"])
+        master = salt.config.master_config(f"{box.conf_dirs[name]}/master")  # the syndic master itself
+        assert master["interface"] == box.master_addr[name] and not master.get("order_masters")
+        assert master["file_roots"] == mom["file_roots"]  # the nodes fetch the MoM's artifacts from their master
+    assert len({o["pki_dir"] for o in syndics.values()} | {o["sock_dir"] for o in syndics.values()}) == 4
+    for mid in box.minion_ids:
+        opts = _minion_opts(box, mid)
+        assert opts["master"] == box.master_addr[box.syndic_of[mid]] and opts["transport"] == "tcp"
+    assert sorted(p.name for p in (tmp_path / "sy" / "srv" / "pillar").iterdir()) == ["project.sls", "secrets.sls",
+                                                                                      "top.sls"]
+    assert sorted(p.name for p in (tmp_path / "sy" / "srv" / "pillar-sm-2").glob("node_*")) == ["node_pre_1.sls",
+                                                                                               "node_web_2.sls"]
+    with pytest.raises(cluster.SandboxError):
+        cluster.Sandbox(str(tmp_path / "x"), syndics=2, masters=2, store="etcd", out=lambda *_: None)

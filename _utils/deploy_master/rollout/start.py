@@ -8,7 +8,7 @@ import salt.utils.minions
 from deploy_master import build as builds
 from deploy_master import plan as planning
 from deploy_master import views
-from deploy_master.rollout import hooks
+from deploy_master.rollout import hooks, syndics
 
 
 def build(run, ref, test=False, branch=False):
@@ -36,7 +36,10 @@ def test_plan(run, ref, branch=False):
 
 
 def plan(run):
-    """The env's nodes: preprod first, then stages of batches."""
+    """The env's nodes: preprod first, then stages of batches.  On a master of masters the syndic masters
+    match the targets (:mod:`deploy_master.rollout.syndics`)."""
+    if run.opts.get("order_masters"):
+        return planning.make(run.env, run.envc, *syndics.matcher(run))
     ckminions = salt.utils.minions.CkMinions(run.opts)
 
     def match(target):
