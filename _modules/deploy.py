@@ -162,12 +162,26 @@ def _in_memory_pillar_is(fresh):
     """Whether the minion's in-memory pillar (what later jobs see as ``__pillar__``) equals ``fresh``.
 
     Refreshing it is a second pillar compile on the master for every node: asked for only when
-    the pillar really changed since the minion last compiled it."""
+    the pillar really changed since the minion last compiled it.  The minion keeps a ``schedule``
+    key in its in-memory pillar whatever the pillar holds (``{}`` when it has none, and each of the
+    pillar's schedule items with the scheduler's own ``_`` keys): compared as the minion holds it."""
     current = __pillar__.value() if hasattr(__pillar__, "value") else __pillar__
     try:
-        return _plain(dict(current)) == _plain(dict(fresh))
+        current, fresh = _plain(dict(current)), _plain(dict(fresh))
+        if _schedule_as_held(current.pop("schedule", None)) != _schedule_as_held(fresh.pop("schedule", None)):
+            return False
+        return current == fresh
     except Exception:  # pylint: disable=broad-except  # anything odd: refresh, as before
         return False
+
+
+def _schedule_as_held(schedule):
+    """A pillar's ``schedule`` as the minion's refresh keeps it: ``{}`` for none, each item without
+    the keys starting with ``_`` (the scheduler's own, which a refresh leaves out of its comparison)."""
+    if not schedule:
+        return {}
+    return {name: {k: v for k, v in item.items() if not str(k).startswith("_")} if isinstance(item, dict) else item
+            for name, item in dict(schedule).items()}
 
 
 def _paths(conf):

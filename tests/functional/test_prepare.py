@@ -155,6 +155,24 @@ def test_prepare_refreshes_the_minions_pillar_only_when_it_changed(project):
     assert len(project.pillar_refreshes) == 1
 
 
+def test_prepare_reads_the_in_memory_pillar_as_the_minion_holds_it(project):
+    # a minion's refresh keeps a ``schedule`` key in its in-memory pillar (``{}`` when the pillar has
+    # none; the pillar's items with the scheduler's own ``_`` keys): not a change of the pillar
+    pillar = project.loaders.opts["pillar"]
+    pillar["schedule"] = {}
+    project.prepare("r1")
+    assert project.pillar_refreshes == []
+    project.extra_pillar = {**project.extra_pillar, "schedule": {"job": {"function": "test.ping", "seconds": 60}}}
+    project.write_pillar()
+    project.loaders.opts["pillar"]["schedule"]["job"]["_next_fire_time"] = 1234
+    project.prepare("r2")
+    assert project.pillar_refreshes == []
+    project.extra_pillar = {**project.extra_pillar, "schedule": {"job": {"function": "test.ping", "seconds": 30}}}
+    project.write_pillar(reload=False)
+    project.prepare("r3")  # the pillar's schedule changed: refreshed
+    assert project.pillar_refreshes == [{"wait": False}]
+
+
 def test_prepare_renders_with_the_pillar_compiled_now(project):
     # a secret rotated in the pillar files since the minion last refreshed its pillar: prepare
     # compiles the pillar afresh and renders the new value (the in-memory pillar is stale)
