@@ -39,11 +39,13 @@ functional tests (README, "The two set-up commands").
 """
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import random
 import shutil
 import tempfile
+import uuid
 
 import pytest
 import salt.client
@@ -90,6 +92,26 @@ def in_parallel(fun, items):
         futures = [pool.submit(fun, item) for item in items]
     for future in futures:
         future.result()
+
+
+@contextlib.contextmanager
+def own_sandbox(prefix, nets, **kwargs):
+    """A whole sandbox of a module's own (``sandbox.cluster.Sandbox`` with 3 web nodes and ``kwargs``), in
+    ``/tmp/<prefix>-<random>``, its nodes on 127.0.N for a random N in ``nets``; stopped and removed after."""
+    from sandbox import cluster as sandbox_cluster
+
+    problems = sandbox_cluster.missing_requirements()
+    assert not problems, "; ".join(problems)
+    path = f"/tmp/{prefix}-{uuid.uuid4().hex[:6]}"
+    box = sandbox_cluster.Sandbox(path, web=3, net=f"127.0.{random.choice(list(nets))}",
+                                  lb_port=sandbox_cluster._free_port(),  # pylint: disable=protected-access
+                                  out=lambda *_: None, **kwargs)
+    try:
+        box.up()
+        yield box
+    finally:
+        box.stop()
+        box.remove()
 
 
 def _free_port():

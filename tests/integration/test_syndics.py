@@ -12,32 +12,23 @@ when the masters start; the last test stops a syndic master for good.
 """
 
 import json
-import random
 import subprocess
 import time
-import uuid
 
 import pytest
 
-from sandbox import cluster, repo as sample_repo
-from sandbox.cluster import ENV, PROJECT, Sandbox
+from sandbox import repo as sample_repo
+from sandbox.cluster import ENV, PROJECT
+
+from .conftest import own_sandbox
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def box():
-    problems = cluster.missing_requirements()
-    assert not problems, "; ".join(problems)
-    path = f"/tmp/dpl-sy-{uuid.uuid4().hex[:6]}"
-    sbx = Sandbox(path, web=3, net=f"127.0.{random.randint(150, 199)}", lb_port=cluster._free_port(),  # pylint: disable=protected-access
-                  syndics=2, out=lambda *_: None)
-    try:
-        sbx.up()
+    with own_sandbox("dpl-sy", range(150, 200), syndics=2) as sbx:
         yield sbx
-    finally:
-        sbx.stop()
-        sbx.remove()
 
 
 class Ran:

@@ -9,17 +9,17 @@ store is chosen when it starts.
 """
 
 import os
-import random
 import signal
 import subprocess
 import time
-import uuid
 
 import psutil
 import pytest
 
 from sandbox import cluster, repo as sample_repo
-from sandbox.cluster import ENV, PROJECT, Sandbox
+from sandbox.cluster import ENV, PROJECT
+
+from .conftest import own_sandbox
 import contextlib
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -29,17 +29,8 @@ TTL = 3
 
 @pytest.fixture(scope="module")
 def box():
-    problems = cluster.missing_requirements()
-    assert not problems, "; ".join(problems)
-    path = f"/tmp/dpl-2m-{uuid.uuid4().hex[:6]}"
-    sbx = Sandbox(path, web=3, net=f"127.0.{random.randint(200, 249)}", lb_port=cluster._free_port(),  # pylint: disable=protected-access
-                  masters=2, store="etcd", etcd_ttl=TTL, out=lambda *_: None)
-    try:
-        sbx.up()
+    with own_sandbox("dpl-2m", range(200, 250), masters=2, store="etcd", etcd_ttl=TTL) as sbx:
         yield sbx
-    finally:
-        sbx.stop()
-        sbx.remove()
 
 
 def salt_run(box, master, *args, timeout=300):

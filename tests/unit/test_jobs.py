@@ -56,14 +56,6 @@ class Client:
         return {"jid": jid, "minions": nodes}
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    now = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
-    return now
-
-
 def ret(jid, node, value, retcode=0, at=0.0):
     return (at, f"salt/job/{jid}/ret/{node}", {"id": node, "return": value, "retcode": retcode, "fun_args": []})
 

@@ -3,7 +3,6 @@ syndic each node is behind, the error of a node no syndic took a job for, and th
 by the syndic masters (the same on real daemons: ``tests/integration/test_syndics.py``)."""
 
 import re
-import time
 
 import pytest
 
@@ -42,14 +41,6 @@ class Client:
             self.event.events.append((at, f"syndic/{syndic}/salt/job/{jid}/new", {"minions": minions}))
         self.event.events.sort(key=lambda e: e[0])
         return {"jid": jid, "minions": []}
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    now = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
-    return now
 
 
 def test_gather_reads_which_syndic_took_the_job_for_which_node(clock):
