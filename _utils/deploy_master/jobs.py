@@ -148,19 +148,19 @@ def syndic_members(opts):
 
 
 def remember_syndics(opts, lists):
-    """Keep which syndic each node of ``lists`` (syndic id -> nodes) is behind, for the errors of later runs."""
-    if not lists:
-        return
+    """Keep which syndic each node of ``lists`` (syndic id -> nodes) is behind, for the errors of later runs;
+    return what is known now (node -> syndic, as :func:`syndic_members`)."""
     members = syndic_members(opts)
     update = {node: syndic for syndic, nodes in lists.items() for node in nodes}
     if all(members.get(n) == s for n, s in update.items()):
-        return
+        return members
     members.update(update)
     path = _members_path(opts)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(members, fh, sort_keys=True)
     os.replace(tmp, path)
+    return members
 
 
 def syndic_verdict(node, lists, members):
@@ -280,8 +280,7 @@ class Transport:
             late, verdicts = self.stragglers(jid, [n for n in nodes if n not in ret])
             ret.update(late)
         if syndics is not None:
-            remember_syndics(self.opts, syndics)
-            members = syndic_members(self.opts)
+            members = remember_syndics(self.opts, syndics)
             verdicts = {n: syndic_verdict(n, syndics, members) if v == NO_RESPONSE else v for n, v in verdicts.items()}
         out = {}
         for node in nodes:
