@@ -332,7 +332,7 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
     try:
         if test:
             with run:
-                plan = start.plan(run)
+                plan = start.plan(run, emergency=emergency)
                 target = policy.rollback_target(revert.inventories(run, plan["nodes"]), to, allow_bad)
                 return {"result": None, "comment": f"test=True: {mode} rollback would go to {target}",
                         "target": target, "plan": start.describe(run, plan) if not emergency else plan["nodes"]}
@@ -345,7 +345,7 @@ def rollback(project=None, env=None, to=None, emergency=False, force=False, allo
         run.extra["allow_bad"] = True
 
     def body():
-        plan.update(start.plan(run))
+        plan.update(start.plan(run, emergency=emergency))
         if emergency:
             return revert.emergency(run, plan, to, allow_bad)
         run.release = policy.rollback_target(revert.inventories(run, plan["nodes"]), to, allow_bad)

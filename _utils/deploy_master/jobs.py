@@ -256,6 +256,11 @@ class Transport:
         self.timeout = config.timeout(opts)
         self.calls = 0
 
+    def syndic_match(self, target, tgt_type="compound", expect=()):
+        """:func:`syndic_match`: one job, counted with the run's."""
+        self.calls += 1
+        return syndic_match(self.client, self.opts, target, tgt_type=tgt_type, expect=expect)
+
     def call(self, nodes, fun, kwarg=None, timeout=None, landed=None):
         """One batched call of ``fun`` to ``nodes``: node -> ``{"ok", "ret", "error", "silent"}``.
         ``landed(outcomes)``: told of the returns so far (node -> its outcome) as each one lands."""

@@ -114,6 +114,8 @@ def test_release_then_a_normal_and_an_emergency_rollback(box):
     assert emergency.data["to"] == a  # b was marked bad by the normal rollback
     assert currents(box) == {n: a for n in box.nodes}
     assert "out of the LB" not in emergency.text and lb_states(box) == {n: "ready" for n in box.web_ids}
+    # the nodes and the target from the master's record: the rollback's one call is the only job
+    assert box.read_history()[-1]["timings"]["salt_calls"] == 1, box.read_history()[-1]["timings"]
 
     history = salt_run(box, "deploy.history", f"project={PROJECT}", f"env={ENV}")
     assert history.returncode == 0, history.text[-4000:]

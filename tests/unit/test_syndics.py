@@ -7,7 +7,7 @@ import re
 import pytest
 
 from deploy_master import jobs, plan as planning
-from deploy_master.rollout import syndics
+from deploy_master.rollout import start, syndics
 
 
 class Bus:
@@ -89,12 +89,20 @@ class Store:
         self.record = record
 
     def record_read(self, project, env):
-        return self.record
+        return dict(self.record)
+
+    def record_update(self, project, env, changes, lock=None):
+        for node, inventory in changes.items():
+            if inventory is None:
+                self.record.pop(node, None)
+            else:
+                self.record[node] = inventory
 
 
 class Run:
-    def __init__(self, client, opts, record):
-        self.client, self.opts, self.store = client, opts, Store(record)
+    def __init__(self, client, opts, record, lock=None):
+        self.client, self.opts, self.store, self.lock = client, opts, Store(record), lock
+        self.transport = jobs.Transport(opts, client)
         self.project, self.env = "rainbow", "pro"
         self.envc = {"target": "G@roles:rainbow", "preprod": "pre-1",
                      "stages": [{"name": "gray", "target": "G@region:east", "batch": 1}, {"name": "all", "batch": 1}]}
@@ -119,6 +127,35 @@ def test_the_plan_on_a_master_of_masters_and_a_dead_syndic(clock, tmp_path):
     steps = planning.make("pro", run.envc, *syndics.matcher(run))
     assert steps["nodes"] == ["pre-1", "web-1", "web-2", "web-3"] and steps["down"] == ["pre-1", "web-2"]
     assert "*" in [p[0] for p in client.published]  # asked whether sm-2 answers at all
+    assert run.transport.calls == 3  # the env's target, the gray stage's, and '*': each a job of the run
+
+
+def test_the_emergency_rollback_on_a_master_of_masters_acts_on_the_record(clock, tmp_path):
+    """No job before the rollback's own call: the nodes come from the master's record, as the target does."""
+    opts = {"cachedir": str(tmp_path), "syndic_wait": 1, "order_masters": True}
+    client = Client(Bus(clock, []))
+    run = Run(client, opts, {"pre-1": {"current": "r1"}, "web-1": {"current": "r1"}, "web-2": {"current": "r1"}})
+    steps = start.plan(run, emergency=True)
+    assert steps == {"nodes": ["pre-1", "web-1", "web-2"], "preprod": "pre-1", "stages": [], "down": []}
+    assert client.published == [] and run.transport.calls == 0
+    # no record yet: the targets are matched, as for a release
+    client = Client(Bus(clock, []), {"G@roles:rainbow": [(100.1, "sm-1", ["pre-1", "web-1"])]})
+    run = Run(client, opts, {})
+    assert start.plan(run, emergency=True)["nodes"] == ["pre-1", "web-1"] and client.published
+
+
+def test_a_run_that_holds_the_lock_forgets_the_nodes_that_left_the_env(clock, tmp_path):
+    opts = {"cachedir": str(tmp_path), "syndic_wait": 1, "order_masters": True}
+    (tmp_path / "syndics").mkdir()
+    (tmp_path / "syndics" / "sm-1").write_text("")
+    events = {"G@roles:rainbow": [(100.1, "sm-1", ["pre-1", "web-1"])], "G@region:east": [(100.1, "sm-1", ["web-1"])]}
+    record = {"pre-1": {"current": "r1"}, "web-1": {"current": "r1"}, "web-9": {"current": "r1"}}
+    run = Run(Client(Bus(clock, []), events), opts, record)
+    start.plan(run)  # test=True, a listing: no lock, the record is left as it is
+    assert sorted(run.store.record) == ["pre-1", "web-1", "web-9"]
+    run.lock = object()
+    assert start.plan(run)["nodes"] == ["pre-1", "web-1"]
+    assert sorted(run.store.record) == ["pre-1", "web-1"]  # web-9 left the env (its key was removed)
 
 
 def test_a_call_on_a_master_of_masters_names_the_syndic_of_each_silent_node(tmp_path, monkeypatch):

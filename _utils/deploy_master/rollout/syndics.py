@@ -18,7 +18,7 @@ def matcher(run):
     orphans = {}
 
     def match(target):
-        lists = jobs.syndic_match(run.client, run.opts, target, expect=known)
+        lists = run.transport.syndic_match(target, expect=known)
         answered.update(lists)
         found = set().union(*lists.values()) if lists else set()
         if target == run.envc.get("target"):
@@ -52,5 +52,5 @@ def unreachable(run, answered):
     suspects = {n: members[n] for n in record if members.get(n) and members[n] not in answered}
     if not suspects:
         return {}
-    alive = jobs.syndic_match(run.client, run.opts, "*", tgt_type="glob", expect=set(suspects.values()))
+    alive = run.transport.syndic_match("*", tgt_type="glob", expect=set(suspects.values()))
     return {n: s for n, s in suspects.items() if s not in alive}
