@@ -78,7 +78,16 @@ class BenchSandbox(Sandbox):
                                              overrides=self.node_extra.get(node))
             for node in self.nodes
         }
-        sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
+        if not self.syndics:
+            sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
+            return
+        # as Sandbox.write_pillar: the MoM holds the project only; each syndic master the project, the secrets
+        # and its own minions' node pillar
+        sandbox_pillar.write_pillar(self.pillar_dir, project, {}, sandbox_pillar.SECRETS, project=PROJECT)
+        for name in self.syndic_names:
+            own = {n: conf for n, conf in nodes.items() if self.syndic_of[n] == name}
+            sandbox_pillar.write_pillar(self.syndic_pillar_dir(name), project, own, sandbox_pillar.SECRETS,
+                                        project=PROJECT)
 
     def check_url(self, node, path="/"):
         return f"http://{self.addr[node]}:{NODE_PORT}{path}"
@@ -529,9 +538,20 @@ def proc_usage(pids):
 
 
 def daemon_pids(box, name):
-    """PIDs of the sandbox's salt daemon ``name`` ('master' or a minion id) and its worker processes."""
-    conf = box.conf_dir if name == "master" else box.minion_conf_dir(name)
-    tool = "salt-master" if name == "master" else "salt-minion"
+    """PIDs of the sandbox's salt daemon ``name`` and its worker processes: 'master' (the top master), a
+    syndic master ('sm-1': its salt-master), a syndic master's salt-syndic ('sm-1-syndic') or a minion id.
+
+    Salt keeps the command line it was started with and appends the process's role
+    (``.../salt-master -d -c <conf dir> RequestServer MWorker-default-0``, ``.../salt-syndic -d -c
+    <conf dir> MinionProcessManager``): a process is the daemon's when it runs that tool with exactly
+    that config folder (``<path>/etc/salt`` is a prefix of ``<path>/etc/salt-sm-1``)."""
+    syndic_of = name[: -len("-syndic")] if name.endswith("-syndic") else None
+    if syndic_of in getattr(box, "syndic_names", ()):
+        conf, tool = box.conf_dirs[syndic_of], "salt-syndic"
+    elif name in box.conf_dirs:
+        conf, tool = box.conf_dirs[name], "salt-master"
+    else:
+        conf, tool = box.minion_conf_dir(name), "salt-minion"
     return [pid for pid in processes_matching(conf) if tool in _cmdline(pid) and conf in _cmdline(pid).split()]
 
 
