@@ -620,6 +620,48 @@ def cpu_of(box, names):
     return proc_usage([pid for n in names for pid in daemon_pids(box, n)])[0]
 
 
+def cpu_each(box, names):
+    """{name: CPU seconds so far} of each named daemon (see :func:`cpu_of`)."""
+    return {n: cpu_of(box, [n]) for n in names}
+
+
+def cpu_since(box, before):
+    """{name: CPU seconds since ``before``} (a :func:`cpu_each` result), rounded to the ms."""
+    return {n: round(cpu_of(box, [n]) - v, 3) for n, v in before.items()}
+
+
+# --------------------------------------------------------------------------- Salt's file transfer floor
+
+
+def get_file_floor(bench, nodes, size, cpu_names=("master",), cli_timeout=300):
+    """``salt -L <nodes> cp.get_file`` of a file of ``size`` incompressible bytes, written into the
+    sandbox's ``file_roots`` (with syndics the syndic masters serve that same folder to their
+    minions), each node into a folder of its own; every node must get the whole file.  A new file
+    each call, removed afterwards with the nodes' copies, so every call transfers it whole.
+    Returns (wall, {name: CPU seconds of each of ``cpu_names`` during it})."""
+    folder = os.path.join(bench.box.file_roots, "bench-getfile")
+    into = os.path.join(bench.box.path, "bench-getfile")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "blob.bin"), "wb") as fh:
+        fh.write(os.urandom(size))
+    try:
+        before = cpu_each(bench.box, cpu_names)
+        wall, data = bench.salt("-L", ",".join(nodes), "cp.get_file", "salt://bench-getfile/blob.bin",
+                                os.path.join(into, "{{ grains.id }}", "blob.bin"), "template=jinja",
+                                "makedirs=True", cli_timeout=cli_timeout)
+        cpu = cpu_since(bench.box, before)
+        if len(data) != len(nodes) or not all(data.values()):
+            raise RuntimeError(f"cp.get_file: {len(data)} of {len(nodes)} nodes answered: {str(data)[:1500]}")
+        got = [n for n in nodes if os.path.exists(os.path.join(into, n, "blob.bin"))
+               and os.path.getsize(os.path.join(into, n, "blob.bin")) == size]
+        if len(got) != len(nodes):
+            raise RuntimeError(f"cp.get_file: {len(got)} of {len(nodes)} nodes got the whole file")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(into, ignore_errors=True)
+    return wall, cpu
+
+
 def human_bytes(n):
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
@@ -629,7 +671,8 @@ def human_bytes(n):
 
 
 __all__ = [
-    "Bench", "BenchSandbox", "PeakRSS", "PortBytes", "cpu_of", "daemon_pids", "proc_usage", "ENV", "PROJECT",
+    "Bench", "BenchSandbox", "PeakRSS", "PortBytes", "cpu_each", "cpu_of", "cpu_since", "daemon_pids",
+    "get_file_floor", "proc_usage", "ENV", "PROJECT",
     "STAT_HEADERS", "base_parser", "batch_envs", "fmt",
     "human_bytes", "salt_bin", "say", "stat_row", "stats", "table", "timings_of",
 ]
