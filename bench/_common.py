@@ -78,7 +78,16 @@ class BenchSandbox(Sandbox):
                                              overrides=self.node_extra.get(node))
             for node in self.nodes
         }
-        sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
+        if not self.syndics:
+            sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
+            return
+        # as Sandbox.write_pillar: the MoM holds the project only; each syndic master the project, the secrets
+        # and its own minions' node pillar
+        sandbox_pillar.write_pillar(self.pillar_dir, project, {}, sandbox_pillar.SECRETS, project=PROJECT)
+        for name in self.syndic_names:
+            own = {n: conf for n, conf in nodes.items() if self.syndic_of[n] == name}
+            sandbox_pillar.write_pillar(self.syndic_pillar_dir(name), project, own, sandbox_pillar.SECRETS,
+                                        project=PROJECT)
 
     def check_url(self, node, path="/"):
         return f"http://{self.addr[node]}:{NODE_PORT}{path}"
@@ -529,9 +538,20 @@ def proc_usage(pids):
 
 
 def daemon_pids(box, name):
-    """PIDs of the sandbox's salt daemon ``name`` ('master' or a minion id) and its worker processes."""
-    conf = box.conf_dir if name == "master" else box.minion_conf_dir(name)
-    tool = "salt-master" if name == "master" else "salt-minion"
+    """PIDs of the sandbox's salt daemon ``name`` and its worker processes: 'master' (the top master), a
+    syndic master ('sm-1': its salt-master), a syndic master's salt-syndic ('sm-1-syndic') or a minion id.
+
+    Salt keeps the command line it was started with and appends the process's role
+    (``.../salt-master -d -c <conf dir> RequestServer MWorker-default-0``, ``.../salt-syndic -d -c
+    <conf dir> MinionProcessManager``): a process is the daemon's when it runs that tool with exactly
+    that config folder (``<path>/etc/salt`` is a prefix of ``<path>/etc/salt-sm-1``)."""
+    syndic_of = name[: -len("-syndic")] if name.endswith("-syndic") else None
+    if syndic_of in getattr(box, "syndic_names", ()):
+        conf, tool = box.conf_dirs[syndic_of], "salt-syndic"
+    elif name in box.conf_dirs:
+        conf, tool = box.conf_dirs[name], "salt-master"
+    else:
+        conf, tool = box.minion_conf_dir(name), "salt-minion"
     return [pid for pid in processes_matching(conf) if tool in _cmdline(pid) and conf in _cmdline(pid).split()]
 
 
@@ -600,6 +620,48 @@ def cpu_of(box, names):
     return proc_usage([pid for n in names for pid in daemon_pids(box, n)])[0]
 
 
+def cpu_each(box, names):
+    """{name: CPU seconds so far} of each named daemon (see :func:`cpu_of`)."""
+    return {n: cpu_of(box, [n]) for n in names}
+
+
+def cpu_since(box, before):
+    """{name: CPU seconds since ``before``} (a :func:`cpu_each` result), rounded to the ms."""
+    return {n: round(cpu_of(box, [n]) - v, 3) for n, v in before.items()}
+
+
+# --------------------------------------------------------------------------- Salt's file transfer floor
+
+
+def get_file_floor(bench, nodes, size, cpu_names=("master",), cli_timeout=300):
+    """``salt -L <nodes> cp.get_file`` of a file of ``size`` incompressible bytes, written into the
+    sandbox's ``file_roots`` (with syndics the syndic masters serve that same folder to their
+    minions), each node into a folder of its own; every node must get the whole file.  A new file
+    each call, removed afterwards with the nodes' copies, so every call transfers it whole.
+    Returns (wall, {name: CPU seconds of each of ``cpu_names`` during it})."""
+    folder = os.path.join(bench.box.file_roots, "bench-getfile")
+    into = os.path.join(bench.box.path, "bench-getfile")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "blob.bin"), "wb") as fh:
+        fh.write(os.urandom(size))
+    try:
+        before = cpu_each(bench.box, cpu_names)
+        wall, data = bench.salt("-L", ",".join(nodes), "cp.get_file", "salt://bench-getfile/blob.bin",
+                                os.path.join(into, "{{ grains.id }}", "blob.bin"), "template=jinja",
+                                "makedirs=True", cli_timeout=cli_timeout)
+        cpu = cpu_since(bench.box, before)
+        if len(data) != len(nodes) or not all(data.values()):
+            raise RuntimeError(f"cp.get_file: {len(data)} of {len(nodes)} nodes answered: {str(data)[:1500]}")
+        got = [n for n in nodes if os.path.exists(os.path.join(into, n, "blob.bin"))
+               and os.path.getsize(os.path.join(into, n, "blob.bin")) == size]
+        if len(got) != len(nodes):
+            raise RuntimeError(f"cp.get_file: {len(got)} of {len(nodes)} nodes got the whole file")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(into, ignore_errors=True)
+    return wall, cpu
+
+
 def human_bytes(n):
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
@@ -609,7 +671,8 @@ def human_bytes(n):
 
 
 __all__ = [
-    "Bench", "BenchSandbox", "PeakRSS", "PortBytes", "cpu_of", "daemon_pids", "proc_usage", "ENV", "PROJECT",
+    "Bench", "BenchSandbox", "PeakRSS", "PortBytes", "cpu_each", "cpu_of", "cpu_since", "daemon_pids",
+    "get_file_floor", "proc_usage", "ENV", "PROJECT",
     "STAT_HEADERS", "base_parser", "batch_envs", "fmt",
     "human_bytes", "salt_bin", "say", "stat_row", "stats", "table", "timings_of",
 ]

@@ -26,14 +26,13 @@ master's fileserver; the floor is the sum of their master CPU per node.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import (PROJECT, STAT_HEADERS, Bench, base_parser, cpu_of, say, stat_row,  # noqa: E402
-                           stats, table)
+from bench._common import (PROJECT, STAT_HEADERS, Bench, base_parser, cpu_of, get_file_floor, say,  # noqa: E402
+                           stat_row, stats, table)
 
 TARGET_RATIO = 2.0
 TARGET_CPU = 1.3  # prepare's master CPU per node <= 1.3 x (refresh_pillar + cp.get_file) per node
@@ -124,21 +123,8 @@ def baseline(bench, nodes, size):
     out["pillar_items"], out["pillar_items_master_cpu"] = master_cpu(bench, "pillar.items", nodes=nodes)
     out["refresh_pillar"], out["refresh_pillar_master_cpu"] = master_cpu(
         bench, "saltutil.refresh_pillar", "wait=True", nodes=nodes)
-    folder = os.path.join(bench.box.file_roots, "bench-getfile")
-    into = os.path.join(bench.box.path, "bench-getfile")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "blob.bin"), "wb") as fh:
-        fh.write(os.urandom(size))
-    try:
-        out["get_file"], out["get_file_master_cpu"] = master_cpu(
-            bench, "cp.get_file", "salt://bench-getfile/blob.bin", os.path.join(into, "{{ grains.id }}", "blob.bin"),
-            "template=jinja", "makedirs=True", nodes=nodes)
-        got = [n for n in nodes if os.path.getsize(os.path.join(into, n, "blob.bin")) == size]
-        if len(got) != len(nodes):
-            raise RuntimeError(f"cp.get_file: {len(got)} of {len(nodes)} nodes got the whole file")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(into, ignore_errors=True)
+    out["get_file"], cpu = get_file_floor(bench, nodes, size)
+    out["get_file_master_cpu"] = cpu["master"]
     out = {k: round(v, 3) for k, v in out.items()}
     out["floor_master_cpu"] = round(out["refresh_pillar_master_cpu"] + out["get_file_master_cpu"], 3)
     out["bytes"] = size
