@@ -23,7 +23,6 @@ that does not answer (:func:`syndic_verdict`), and which syndic each node was la
 kept in the master's state folder (:func:`remember_syndics`) to name it.
 """
 
-import json
 import logging
 import os
 import re
@@ -139,11 +138,7 @@ def _members_path(opts):
 
 def syndic_members(opts):
     """node -> the syndic it was last seen behind (:func:`remember_syndics`); {} when none is known."""
-    try:
-        with open(_members_path(opts), encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}
+    data = statedir.read_json(_members_path(opts))
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
@@ -155,11 +150,7 @@ def remember_syndics(opts, lists):
     if all(members.get(n) == s for n, s in update.items()):
         return members
     members.update(update)
-    path = _members_path(opts)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(members, fh, sort_keys=True)
-    os.replace(tmp, path)
+    statedir.write_json(_members_path(opts), members)
     return members
 
 

@@ -1,5 +1,6 @@
 """Where the master keeps its own state on disk: ``deploy_state_dir`` (default ``<cachedir>/deploy``)."""
 
+import json
 import os
 
 
@@ -13,3 +14,20 @@ def folder(opts, *parts):
     path = os.path.join(base(opts), *parts)
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
+
+
+def write_json(path, data):
+    """Write ``data`` to ``path`` as JSON, whole or not at all (a file beside it, then renamed)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    """What :func:`write_json` wrote; None when there is no such file or it is not JSON."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None

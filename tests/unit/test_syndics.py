@@ -130,32 +130,23 @@ def test_the_plan_on_a_master_of_masters_and_a_dead_syndic(clock, tmp_path):
     assert run.transport.calls == 3  # the env's target, the gray stage's, and '*': each a job of the run
 
 
-def test_the_emergency_rollback_on_a_master_of_masters_acts_on_the_record(clock, tmp_path):
-    """No job before the rollback's own call: the nodes come from the master's record, as the target does."""
-    opts = {"cachedir": str(tmp_path), "syndic_wait": 1, "order_masters": True}
-    client = Client(Bus(clock, []))
-    run = Run(client, opts, {"pre-1": {"current": "r1"}, "web-1": {"current": "r1"}, "web-2": {"current": "r1"}})
-    steps = start.plan(run, emergency=True)
-    assert steps == {"nodes": ["pre-1", "web-1", "web-2"], "preprod": "pre-1", "stages": [], "down": []}
-    assert client.published == [] and run.transport.calls == 0
-    # no record yet: the targets are matched, as for a release
-    client = Client(Bus(clock, []), {"G@roles:rainbow": [(100.1, "sm-1", ["pre-1", "web-1"])]})
-    run = Run(client, opts, {})
-    assert start.plan(run, emergency=True)["nodes"] == ["pre-1", "web-1"] and client.published
-
-
-def test_a_run_that_holds_the_lock_forgets_the_nodes_that_left_the_env(clock, tmp_path):
+def test_the_emergency_rollback_on_a_master_of_masters_acts_on_the_last_plan(clock, tmp_path):
+    """A release (it holds the lock) keeps the nodes it matched; a look at the plan (test=True, a listing)
+    does not; the emergency rollback publishes no job before its own call."""
     opts = {"cachedir": str(tmp_path), "syndic_wait": 1, "order_masters": True}
     (tmp_path / "syndics").mkdir()
     (tmp_path / "syndics" / "sm-1").write_text("")
     events = {"G@roles:rainbow": [(100.1, "sm-1", ["pre-1", "web-1"])], "G@region:east": [(100.1, "sm-1", ["web-1"])]}
-    record = {"pre-1": {"current": "r1"}, "web-1": {"current": "r1"}, "web-9": {"current": "r1"}}
-    run = Run(Client(Bus(clock, []), events), opts, record)
-    start.plan(run)  # test=True, a listing: no lock, the record is left as it is
-    assert sorted(run.store.record) == ["pre-1", "web-1", "web-9"]
-    run.lock = object()
-    assert start.plan(run)["nodes"] == ["pre-1", "web-1"]
-    assert sorted(run.store.record) == ["pre-1", "web-1"]  # web-9 left the env (its key was removed)
+    run = Run(Client(Bus(clock, []), events), opts, {})
+    start.plan(run)
+    assert start.plan(run, emergency=True) is not None and run.transport.calls == 4  # nothing kept: matched again
+    run = Run(Client(Bus(clock, []), events), opts, {}, lock=object())
+    start.plan(run)
+    client = Client(Bus(clock, []))
+    run = Run(client, opts, {}, lock=object())
+    steps = start.plan(run, emergency=True)
+    assert steps == {"nodes": ["pre-1", "web-1"], "preprod": "pre-1", "stages": [], "down": []}
+    assert client.published == [] and run.transport.calls == 0
 
 
 def test_a_call_on_a_master_of_masters_names_the_syndic_of_each_silent_node(tmp_path, monkeypatch):

@@ -37,46 +37,21 @@ def test_plan(run, ref, branch=False):
 
 def plan(run, emergency=False):
     """The env's nodes: preprod first, then stages of batches.  On a master of masters the syndic masters
-    match the targets (:mod:`deploy_master.rollout.syndics`), and the emergency rollback acts on the
-    master's record instead (:func:`recorded`).  A run that holds the lock keeps the record to the nodes
-    the plan matched (:func:`forget_left`)."""
-    if emergency and run.opts.get("order_masters"):
-        steps = recorded(run)
-        if steps:
-            return steps
-    if run.opts.get("order_masters"):
-        steps = planning.make(run.env, run.envc, *syndics.matcher(run))
-    else:
+    match the targets, and the emergency rollback acts on the nodes the last run's plan matched
+    (:mod:`deploy_master.rollout.syndics`)."""
+    if not run.opts.get("order_masters"):
         ckminions = salt.utils.minions.CkMinions(run.opts)
 
         def match(target):
             return set(ckminions.check_minions(target, "compound")["minions"])
 
-        steps = planning.make(run.env, run.envc, match, ckminions.connected_ids)
-    if run.lock is not None:
-        forget_left(run, steps)
+        return planning.make(run.env, run.envc, match, ckminions.connected_ids)
+    steps = syndics.planned(run) if emergency else None
+    if steps is None:
+        steps = planning.make(run.env, run.envc, *syndics.matcher(run))
+        if run.lock is not None:  # a release or rollback, not a look at the plan
+            syndics.remember_plan(run, steps)
     return steps
-
-
-def recorded(run):
-    """The emergency rollback's nodes on a master of masters: the env's nodes in the master's record, not
-    matched again.  Matching through the syndics costs a job and up to ``syndic_wait`` + 1 s per target,
-    more than the rollback's own call; the record holds the env's nodes as the last release or rollback
-    matched them, and the rollback's target comes from it as well.  None when there is no record."""
-    record = run.store.record_read(run.project, run.env)
-    if not record:
-        return None
-    preprod = run.envc.get("preprod")
-    return {"nodes": sorted(record), "preprod": preprod if preprod in record else None, "stages": [], "down": []}
-
-
-def forget_left(run, steps):
-    """The record keeps the env's nodes as ``steps`` matched them: a node that left the env (its key
-    removed, its grains changed) is forgotten.  A node that is down still matches (keys, cached grains),
-    and so does one behind a syndic that does not answer (:func:`syndics.unreachable`)."""
-    left = {n: None for n in run.store.record_read(run.project, run.env) if n not in steps["nodes"]}
-    if left:
-        run.store.record_update(run.project, run.env, left, lock=run.lock)
 
 
 def validate_nodes(run):

@@ -6,9 +6,16 @@ grains: a minion that is down counts), and told back in their ``new`` events (:f
 A syndic master that is down tells nothing: the nodes of the env the master's record holds (they hold
 releases of it) and that were last seen behind a syndic that does not answer are in the plan all the
 same, so that the run fails on them, naming their syndic, instead of leaving them out unseen.
+
+The emergency rollback does not match again: matching through the syndics costs a job and up to
+``syndic_wait`` + 1 s per target, more than the rollback's own call.  It acts on the nodes the last
+release or rollback of the env matched (:func:`remember_plan`), as it takes its target from the
+master's record.
 """
 
-from deploy_master import jobs
+import os
+
+from deploy_master import jobs, statedir
 
 
 def matcher(run):
@@ -54,3 +61,21 @@ def unreachable(run, answered):
         return {}
     alive = run.transport.syndic_match("*", tgt_type="glob", expect=set(suspects.values()))
     return {n: s for n, s in suspects.items() if s not in alive}
+
+
+def _plan_path(run):
+    return os.path.join(statedir.folder(run.opts, "syndics", "plans"), f"{run.project}_{run.env}.json")
+
+
+def remember_plan(run, steps):
+    """Keep the env's nodes as a release or rollback matched them, for the emergency rollback."""
+    statedir.write_json(_plan_path(run), {"nodes": steps["nodes"], "preprod": steps["preprod"]})
+
+
+def planned(run):
+    """The emergency rollback's plan: the nodes the last release or rollback matched, no stages; None when
+    no run of the env was planned on this master."""
+    kept = statedir.read_json(_plan_path(run))
+    if not isinstance(kept, dict) or not kept.get("nodes"):
+        return None
+    return {"nodes": sorted(kept["nodes"]), "preprod": kept.get("preprod"), "stages": [], "down": []}
