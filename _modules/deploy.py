@@ -693,8 +693,11 @@ def _subset(data, keys):
 
 
 # What one config file's rendering may take (pillar ``template_limits`` overrides any of them):
-# ``seconds`` of CPU and of wall time, ``bytes`` of output, ``memory`` beyond the renderer's own start.
+# ``seconds`` of CPU, ``bytes`` of output, ``memory`` beyond the renderer's own start.
 TEMPLATE_LIMITS = {"seconds": 5, "bytes": 1 << 20, "memory": 256 << 20}
+# The renderer's wall time is bounded too, as a backstop: ``seconds`` times this plus the start
+# grace.  A renderer on a busy node waits for a core; only its own CPU time counts against ``seconds``.
+TEMPLATE_WALL_FACTOR = 4
 TEMPLATE_START_GRACE = 2  # wall seconds the renderer may take to start, on top of the limit
 
 # The renderer: a child of the minion's own Python, fed the template, the (already subset) context
@@ -848,7 +851,7 @@ def _render(dest, source, context, limits):
     try:
         proc = subprocess.run(
             [sys.executable, "-I", "-c", _RENDER_CHILD], input=job, capture_output=True, cwd="/",
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=limits["seconds"] + TEMPLATE_START_GRACE,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=limits["seconds"] * TEMPLATE_WALL_FACTOR + TEMPLATE_START_GRACE,
             check=False,
         )
         answer = json.loads(proc.stdout) if proc.returncode == 0 else None

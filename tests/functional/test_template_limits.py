@@ -4,6 +4,10 @@ size and memory (``template_limits``).  Each amplifier fails its node fast, nami
 limit, and leaves nothing behind: ``current`` and the releases untouched, no partial release.
 """
 
+import contextlib
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -89,6 +93,47 @@ def test_a_template_within_the_limits_renders_as_before(live):
         live.write_pillar(reload=False, template_limits=None)
     with open(f"{live.root}/releases/r2/config/app.ini", encoding="utf-8") as fh:
         assert fh.read() == f"key = {SECRET}\nrelease = r2\npad =   ab  |  x|a+b\nstamp = 1700000000 {'1' * 40} x\n"
+
+
+def _stop_the_renderer(seconds, stopped):
+    """Stop the first template renderer that starts (SIGSTOP) for ``seconds``, as a busy node's scheduler
+    would keep it from a core; it uses no CPU meanwhile."""
+    me, deadline = str(os.getpid()), time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[1] != me:
+                        continue
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if b"jinja2.sandbox" not in fh.read():
+                        continue
+                os.kill(int(pid), signal.SIGSTOP)
+            except (OSError, IndexError):
+                continue
+            stopped.append(int(pid))
+            time.sleep(seconds)
+            with contextlib.suppress(ProcessLookupError):  # killed on its wall time meanwhile
+                os.kill(int(pid), signal.SIGCONT)
+            return
+
+
+def test_a_renderer_kept_from_the_cpu_is_not_failed_on_its_wall_time(live):
+    """``seconds`` bounds the renderer's CPU: kept off the CPU longer than that (a node busy with other
+    work), it renders all the same."""
+    stopped = []
+    starve = threading.Thread(target=_stop_the_renderer, args=(1 + 2 + 1.5, stopped))  # limit + start grace + 1.5
+    live.write_pillar(reload=False, template_limits={"seconds": 1})
+    try:
+        url, _, checksum = live.artifact("r2", files={**APP_FILES, "config/app.ini.example": "release = {{ release }}\n"})
+        starve.start()
+        live.mod.prepare(PROJECT, "r2", url, checksum)
+    finally:
+        starve.join()
+        live.write_pillar(reload=False, template_limits=None)
+    assert stopped, "no renderer was seen to start"
+    with open(f"{live.root}/releases/r2/config/app.ini", encoding="utf-8") as fh:
+        assert fh.read() == "release = r2\n"
 
 
 @pytest.mark.parametrize("limits", [{"seconds": 0}, {"bytes": "1M"}, {"cpu": 5}, [5], {"memory": True}])
