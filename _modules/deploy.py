@@ -851,8 +851,8 @@ def _render(dest, source, context, limits):
     try:
         proc = subprocess.run(
             [sys.executable, "-I", "-c", _RENDER_CHILD], input=job, capture_output=True, cwd="/",
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=limits["seconds"] * TEMPLATE_WALL_FACTOR + TEMPLATE_START_GRACE,
-            check=False,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            timeout=limits["seconds"] * TEMPLATE_WALL_FACTOR + TEMPLATE_START_GRACE, check=False,
         )
         answer = json.loads(proc.stdout) if proc.returncode == 0 else None
     except subprocess.TimeoutExpired:
