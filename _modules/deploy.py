@@ -1197,6 +1197,8 @@ def _open_source(source, saltenv):
         client = __file_client__.value()  # pylint: disable=undefined-variable
     except Exception:  # pylint: disable=broad-except  # not packed by this loader
         client = None
+    if not hasattr(client, "_channel_send"):  # none packed: a minion's job gets {}
+        client = None
     own = client is None
     if own:
         client = salt.fileclient.get_file_client(__opts__)
