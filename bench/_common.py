@@ -78,16 +78,7 @@ class BenchSandbox(Sandbox):
                                              overrides=self.node_extra.get(node))
             for node in self.nodes
         }
-        if not self.syndics:
-            sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
-            return
-        # as Sandbox.write_pillar: the MoM holds the project only; each syndic master the project, the secrets
-        # and its own minions' node pillar
-        sandbox_pillar.write_pillar(self.pillar_dir, project, {}, sandbox_pillar.SECRETS, project=PROJECT)
-        for name in self.syndic_names:
-            own = {n: conf for n, conf in nodes.items() if self.syndic_of[n] == name}
-            sandbox_pillar.write_pillar(self.syndic_pillar_dir(name), project, own, sandbox_pillar.SECRETS,
-                                        project=PROJECT)
+        self.write_pillars(project, nodes)
 
     def check_url(self, node, path="/"):
         return f"http://{self.addr[node]}:{NODE_PORT}{path}"

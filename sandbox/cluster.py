@@ -624,6 +624,10 @@ class Sandbox:
                                              job=node == self.job_node, port=NODE_PORT)
             for node in self.nodes
         }
+        self.write_pillars(project, nodes)
+
+    def write_pillars(self, project, nodes):
+        """The project pillar and ``nodes`` (node -> its pillar) where the sandbox's masters serve them."""
         if not self.syndics:
             sandbox_pillar.write_pillar(self.pillar_dir, project, nodes, sandbox_pillar.SECRETS, project=PROJECT)
             return
