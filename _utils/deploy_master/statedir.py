@@ -16,11 +16,15 @@ def folder(opts, *parts):
     return path
 
 
-def write_json(path, data):
-    """Write ``data`` to ``path`` as JSON, whole or not at all (a file beside it, then renamed)."""
+def write_json(path, data, durable=False):
+    """Write ``data`` to ``path`` as JSON, whole or not at all (a file beside it, then renamed);
+    ``durable``: on the disk before the rename (a lock, the nodes out of the LB)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, sort_keys=True)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

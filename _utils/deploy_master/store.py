@@ -147,12 +147,7 @@ class LocalLock(Lock):
             pass
 
     def _write(self, info):
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(info, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        statedir.write_json(self.path, info, durable=True)
 
     def update(self, **fields):
         info = {k: v for k, v in {**self.info, **fields}.items() if v is not None}
@@ -181,10 +176,7 @@ class LocalLock(Lock):
         return copy.deepcopy(held["paused"])  # the caller's to change: never this lock's own record
 
     def request(self, action, run, by):
-        tmp = f"{self.request_path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"action": action, "run": run, "by": by}, fh)
-        os.replace(tmp, self.request_path)
+        statedir.write_json(self.request_path, {"action": action, "run": run, "by": by})
 
     def requested(self):
         stolen = f"{self.request_path}.{os.getpid()}.taken"
@@ -213,12 +205,7 @@ class LocalLock(Lock):
             if os.path.exists(self.detached_path):
                 os.unlink(self.detached_path)
             return
-        tmp = f"{self.detached_path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(sorted(nodes), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.detached_path)
+        statedir.write_json(self.detached_path, sorted(nodes), durable=True)
 
 
 class LocalStore(Store):
@@ -267,11 +254,8 @@ class LocalStore(Store):
         return os.path.join(self.dir("inventory"), f"{project}_{env}.json")
 
     def record_read(self, project, env):
-        try:
-            with open(self._record_path(project, env), encoding="utf-8") as fh:
-                return json.load(fh).get("nodes") or {}
-        except (FileNotFoundError, ValueError, AttributeError):
-            return {}
+        data = statedir.read_json(self._record_path(project, env))
+        return (data.get("nodes") or {}) if isinstance(data, dict) else {}
 
     def record_update(self, project, env, changes, lock=None):
         if not changes:
@@ -285,10 +269,7 @@ class LocalStore(Store):
                     nodes.pop(node, None)
                 else:
                     nodes[node] = inv
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump({"updated": names.now(), "nodes": nodes}, fh, sort_keys=True)
-            os.replace(tmp, path)
+            statedir.write_json(path, {"updated": names.now(), "nodes": nodes})
 
 
 BACKENDS = ("local", "etcd")
